@@ -1,0 +1,297 @@
+"""The public functions: validate, lay the arrays out for the kernel, call it, reduce.
+
+Every function here has a pure-NumPy twin of the same signature in
+`softmaxloss.reference`; both validate through `_validation`, so they accept and
+refuse the same inputs with the same messages, before any work is done.
+
+The kernels see every array as a "rows view" of shape (A, B, C): the class axis
+moved last, the axes before it merged into A and the axes after it into B. For a
+C- or F-contiguous (N, C) array and for PyTorch's (N, C, d1, ...) layout that view
+shares the array's memory. Only an input that cannot be viewed so (or that needs a
+dtype conversion) is copied: into the gradient buffer when there is one, so that
+`cross_entropy_with_grad` never allocates an N x C temporary besides its result.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _dispatch
+from ._layout import KERNEL_DTYPES, RowsLayout
+from ._validation import (
+    DEFAULT_IGNORE_INDEX,
+    Dtypes,
+    LossArgs,
+    as_real_array,
+    check_gradient_hessian_args,
+    check_in_place,
+    check_loss_args,
+    check_n_threads,
+    check_no_overlap,
+    check_out,
+    normalize_axis,
+)
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "gradient_hessian",
+]
+
+# ---- helpers -------------------------------------------------------------------
+
+
+def _result(buffer: np.ndarray, out: np.ndarray | None, dtypes: Dtypes) -> np.ndarray:
+    """The kernel's result in the result dtype, written into `out` when given."""
+    if out is not None:
+        if out is not buffer:
+            np.copyto(out, buffer, casting="unsafe")
+        return out
+    if buffer.dtype != dtypes.result:
+        with np.errstate(over="ignore"):
+            return buffer.astype(dtypes.result)
+    return buffer
+
+
+def _threads(n_threads: Any) -> int:
+    """The kernels' thread argument: 0 means OpenMP's default."""
+    count = check_n_threads(n_threads)
+    return 0 if count is None else count
+
+
+# ---- softmax family -----------------------------------------------------------------
+
+
+def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_output: bool) -> np.ndarray:
+    array, dtypes = as_real_array(x, "x")
+    axis = normalize_axis(axis, array.ndim)
+    threads = _threads(n_threads)
+    if out is not None:
+        check_out(out, array.shape, dtypes.result)
+        check_in_place(out, array)
+    layout = RowsLayout.of(array if out is None else out, axis)
+    buffer, result_rows = layout.output(out, dtypes.compute)
+    x_rows = layout.input(array, dtypes.compute, into=buffer)
+    _dispatch.kernels.softmax(x_rows, result_rows, log_output, threads)
+    return _result(buffer, out, dtypes)
+
+
+def softmax(x: Any, axis: int = -1, *, out: np.ndarray | None = None, n_threads: int | None = None) -> np.ndarray:
+    """Softmax along `axis`: exp(x_c - max(x)) / sum_k exp(x_k - max(x)).
+
+    A row with NaN or +inf, or of all -inf, gives NaN; -inf beside finite values gives
+    an exact 0. `out` may be `x` itself (in place). Returns an array of x's dtype
+    (float16 computed in float32, integers and bools in float64).
+    """
+    return _softmax(x, axis, out, n_threads, log_output=False)
+
+
+def log_softmax(x: Any, axis: int = -1, *, out: np.ndarray | None = None, n_threads: int | None = None) -> np.ndarray:
+    """Log-softmax along `axis`: x_c - max(x) - log(sum_k exp(x_k - max(x))).
+
+    Same conventions as `softmax` (-inf beside finite values stays -inf).
+    """
+    return _softmax(x, axis, out, n_threads, log_output=True)
+
+
+def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, n_threads: int | None = None) -> Any:
+    """log(sum_c exp(x_c)) along `axis`, computed as max + log(sum_c exp(x_c - max)).
+
+    As in PyTorch and SciPy: an empty axis or a row of all -inf gives -inf, a row with
+    +inf gives +inf, a row with NaN gives NaN.
+    """
+    array, dtypes = as_real_array(x, "x")
+    axis = normalize_axis(axis, array.ndim)
+    threads = _threads(n_threads)
+    layout = RowsLayout.of(array, axis)
+    n_a, n_b, n_classes = layout.rows_shape
+    row_values = np.full((n_a, n_b), -np.inf)
+    if n_classes:
+        _dispatch.kernels.logsumexp(layout.input(array, dtypes.compute), row_values, threads)
+    result = layout.per_row(row_values)
+    with np.errstate(over="ignore"):
+        result = result.astype(dtypes.result, copy=False)
+    if keepdims:
+        result = np.expand_dims(result, axis)
+    return result[()]
+
+
+# ---- cross-entropy ------------------------------------------------------------------
+
+
+def loss_normaliser(args: LossArgs) -> float:
+    """W of reduction="mean": sum over non-ignored rows of s_n * w[y_n] for class
+    indices; the number of rows (or sum of s) for probabilities."""
+    if args.probabilities:
+        if args.sample_weight is None:
+            return float(math.prod(args.row_shape))
+        return float(args.sample_weight.sum())
+    kept = args.target != args.ignore_index
+    if args.weight is None and args.sample_weight is None:
+        return float(np.count_nonzero(kept))
+    row_weight = np.zeros(args.row_shape)
+    labels = args.target[kept]
+    row_weight[kept] = 1.0 if args.weight is None else args.weight[labels]
+    if args.sample_weight is not None:
+        row_weight *= args.sample_weight
+    return float(row_weight.sum())
+
+
+def reduce_row_losses(row_loss: np.ndarray, layout: RowsLayout, args: LossArgs, normaliser: float) -> Any:
+    """Per-row losses (float64, (A, B), summed in NumPy's pairwise order) reduced as
+    asked, in the result dtype."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if args.reduction == "none":
+            return layout.per_row(row_loss).astype(args.dtypes.result)[()]
+        total = np.sum(row_loss)
+        if args.reduction == "mean":
+            total = total / np.float64(normaliser)
+        return args.dtypes.result.type(total)
+
+
+def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
+    x = args.logits
+    layout = RowsLayout.of(x if out is None else out, args.axis)
+    normaliser = loss_normaliser(args) if args.reduction == "mean" else 1.0
+    if normaliser == 0:  # nothing to average over: the mean and its gradient are NaN
+        normaliser = math.nan
+    grad_scale = 1.0 / normaliser
+
+    buffer = grad_rows = None
+    if with_grad:
+        buffer, grad_rows = layout.output(out, args.dtypes.compute)
+    x_rows = layout.input(x, args.dtypes.compute, into=buffer)
+    weight = None if args.weight is None else np.ascontiguousarray(args.weight)
+    sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
+    row_loss = np.empty(layout.rows_shape[:2])
+
+    if args.probabilities:
+        target_dtype = args.target.dtype if args.target.dtype in KERNEL_DTYPES else np.dtype(np.float64)
+        _dispatch.kernels.cross_entropy_probs(
+            x_rows, layout.input(args.target, target_dtype), weight, sample_weight,
+            args.label_smoothing, args.z_loss, grad_scale, row_loss, grad_rows, threads,
+        )
+    else:
+        _dispatch.kernels.cross_entropy_index(
+            x_rows, layout.rows(args.target), weight, sample_weight, args.ignore_index,
+            args.label_smoothing, args.z_loss, grad_scale, row_loss, grad_rows, threads,
+        )
+    loss = reduce_row_losses(row_loss, layout, args, normaliser)
+    grad = None if buffer is None else _result(buffer, out, args.dtypes)
+    return loss, grad
+
+
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    n_threads: int | None = None,
+) -> Any:
+    """Cross-entropy of softmax(logits) against `target`, PyTorch's semantics.
+
+    `target`: integer class indices (logits' shape without `axis`) or float
+    probabilities (logits' shape). With l = log_softmax(logits), eps = label_smoothing,
+    w = weight (class weights), s = sample_weight, z = z_loss, per row:
+    index targets: s (( 1-eps) w[y] (-l[y]) + (eps/C) sum_c w_c (-l_c) + z lse^2);
+    probabilities: s (sum_c w_c y'_c (-l_c) + z lse^2), y' = (1-eps) y + eps/C.
+    reduction "mean" divides by sum of s*w[y] over non-ignored rows (probabilities:
+    by the number of rows, or sum(s)); "sum" adds; "none" returns per-row losses.
+    Returns a NumPy scalar (mean/sum) or array (none) of the logits' dtype.
+    """
+    args = check_loss_args(
+        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
+    loss, _ = _cross_entropy(args, _threads(n_threads), None, with_grad=False)
+    return loss
+
+
+def cross_entropy_with_grad(
+    logits: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    out: np.ndarray | None = None,
+    n_threads: int | None = None,
+) -> tuple[Any, np.ndarray]:
+    """`cross_entropy` and its gradient with respect to the logits, in one pass.
+
+    grad has the logits' shape and dtype and is d(returned loss)/d(logits); for
+    reduction="none" it is the gradient of the sum of the per-row losses. Unweighted
+    mean: (softmax(logits) - (1-eps) onehot - eps/C) / (number of non-ignored rows).
+    `out` may be a preallocated array or `logits` itself (in place).
+    """
+    args = check_loss_args(
+        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
+    threads = _threads(n_threads)
+    if out is not None:
+        check_out(out, args.logits.shape, args.dtypes.result)
+        check_in_place(out, args.logits)
+        check_no_overlap(out, "out", target=np.asarray(target), weight=args.weight,
+                         sample_weight=args.sample_weight)
+    loss, grad = _cross_entropy(args, threads, out, with_grad=True)
+    assert grad is not None
+    return loss, grad
+
+
+def gradient_hessian(
+    logits: Any,
+    labels: Any,
+    *,
+    sample_weight: Any = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+    n_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample gradient s (p - onehot) and diagonal hessian s p (1 - p), p = softmax.
+
+    logits: (n_samples, n_classes); labels: (n_samples,) class indices (integers, or
+    floats holding whole numbers as scikit-learn passes them). What a gradient-boosting
+    multiclass objective needs. `out`: None or a pair (grad_out, hess_out); grad_out
+    may be `logits` itself.
+    """
+    x, dtypes, labels_checked, sample_weights = check_gradient_hessian_args(logits, labels, sample_weight)
+    threads = _threads(n_threads)
+    grad_out = hess_out = None
+    if out is not None:
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError("out must be None or a tuple (grad_out, hess_out)")
+        grad_out, hess_out = out
+        check_out(grad_out, x.shape, dtypes.result, "out[0]")
+        check_out(hess_out, x.shape, dtypes.result, "out[1]")
+        check_in_place(grad_out, x, "out[0]")
+        check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
+        for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
+            check_no_overlap(array, name, labels=np.asarray(labels), sample_weight=sample_weights)
+    layout = RowsLayout.of(x if grad_out is None else grad_out, 1)
+    grad_buffer, grad_rows = layout.output(grad_out, dtypes.compute, "out[0]")
+    hess_buffer, hess_rows = layout.output(hess_out, dtypes.compute, "out[1]")
+    x_rows = layout.input(x, dtypes.compute, into=grad_buffer)
+    if sample_weights is not None:
+        sample_weights = layout.rows(sample_weights)
+    _dispatch.kernels.gradient_hessian(
+        x_rows, layout.rows(labels_checked), sample_weights, grad_rows, hess_rows, threads
+    )
+    return _result(grad_buffer, grad_out, dtypes), _result(hess_buffer, hess_out, dtypes)

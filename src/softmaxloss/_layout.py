@@ -1,0 +1,119 @@
+"""How the kernels see arrays: as "rows views" of shape (A, B, C).
+
+A kernel walks rows of C logits. An array of any shape, with its class axis
+anywhere, is presented to it as an (A, B, C) view: the class axis last, and the
+other axes, in some order, merged into two groups A and B (so that any C- or
+F-ordered array, and PyTorch's (N, C, d1, ...) layout, can be viewed without a
+copy: one group for the axes before the class axis, one for those after it).
+Every array of one call (logits, gradient, targets, weights, per-row losses) is
+enumerated in the same row order, given by one `RowsLayout`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _merges(shape: Sequence[int], strides: Sequence[int], axes: Sequence[int]) -> bool:
+    """Whether `axes`, in this order, can be addressed as one axis with one stride."""
+    dims = [(shape[i], strides[i]) for i in axes if shape[i] != 1]
+    return all(outer == inner_len * inner for (_, outer), (inner_len, inner) in zip(dims, dims[1:]))
+
+
+class RowsLayout:
+    """The row order of one call: the non-class axes `row_axes`, the first `split`
+    of them merged into A and the rest into B, for arrays of `shape`."""
+
+    __slots__ = ("shape", "axis", "row_axes", "rows_shape", "_row_order")
+
+    def __init__(self, shape: tuple[int, ...], axis: int, row_axes: tuple[int, ...], split: int) -> None:
+        self.shape = shape
+        self.axis = axis
+        self.row_axes = row_axes
+        self.rows_shape = (
+            math.prod(shape[i] for i in row_axes[:split]),
+            math.prod(shape[i] for i in row_axes[split:]),
+            shape[axis],
+        )
+        # The row axes numbered as in a per-row array (the shape without the class axis).
+        self._row_order = tuple(i if i < axis else i - 1 for i in row_axes)
+
+    @classmethod
+    def of(cls, array: np.ndarray, axis: int) -> RowsLayout:
+        """A layout in which `array` itself is a rows view when any is: the natural
+        order (axes before the class axis into A, after it into B) when that works,
+        else the row axes ordered by decreasing stride."""
+        shape, strides = array.shape, array.strides
+        natural = tuple(i for i in range(array.ndim) if i != axis)
+        candidates = [(natural, axis)]
+        if array.ndim > 2:
+            by_stride = tuple(sorted(natural, key=lambda i: -abs(strides[i])))
+            candidates += [(by_stride, split) for split in range(len(by_stride) + 1)]
+        for row_axes, split in candidates:
+            if _merges(shape, strides, row_axes[:split]) and _merges(shape, strides, row_axes[split:]):
+                return cls(shape, axis, row_axes, split)
+        return cls(shape, axis, natural, axis)
+
+    def view(self, array: np.ndarray) -> np.ndarray | None:
+        """`array` (of this layout's shape) as an (A, B, C) view the kernels can use,
+        or None when that needs a copy (or another dtype, or aligned memory)."""
+        if array.dtype not in KERNEL_DTYPES or not array.flags.aligned:
+            return None
+        view = array.transpose(self.row_axes + (self.axis,)).reshape(self.rows_shape)
+        if array.size == 0 or np.may_share_memory(view, array):
+            return view
+        return None
+
+    def empty(self, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """A new array of this layout's shape and its (A, B, C) view, laid out in
+        memory in the row order (so for a C- or F-ordered input, in the same order)."""
+        permuted_shape = tuple(self.shape[i] for i in self.row_axes) + (self.shape[self.axis],)
+        buffer = np.empty(permuted_shape, dtype)
+        inverse = np.argsort(self.row_axes + (self.axis,))
+        return buffer.transpose(inverse), buffer.reshape(self.rows_shape)
+
+    def input(self, array: np.ndarray, dtype: np.dtype[Any], into: np.ndarray | None = None) -> np.ndarray:
+        """(A, B, C) view of `array` in `dtype` for a kernel to read: the array's own
+        memory when possible, else a converted copy written into `into` (an array the
+        kernel then updates in place, e.g. the gradient) or into a new array."""
+        if array.dtype == dtype:
+            view = self.view(array)
+            if view is not None:
+                return view
+        if into is None:
+            into, view = self.empty(dtype)
+        else:
+            view = self.view(into)
+            assert view is not None, "`into` must be a rows view of this layout"
+        np.copyto(into, array, casting="unsafe")
+        return view
+
+    def output(self, out: np.ndarray | None, dtype: np.dtype[Any], name: str = "out") -> tuple[np.ndarray, np.ndarray]:
+        """(array a kernel writes, its (A, B, C) view): `out` itself when it has the
+        compute dtype, else a new buffer. ValueError when `out` cannot be addressed."""
+        if out is not None and out.dtype == dtype:
+            view = self.view(out)
+            if view is None:
+                raise ValueError(
+                    f"{name} has a memory layout the kernel cannot write: the axes other "
+                    "than the class axis must form at most two groups that each step "
+                    f"with one stride (any C- or F-ordered array does); got strides "
+                    f"{out.strides} for shape {out.shape}"
+                )
+            return out, view
+        return self.empty(dtype)
+
+    def rows(self, per_row: np.ndarray) -> np.ndarray:
+        """A per-row array (this shape without the class axis) as (A, B), same order."""
+        return per_row.transpose(self._row_order).reshape(self.rows_shape[:2])
+
+    def per_row(self, rows: np.ndarray) -> np.ndarray:
+        """The inverse of `rows`: an (A, B) array as a per-row array."""
+        permuted = rows.reshape(tuple(self.shape[i] for i in self.row_axes))
+        return permuted.transpose(np.argsort(self._row_order))

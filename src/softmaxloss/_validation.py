@@ -1,0 +1,319 @@
+"""Argument checks shared by the fast functions and `softmaxloss.reference`.
+
+Both implementations call these before doing any work, so they accept and refuse
+exactly the same inputs with exactly the same messages. Nothing here modifies an
+argument; conversions return new arrays (or the argument itself when no change is
+needed).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.exceptions import AxisError
+
+REDUCTIONS = ("none", "mean", "sum")
+DEFAULT_IGNORE_INDEX = -100
+
+# float16 is computed in float32 (as PyTorch does on CPU); everything else that is
+# real and numeric is computed in float64. Results come back in `result` dtype.
+_FLOAT16 = np.dtype(np.float16)
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """The dtype a computation runs in and the dtype its results come back in."""
+
+    compute: np.dtype[Any]
+    result: np.dtype[Any]
+
+
+def float_dtypes(dtype: np.dtype[Any], name: str = "logits") -> Dtypes:
+    """Compute/result dtypes for an input of `dtype`; TypeError for non-real input."""
+    # Compare the native-order dtype: '>f4' != float32 on a little-endian machine.
+    native = dtype.newbyteorder("=") if dtype.kind == "f" else dtype
+    if native == _FLOAT32 or native == _FLOAT64:
+        return Dtypes(native, native)
+    if native == _FLOAT16:
+        return Dtypes(_FLOAT32, _FLOAT16)
+    if dtype.kind in "biu":
+        return Dtypes(_FLOAT64, _FLOAT64)
+    if dtype.kind == "f":
+        raise TypeError(
+            f"{name} has dtype {dtype}, which softmaxloss does not compute in; "
+            "convert it to float64 (or float32) first"
+        )
+    raise TypeError(
+        f"{name} must be a real numeric array (float16/32/64, integer or bool); "
+        f"got dtype {dtype}"
+    )
+
+
+def as_real_array(x: Any, name: str = "logits") -> tuple[np.ndarray, Dtypes]:
+    """`np.asarray(x)` (no copy) and its dtypes; TypeError for complex/object/str."""
+    arr = np.asarray(x)
+    return arr, float_dtypes(arr.dtype, name)
+
+
+def normalize_axis(axis: Any, ndim: int) -> int:
+    """`axis` as a non-negative int; numpy's AxisError when out of range."""
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"axis must be an integer, got {axis!r}")
+    try:
+        index = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {axis!r}") from None
+    if not -ndim <= index < ndim:
+        raise AxisError(index, ndim)
+    return index % ndim
+
+
+def check_reduction(reduction: Any) -> str:
+    """The reduction name, or ValueError naming the choices."""
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        choices = ", ".join(repr(r) for r in REDUCTIONS)
+        raise ValueError(f"reduction must be one of {choices}; got {reduction!r}")
+    return reduction
+
+
+def check_n_threads(n_threads: Any) -> int | None:
+    """None (OpenMP's default) or a positive int."""
+    if n_threads is None:
+        return None
+    if isinstance(n_threads, (bool, np.bool_)):
+        raise TypeError(f"n_threads must be None or a positive integer, got {n_threads!r}")
+    try:
+        count = operator.index(n_threads)
+    except TypeError:
+        raise TypeError(
+            f"n_threads must be None or a positive integer, got {n_threads!r}"
+        ) from None
+    if count < 1:
+        raise ValueError(f"n_threads must be None or a positive integer, got {count}")
+    return count
+
+
+def _check_float_scalar(value: Any, name: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not low <= number <= high:  # also refuses NaN
+        upper = "]" if high != np.inf else ")"
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}{upper}; got {value!r}")
+    return number
+
+
+def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "out") -> np.ndarray:
+    """`out` must be a writable ndarray of exactly `shape` and `dtype`."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def check_no_overlap(out: np.ndarray, name: str, **inputs: np.ndarray | None) -> None:
+    """`out` may not share memory with any input (the logits are checked apart)."""
+    for input_name, array in inputs.items():
+        if array is not None and np.may_share_memory(out, array):
+            raise ValueError(f"{name} shares memory with {input_name}")
+
+
+def check_in_place(out: np.ndarray, logits: np.ndarray, name: str = "out") -> bool:
+    """True when `out` is the logits' own memory (in place); ValueError on partial overlap."""
+    if not np.may_share_memory(out, logits):
+        return False
+    same_view = (
+        out.__array_interface__["data"][0] == logits.__array_interface__["data"][0]
+        and out.strides == logits.strides
+    )
+    if not same_view:
+        raise ValueError(
+            f"{name} overlaps the logits without being the same array; pass the logits "
+            "array itself for an in-place update, or a separate array"
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class LossArgs:
+    """The validated arguments of a cross-entropy call, as both implementations need them.
+
+    `target` holds int64 class indices (`probabilities` False, shape `row_shape`) or
+    float64 probabilities (`probabilities` True, the logits' shape). `weight` is None
+    or float64 of shape (C,); `sample_weight` None or float64 of shape `row_shape`.
+    """
+
+    logits: np.ndarray
+    dtypes: Dtypes
+    axis: int
+    n_classes: int
+    row_shape: tuple[int, ...]
+    target: np.ndarray
+    probabilities: bool
+    weight: np.ndarray | None
+    sample_weight: np.ndarray | None
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    z_loss: float
+
+
+def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1 :]
+
+
+def _check_index_target(target: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
+    """int64 class indices; ValueError naming the first out-of-range value and position."""
+    # Compare in the target's own dtype: a huge uint64 must not wrap into range.
+    bad = ~((target >= 0) & (target < n_classes))
+    if ignore_index is not None:
+        bad &= target != ignore_index
+    if bad.any():
+        flat = int(np.flatnonzero(bad)[0])
+        position = tuple(int(p) for p in np.unravel_index(flat, target.shape))
+        allowed = f"0 <= target < {n_classes}"
+        if ignore_index is not None:
+            allowed += f" or target == ignore_index ({ignore_index})"
+        raise ValueError(
+            f"target value {target[position]} at position {position} is out of range "
+            f"for {n_classes} classes: expected {allowed}"
+        )
+    # Every value is now in [0, n_classes) or equal to ignore_index: int64 holds them.
+    return target.astype(np.int64, copy=False)
+
+
+def _check_weight(weight: Any, n_classes: int) -> np.ndarray | None:
+    if weight is None:
+        return None
+    array, _ = as_real_array(weight, "weight")
+    if array.shape != (n_classes,):
+        raise ValueError(
+            f"weight must have one entry per class, shape ({n_classes},); got shape {array.shape}"
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def _check_sample_weight(sample_weight: Any, row_shape: tuple[int, ...]) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    array, _ = as_real_array(sample_weight, "sample_weight")
+    if array.shape != row_shape:
+        raise ValueError(
+            f"sample_weight has shape {array.shape}; expected one weight per row, "
+            f"shape {row_shape} (the logits' shape without the class axis)"
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def check_loss_args(
+    logits: Any,
+    target: Any,
+    *,
+    axis: Any = -1,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    reduction: Any = "mean",
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+) -> LossArgs:
+    """Validate every argument of `cross_entropy`; raise before any work is done."""
+    x, dtypes = as_real_array(logits, "logits")
+    if x.ndim == 0:
+        raise ValueError("logits must have at least one dimension (the class axis); got a scalar")
+    axis = normalize_axis(axis, x.ndim)
+    n_classes = x.shape[axis]
+    if n_classes == 0:
+        raise ValueError(f"logits has zero classes (shape {x.shape}, class axis {axis})")
+    reduction = check_reduction(reduction)
+    label_smoothing = _check_float_scalar(label_smoothing, "label_smoothing", 0.0, 1.0)
+    z_loss = _check_float_scalar(z_loss, "z_loss", 0.0, np.inf)
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+
+    row_shape = _row_shape(x.shape, axis)
+    t = np.asarray(target)
+    if t.dtype.kind in "iu":
+        if t.shape != row_shape:
+            raise ValueError(
+                f"target of class indices has shape {t.shape}; logits of shape {x.shape} "
+                f"with class axis {axis} need shape {row_shape}"
+            )
+        checked_target = _check_index_target(t, n_classes, ignore_index)
+        probabilities = False
+    elif t.dtype.kind == "f":
+        if t.shape != x.shape:
+            raise ValueError(
+                f"target of probabilities has shape {t.shape}; it must have the logits' "
+                f"shape {x.shape}"
+            )
+        if ignore_index != DEFAULT_IGNORE_INDEX:
+            raise ValueError(
+                "ignore_index applies to class-index targets only; got probability "
+                f"targets (dtype {t.dtype}) with ignore_index={ignore_index}"
+            )
+        checked_target = t.astype(np.float64, copy=False)
+        probabilities = True
+    else:
+        raise TypeError(
+            "target must hold integer class indices or float probabilities; "
+            f"got dtype {t.dtype}"
+        )
+    return LossArgs(
+        logits=x,
+        dtypes=dtypes,
+        axis=axis,
+        n_classes=n_classes,
+        row_shape=row_shape,
+        target=checked_target,
+        probabilities=probabilities,
+        weight=_check_weight(weight, n_classes),
+        sample_weight=_check_sample_weight(sample_weight, row_shape),
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
+
+
+def check_gradient_hessian_args(
+    logits: Any, labels: Any, sample_weight: Any
+) -> tuple[np.ndarray, Dtypes, np.ndarray, np.ndarray | None]:
+    """Validate `gradient_hessian`'s (N, C) logits, (N,) labels and sample weights."""
+    x, dtypes = as_real_array(logits, "logits")
+    if x.ndim != 2:
+        raise ValueError(f"logits must be 2-D (n_samples, n_classes); got shape {x.shape}")
+    n_rows, n_classes = x.shape
+    if n_classes == 0:
+        raise ValueError(f"logits has zero classes (shape {x.shape})")
+    y = np.asarray(labels)
+    if y.dtype.kind not in "iuf":
+        raise TypeError(f"labels must be integer class indices; got dtype {y.dtype}")
+    if y.shape != (n_rows,):
+        raise ValueError(
+            f"labels has shape {y.shape}; logits of shape {x.shape} need shape ({n_rows},)"
+        )
+    if y.dtype.kind == "f":
+        # scikit-learn passes labels as floats holding integers: accept exact integers only.
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ValueError("labels given as floats must hold whole class numbers")
+        # No cast here: _check_index_target range-checks in float first, so 1e300
+        # is reported as itself instead of as an invalid cast's garbage.
+    labels_checked = _check_index_target(y, n_classes, ignore_index=None)
+    return x, dtypes, labels_checked, _check_sample_weight(sample_weight, (n_rows,))
+

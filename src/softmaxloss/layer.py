@@ -1,0 +1,68 @@
+"""`SoftmaxWithLoss`: the Softmax-with-Loss layer of the textbooks, on the fused kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._facade import cross_entropy_with_grad
+from ._validation import DEFAULT_IGNORE_INDEX, check_loss_args
+
+
+class SoftmaxWithLoss:
+    """Softmax followed by cross-entropy, as a layer with forward and backward.
+
+    `forward(x, t)` runs the fused kernel once: it returns the loss and keeps the
+    gradient d(loss)/dx, the only thing `backward` needs. `backward(dout=1.0)` returns
+    that gradient times `dout` (a scalar; for reduction="none" one value per row,
+    broadcast along the class axis). The keywords are those of `cross_entropy`.
+    """
+
+    def __init__(
+        self,
+        *,
+        axis: int = -1,
+        weight: Any = None,
+        ignore_index: int = DEFAULT_IGNORE_INDEX,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        n_threads: int | None = None,
+    ) -> None:
+        self.options: dict[str, Any] = dict(
+            axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
+            label_smoothing=label_smoothing, z_loss=z_loss,
+        )
+        # Refuse bad options now rather than at the first forward.
+        check_loss_args(np.zeros((1, 1)), np.zeros((1, 1)), **{**self.options, "axis": -1,
+                        "weight": None, "ignore_index": DEFAULT_IGNORE_INDEX})
+        self.n_threads = n_threads
+        self.loss: Any = None
+        self.grad: np.ndarray | None = None
+
+    def forward(self, x: Any, t: Any, sample_weight: Any = None) -> Any:
+        """The loss of logits `x` against targets `t`; keeps d(loss)/dx for backward."""
+        self.loss, self.grad = cross_entropy_with_grad(
+            x, t, sample_weight=sample_weight, n_threads=self.n_threads, **self.options
+        )
+        return self.loss
+
+    __call__ = forward
+
+    def backward(self, dout: Any = 1.0) -> np.ndarray:
+        """d(loss)/dx times dout, as a new array of x's dtype."""
+        if self.grad is None:
+            raise RuntimeError("SoftmaxWithLoss.backward() called before forward()")
+        scale = np.asarray(dout)
+        if self.options["reduction"] == "none" and scale.ndim:
+            row_shape = np.shape(self.loss)
+            if scale.shape != row_shape:
+                raise ValueError(
+                    f"dout has shape {scale.shape}; reduction='none' needs one value per "
+                    f"row, shape {row_shape}"
+                )
+            scale = np.expand_dims(scale, self.options["axis"])
+        elif scale.ndim:
+            raise ValueError(f"dout must be a scalar for reduction={self.options['reduction']!r}")
+        return np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")

@@ -1,0 +1,472 @@
+"""Pure-NumPy twin of every public softmaxloss function: SPEC.md's formulas, written out.
+
+Public and meant to be read: other projects may test their own implementations against it,
+and the fused Cython kernel is tested against it. Every function
+
+- validates its arguments with the same checks (`softmaxloss._validation`) as the fast
+  function of the same name, before any work, so both raise the same errors;
+- computes in float64 whatever the input dtype, and returns results in the logits' result
+  dtype (float16 stays float16, float32 stays float32, integers and bools give float64);
+- never modifies its inputs (it works on a float64 copy), unless one is passed as `out`;
+- accepts `n_threads` (validated, otherwise unused) so the signatures equal the fast ones.
+
+Notation (SPEC.md), with the class axis moved last: x logits (..., C); p = softmax(x);
+l = log_softmax(x) (`log_p` in the code); lse = logsumexp(x), shape (...); y targets;
+w class weights (C,), 1 if None; s sample weights (...), 1 if None; eps label smoothing;
+z z-loss coefficient.
+
+A term whose coefficient is zero is left out, never multiplied by zero: -l is +inf at a -inf
+logit, and 0 * inf would turn an exact result into NaN. Products inside a term stay as the
+formula says (w_c * y'_c * -l[n,c] is NaN for y'_c == 0 at a -inf logit, as in PyTorch).
+
+Return types: reductions "mean"/"sum" and 1-D logits give NumPy scalars of the result dtype
+(e.g. `np.float32`); everything else an ndarray. `out=` arrays are filled and returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._validation import (
+    DEFAULT_IGNORE_INDEX,
+    Dtypes,
+    LossArgs,
+    as_real_array,
+    check_gradient_hessian_args,
+    check_in_place,
+    check_loss_args,
+    check_n_threads,
+    check_no_overlap,
+    check_out,
+    normalize_axis,
+)
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "gradient_hessian",
+]
+
+
+def _quiet() -> np.errstate:
+    """Silence NumPy's warnings about NaN and +-inf results.
+
+    They are SPEC's semantics for non-finite input (inf - inf, log(0), 0/0 for a mean over
+    no rows), not accidents.
+    """
+    return np.errstate(divide="ignore", invalid="ignore", over="ignore")
+
+
+# -- the formulas, on float64 arrays with the class axis last ----------------------------------
+
+
+def _float64_rows(x: np.ndarray, axis: int) -> np.ndarray:
+    """A new C-ordered float64 copy of x with the class axis moved last, (..., C).
+
+    A copy, so the input is never touched (and may be `out`); C order, so the sums run in the
+    same order whatever the input's memory layout.
+    """
+    return np.array(np.moveaxis(x, axis, -1), dtype=np.float64, order="C", copy=True)
+
+
+def _row_max(x: np.ndarray) -> np.ndarray:
+    """max_c x[..., c], shape (..., 1); -inf for zero classes; NaN if the row has a NaN."""
+    return np.max(x, axis=-1, keepdims=True, initial=-np.inf)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """p = exp(x - max) / sum_c exp(x - max); (..., C) -> (..., C).
+
+    -inf entries next to finite ones give exact zeros; a row of all -inf or with a +inf gives
+    x - max = inf - inf = NaN, so a NaN row (as PyTorch).
+    """
+    e = np.exp(x - _row_max(x))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def _log_sum_exp_shifted(shifted: np.ndarray) -> np.ndarray:
+    """log(sum_c exp(shifted_c)) for shifted = x - max (or x), shape (..., 1).
+
+    Computed as log1p((ties - 1) + rest): each entry at the max adds exactly exp(0) = 1,
+    and `rest` sums the others. For a confident row the sum is 1 + rest with rest tiny,
+    and log1p keeps the digits of rest that rounding 1 + rest would lose: they are the
+    whole of the loss of a confident, correct prediction.
+    """
+    at_max = shifted == 0
+    ties = np.sum(at_max, axis=-1, keepdims=True)
+    rest = np.sum(np.exp(shifted), axis=-1, keepdims=True, where=~at_max)
+    return np.log1p((ties - 1.0) + rest)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """l = (x - max) - log(sum_c exp(x - max)); (..., C) -> (..., C).
+
+    Same NaN rows as `_softmax`; -inf entries next to finite ones give -inf.
+    """
+    shifted = x - _row_max(x)
+    return shifted - _log_sum_exp_shifted(shifted)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """lse = log(sum_c exp(x - m)) + m, m = row max (0 where infinite); (..., C) -> (...).
+
+    As torch.logsumexp and scipy.special.logsumexp: a row holding +inf gives +inf, a row of all
+    -inf (or no classes) gives -inf, a NaN gives NaN.
+    """
+    m = _row_max(x)
+    m = np.where(np.isinf(m), 0.0, m)
+    return (_log_sum_exp_shifted(x - m) + m)[..., 0]
+
+
+def _onehot(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """onehot[..., c] = 1.0 if c == y[...] else 0.0; (...) -> (..., C)."""
+    return (np.arange(n_classes) == y[..., None]).astype(np.float64)
+
+
+def _pick(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """a[..., y[...]]; (..., C) and (...) -> (...)."""
+    return np.take_along_axis(a, y[..., None], axis=-1)[..., 0]
+
+
+def _index_target_losses(
+    log_p: np.ndarray,
+    lse: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    s: np.ndarray,
+    eps: float,
+    z: float,
+) -> np.ndarray:
+    """loss_n = s_n ((1-eps) w[y_n] -l[n,y_n] + (eps/C) sum_c w_c -l[n,c] + z lse_n^2).
+
+    Shapes: log_p (..., C), lse (...), y (...) valid class indices, w (C,), s (...) -> (...).
+    """
+    n_classes = log_p.shape[-1]
+    loss = np.zeros(y.shape)
+    if eps != 1:
+        loss = loss + (1 - eps) * w[y] * -_pick(log_p, y)
+    if eps != 0:
+        loss = loss + (eps / n_classes) * np.sum(w * -log_p, axis=-1)
+    if z != 0:
+        loss = loss + z * lse**2
+    return s * loss
+
+
+def _index_target_grads(
+    p: np.ndarray,
+    lse: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    s: np.ndarray,
+    eps: float,
+    z: float,
+) -> np.ndarray:
+    """g_n = s_n ((1-eps) w[y_n] (p_n - onehot_n) + (eps/C)(sum(w) p_n - w) + 2 z lse_n p_n).
+
+    Shapes: p (..., C), lse (...), y (...) valid class indices, w (C,), s (...) -> (..., C).
+    """
+    n_classes = p.shape[-1]
+    grad = np.zeros(p.shape)
+    if eps != 1:
+        grad = grad + (1 - eps) * w[y][..., None] * (p - _onehot(y, n_classes))
+    if eps != 0:
+        grad = grad + (eps / n_classes) * (np.sum(w) * p - w)
+    if z != 0:
+        grad = grad + 2 * z * lse[..., None] * p
+    return s[..., None] * grad
+
+
+def _smoothed_probabilities(y: np.ndarray, eps: float) -> np.ndarray:
+    """y' = (1-eps) y + eps/C; (..., C) -> (..., C)."""
+    n_classes = y.shape[-1]
+    smoothed = np.zeros(y.shape)
+    if eps != 1:
+        smoothed = smoothed + (1 - eps) * y
+    if eps != 0:
+        smoothed = smoothed + eps / n_classes
+    return smoothed
+
+
+def _probability_target_losses(
+    log_p: np.ndarray, lse: np.ndarray, yp: np.ndarray, w: np.ndarray, s: np.ndarray, z: float
+) -> np.ndarray:
+    """loss_n = s_n (sum_c w_c y'_c -l[n,c] + z lse_n^2); log_p, yp (..., C) -> (...)."""
+    loss = np.sum(w * yp * -log_p, axis=-1)
+    if z != 0:
+        loss = loss + z * lse**2
+    return s * loss
+
+
+def _probability_target_grads(
+    p: np.ndarray, lse: np.ndarray, yp: np.ndarray, w: np.ndarray, s: np.ndarray, z: float
+) -> np.ndarray:
+    """g_n = s_n ((sum_c w_c y'_c) p_n - w y'_n + 2 z lse_n p_n); p, yp (..., C) -> (..., C).
+
+    Exact for any target rows, also rows that do not sum to 1.
+    """
+    grad = np.sum(w * yp, axis=-1, keepdims=True) * p - w * yp
+    if z != 0:
+        grad = grad + 2 * z * lse[..., None] * p
+    return s[..., None] * grad
+
+
+def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The reduced loss (shape () or row_shape) and, if asked, its gradient (..., C), in float64.
+
+    Index targets: ignored rows (y_n == ignore_index) give 0 loss and 0 gradient and are left
+    out of the mean's normaliser W = sum_n s_n w[y_n]. Probability targets: the mean divides
+    by the number of rows, or by sum(s) when sample weights are given. A mean whose normaliser
+    is 0 (no rows, or only rows of weight 0) is NaN, and so is the gradient of its kept rows
+    (as PyTorch's 0/0); ignored rows' gradient stays 0 even then.
+    """
+    x = _float64_rows(args.logits, args.axis)
+    n_classes = args.n_classes
+    w = np.ones(n_classes) if args.weight is None else args.weight
+    s = np.ones(args.row_shape) if args.sample_weight is None else args.sample_weight
+    eps, z = args.label_smoothing, args.z_loss
+    log_p, lse = _log_softmax(x), _logsumexp(x)
+    grads: np.ndarray | None = None
+
+    if args.probabilities:
+        yp = _smoothed_probabilities(np.moveaxis(args.target, args.axis, -1), eps)
+        kept = np.ones(args.row_shape, dtype=bool)
+        losses = _probability_target_losses(log_p, lse, yp, w, s, z)
+        if with_grad:
+            grads = _probability_target_grads(_softmax(x), lse, yp, w, s, z)
+        normaliser = np.float64(kept.size) if args.sample_weight is None else np.sum(s)
+    else:
+        kept = args.target != args.ignore_index
+        y = np.where(kept, args.target, 0)  # ignored rows get class 0, then are dropped
+        losses = np.where(kept, _index_target_losses(log_p, lse, y, w, s, eps, z), 0.0)
+        if with_grad:
+            grads = _index_target_grads(_softmax(x), lse, y, w, s, eps, z)
+            grads = np.where(kept[..., None], grads, 0.0)
+        normaliser = np.sum(s * w[y], where=kept)
+
+    if args.reduction == "none":  # the gradient is that of sum(losses)
+        return losses, grads
+    total = np.sum(losses)
+    if args.reduction == "sum":
+        return total, grads
+    if normaliser == 0:  # nothing to average over: the mean and its gradient are undefined
+        normaliser = np.float64(np.nan)
+    if grads is not None:
+        grads = np.where(kept[..., None], grads / normaliser, 0.0)
+    return total / normaliser, grads
+
+
+# -- output handling ---------------------------------------------------------------------------
+
+
+# Rounding to a narrower result dtype may overflow to +-inf (float16 holds up to 65504): that
+# is the rounding, not an error, so the casts below run under `_quiet()`.
+
+
+def _as_result(value: Any, dtypes: Dtypes) -> Any:
+    """`value` in the result dtype; a 0-d result becomes a NumPy scalar."""
+    with _quiet():
+        return np.asarray(value, dtype=dtypes.result)[()]
+
+
+def _write(result: np.ndarray, dtypes: Dtypes, out: np.ndarray | None) -> np.ndarray:
+    """`result` (already in the caller's axis order) as a new result-dtype array, or into `out`."""
+    with _quiet():
+        if out is None:
+            return result.astype(dtypes.result)
+        out[...] = result
+    return out
+
+
+# -- public functions --------------------------------------------------------------------------
+
+
+def softmax(
+    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, n_threads: Any = None
+) -> np.ndarray:
+    """p = exp(x - max) / sum(exp(x - max)) along `axis`; x's shape, result dtype.
+
+    -inf entries next to finite ones give exact zeros; a row with a NaN, a +inf, or only
+    -inf gives a NaN row (as PyTorch). `out` (x's shape, result dtype; may be x) is filled
+    and returned.
+    """
+    array, dtypes = as_real_array(x, "x")
+    axis = normalize_axis(axis, array.ndim)
+    check_n_threads(n_threads)
+    if out is not None:
+        check_out(out, array.shape, dtypes.result)
+        check_in_place(out, array)
+    with _quiet():
+        p = _softmax(_float64_rows(array, axis))
+    return _write(np.moveaxis(p, -1, axis), dtypes, out)
+
+
+def log_softmax(
+    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, n_threads: Any = None
+) -> np.ndarray:
+    """l = (x - max) - log(sum(exp(x - max))) along `axis`; x's shape, result dtype.
+
+    -inf entries next to finite ones give -inf; a row with a NaN, a +inf, or only -inf gives
+    a NaN row (as PyTorch). `out` (x's shape, result dtype; may be x) is filled and returned.
+    """
+    array, dtypes = as_real_array(x, "x")
+    axis = normalize_axis(axis, array.ndim)
+    check_n_threads(n_threads)
+    if out is not None:
+        check_out(out, array.shape, dtypes.result)
+        check_in_place(out, array)
+    with _quiet():
+        log_p = _log_softmax(_float64_rows(array, axis))
+    return _write(np.moveaxis(log_p, -1, axis), dtypes, out)
+
+
+def logsumexp(x: Any, axis: Any = -1, *, keepdims: bool = False, n_threads: Any = None) -> Any:
+    """lse = log(sum(exp(x - m))) + m along `axis` (m the max, or 0 where it is infinite).
+
+    Shape: x's without `axis` (kept with length 1 if `keepdims`); result dtype; a NumPy scalar
+    for 1-D x. As torch.logsumexp and scipy.special.logsumexp: +inf in a row gives +inf, a row
+    of all -inf or a length-0 axis gives -inf, a NaN gives NaN.
+    """
+    array, dtypes = as_real_array(x, "x")
+    axis = normalize_axis(axis, array.ndim)
+    check_n_threads(n_threads)
+    with _quiet():
+        lse = _logsumexp(_float64_rows(array, axis))
+    if keepdims:
+        lse = np.expand_dims(lse, axis)
+    return _as_result(lse, dtypes)
+
+
+def cross_entropy(
+    logits: Any,
+    target: Any,
+    *,
+    axis: Any = -1,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    reduction: Any = "mean",
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+    n_threads: Any = None,
+) -> Any:
+    """Cross-entropy of softmax(logits) along `axis` against `target` (SPEC.md's formulas).
+
+    target: int class indices of the logits' shape without `axis`, or float probabilities of
+    the logits' shape. Index targets: loss_n = s_n ((1-eps) w[y_n] -l[n,y_n]
+    + (eps/C) sum_c w_c -l[n,c] + z lse_n^2); "mean" divides by sum over non-ignored rows of
+    s_n w[y_n]. Probability targets: loss_n = s_n (sum_c w_c y'_c -l[n,c] + z lse_n^2) with
+    y' = (1-eps) y + eps/C; "mean" divides by the number of rows (sum(s) if given).
+    Returns a result-dtype scalar for "mean"/"sum", the per-row losses (shape of the rows,
+    0 for ignored rows) for "none".
+    """
+    args = check_loss_args(
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
+    check_n_threads(n_threads)
+    with _quiet():
+        loss, _ = _cross_entropy(args, with_grad=False)
+    return _as_result(loss, args.dtypes)
+
+
+def cross_entropy_with_grad(
+    logits: Any,
+    target: Any,
+    *,
+    axis: Any = -1,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    reduction: Any = "mean",
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+    out: np.ndarray | None = None,
+    n_threads: Any = None,
+) -> tuple[Any, np.ndarray]:
+    """(loss, grad): `cross_entropy`'s loss and grad = d(loss)/d(logits), logits' shape.
+
+    For reduction "none", grad is the gradient of the sum of the per-row losses. Index targets:
+    g_n = s_n ((1-eps) w[y_n] (p_n - onehot_n) + (eps/C)(sum(w) p_n - w) + 2 z lse_n p_n),
+    0 for ignored rows. Probability targets: g_n = s_n ((sum_c w_c y'_c) p_n - w y'_n
+    + 2 z lse_n p_n). "mean" divides by the same normaliser as the loss. `out` (logits' shape,
+    result dtype; may be the logits array itself, for an in-place update) receives grad.
+    """
+    args = check_loss_args(
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        sample_weight=sample_weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+    )
+    check_n_threads(n_threads)
+    if out is not None:
+        check_out(out, args.logits.shape, args.dtypes.result)
+        check_in_place(out, args.logits)
+        check_no_overlap(
+            out,
+            "out",
+            target=np.asarray(target),
+            weight=args.weight,
+            sample_weight=args.sample_weight,
+        )
+    with _quiet():
+        loss, grad = _cross_entropy(args, with_grad=True)
+    assert grad is not None
+    # Everything is computed (from a copy) before `out`, possibly the logits, is written.
+    grad = np.moveaxis(grad, -1, args.axis)
+    return _as_result(loss, args.dtypes), _write(grad, args.dtypes, out)
+
+
+def gradient_hessian(
+    logits: Any,
+    labels: Any,
+    *,
+    sample_weight: Any = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+    n_threads: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(grad, hess) = (s_n (p - onehot), s_n p (1 - p)) per row, p = softmax(logits, axis=1).
+
+    logits (N, C); labels (N,) class indices (integers, or floats holding whole numbers, as
+    scikit-learn passes them); sample_weight (N,) or None. Both results (N, C), result dtype.
+    `out` is None or a tuple (grad_out, hess_out) of such arrays, filled and returned;
+    grad_out may be the logits array itself.
+    """
+    x, dtypes, y, s = check_gradient_hessian_args(logits, labels, sample_weight)
+    check_n_threads(n_threads)
+    if out is not None:
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError("out must be None or a tuple (grad_out, hess_out)")
+        grad_out, hess_out = out
+        check_out(grad_out, x.shape, dtypes.result, "out[0]")
+        check_out(hess_out, x.shape, dtypes.result, "out[1]")
+        check_in_place(grad_out, x, "out[0]")
+        check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
+        for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
+            check_no_overlap(array, name, labels=np.asarray(labels), sample_weight=s)
+    with _quiet():
+        p = _softmax(_float64_rows(x, 1))
+        grad = p - _onehot(y, x.shape[1])
+        hess = p * (1 - p)
+        if s is not None:
+            grad = s[:, None] * grad
+            hess = s[:, None] * hess
+    if out is None:
+        return _write(grad, dtypes, None), _write(hess, dtypes, None)
+    return _write(grad, dtypes, out[0]), _write(hess, dtypes, out[1])

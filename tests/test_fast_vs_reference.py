@@ -1,0 +1,114 @@
+"""Every public function, fast vs reference, on random inputs: every dtype, memory
+layout, thread count, class axis and reduction, with every compiled kernel build.
+
+One registry of calls (`CALLS`) drives the whole grid: each entry calls a function
+of a module (`softmaxloss` or `softmaxloss.reference`, same signatures) on the
+case's arrays, so a new function is one new entry.
+"""
+
+import numpy as np
+import pytest
+from _helpers import LAYOUTS, assert_close, random_probabilities, random_targets, with_layout
+
+import softmaxloss as sml
+from softmaxloss import reference as ref
+
+
+CALLS = {
+    "softmax": lambda m, c: m.softmax(c["x"], c["axis"], n_threads=c["threads"]),
+    "log_softmax": lambda m, c: m.log_softmax(c["x"], c["axis"], n_threads=c["threads"]),
+    "logsumexp": lambda m, c: m.logsumexp(c["x"], c["axis"], n_threads=c["threads"]),
+    "logsumexp_keepdims": lambda m, c: m.logsumexp(
+        c["x"], c["axis"], keepdims=True, n_threads=c["threads"]
+    ),
+    "cross_entropy_none": lambda m, c: m.cross_entropy(
+        c["x"], c["target"], axis=c["axis"], reduction="none", n_threads=c["threads"]
+    ),
+    "cross_entropy_mean": lambda m, c: m.cross_entropy(
+        c["x"], c["target"], axis=c["axis"], n_threads=c["threads"]
+    ),
+    "cross_entropy_sum": lambda m, c: m.cross_entropy(
+        c["x"], c["target"], axis=c["axis"], reduction="sum", n_threads=c["threads"]
+    ),
+    "with_grad_none": lambda m, c: m.cross_entropy_with_grad(
+        c["x"], c["target"], axis=c["axis"], reduction="none", n_threads=c["threads"]
+    ),
+    "with_grad_mean": lambda m, c: m.cross_entropy_with_grad(
+        c["x"], c["target"], axis=c["axis"], n_threads=c["threads"]
+    ),
+    "with_grad_sum": lambda m, c: m.cross_entropy_with_grad(
+        c["x"], c["target"], axis=c["axis"], reduction="sum", n_threads=c["threads"]
+    ),
+    "with_grad_probabilities": lambda m, c: m.cross_entropy_with_grad(
+        c["x"], c["probabilities"], axis=c["axis"], n_threads=c["threads"]
+    ),
+    "with_grad_all_options": lambda m, c: m.cross_entropy_with_grad(
+        c["x"], c["target"], axis=c["axis"], weight=c["weight"], sample_weight=c["sample_weight"],
+        label_smoothing=0.1, z_loss=1e-3, n_threads=c["threads"],
+    ),
+    "gradient_hessian": lambda m, c: m.gradient_hessian(
+        np.moveaxis(c["x"], c["axis"], -1).reshape(-1, c["x"].shape[c["axis"]]),
+        np.asarray(c["target"]).reshape(-1) % c["x"].shape[c["axis"]],
+        n_threads=c["threads"],
+    ),
+}
+
+# (shape, axis): N-D with the class axis anywhere, and one large enough for 2 threads.
+SHAPES = [((4, 5, 6), 0), ((4, 5, 6), 1), ((4, 5, 6), -1), ((300, 257), -1), ((257, 300), 0), ((7,), 0)]
+
+
+def make_case(rng, shape, axis, dtype, layout, threads):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    n_classes = shape[axis]
+    target = random_targets(rng, shape, axis, n_ignored=2)
+    return {
+        "x": with_layout(x, layout),
+        "axis": axis,
+        "threads": threads,
+        "target": target,
+        "probabilities": with_layout(random_probabilities(rng, shape, axis).astype(dtype), layout),
+        "weight": rng.uniform(0.5, 2.0, n_classes),
+        "sample_weight": rng.uniform(0.0, 2.0, target.shape),
+    }
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis", SHAPES, ids=[f"{s}-axis{a}" for s, a in SHAPES])
+def test_fast_matches_reference(kernel_build, rng, call, threads, layout, dtype, shape, axis):
+    """Fast and reference agree in value, dtype and shape, and leave the inputs alone."""
+    case = make_case(rng, shape, axis, dtype, layout, threads)
+    before = {k: np.array(v, copy=True) for k, v in case.items() if isinstance(v, np.ndarray)}
+    expected = CALLS[call](ref, case)
+    actual = CALLS[call](sml, case)
+    assert_close(actual, expected, dtype, f"{call} {shape} axis={axis} {layout}")
+    for name, value in before.items():
+        np.testing.assert_array_equal(case[name], value, err_msg=f"{call} modified {name}")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32, np.int64, np.uint8, np.bool_])
+@pytest.mark.parametrize("call", ["softmax", "log_softmax", "logsumexp", "with_grad_mean", "gradient_hessian"])
+def test_converted_dtypes_match_reference(rng, dtype, call):
+    """float16 is computed in float32 and returned as float16; ints and bools as float64."""
+    case = make_case(rng, (6, 5), -1, np.float64, "C", 1)
+    case["x"] = (case["x"] > 0) if dtype is np.bool_ else case["x"].clip(0, 100).astype(dtype)
+    expected = CALLS[call](ref, case)
+    actual = CALLS[call](sml, case)
+    assert_close(actual, expected, np.float16 if dtype is np.float16 else np.float64, call)
+    result = actual[0] if isinstance(actual, tuple) else actual
+    assert result.dtype == (np.float16 if dtype is np.float16 else np.float64)
+
+
+def test_results_are_bitwise_identical_for_every_thread_count(kernel_build, rng):
+    """No reduction crosses rows, so the thread count cannot change a single bit."""
+    x = rng.standard_normal((700, 300)).astype(np.float32) * 5
+    target = random_targets(rng, x.shape, -1, n_ignored=10)
+    options = dict(weight=rng.uniform(0.1, 2, 300), label_smoothing=0.2, z_loss=1e-3)
+    results = [sml.cross_entropy_with_grad(x, target, n_threads=n, **options) for n in (1, 2, 3, 4)]
+    for loss, grad in results[1:]:
+        assert loss.tobytes() == results[0][0].tobytes()
+        assert grad.tobytes() == results[0][1].tobytes()
+    softmaxes = [sml.softmax(x, n_threads=n) for n in (1, 2, 3)]
+    assert all(s.tobytes() == softmaxes[0].tobytes() for s in softmaxes)

@@ -1,0 +1,88 @@
+"""The installed package: imported from site-packages (never the source tree), its
+public API, configuration report and command line."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import softmaxloss as sml
+from softmaxloss import _dispatch, reference
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+PUBLIC_FUNCTIONS = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad", "gradient_hessian"]
+
+
+def test_tests_run_against_the_installed_package_not_the_source_tree():
+    package_dir = pathlib.Path(sml.__file__).resolve().parent
+    assert REPOSITORY / "src" not in package_dir.parents, (
+        f"softmaxloss was imported from {package_dir}: install it (pip install .) and do not put src/ on sys.path"
+    )
+    assert sml.__version__ != "0+unknown"
+
+
+@pytest.mark.parametrize("name", PUBLIC_FUNCTIONS)
+def test_every_public_function_has_a_reference_twin_with_the_same_signature(name):
+    import inspect
+
+    def parameters(function):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+    assert name in sml.__all__
+    assert parameters(getattr(sml, name)) == parameters(getattr(reference, name))
+
+
+def test_every_kernel_build_reports_its_instruction_set():
+    for name, module in _dispatch.available.items():
+        info = module.build_info()
+        assert info["openmp"] in (True, False) and info["max_threads"] >= 1
+        assert ("avx2" in info["isa"]) == (name == "avx2")
+
+
+def test_forcing_an_unavailable_kernel_build_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="not available"):
+        with _dispatch.use("no-such-build"):
+            pass
+
+
+def test_show_config_names_the_build(capsys):
+    sml.show_config()
+    printed = capsys.readouterr().out
+    for fact in ("python:", "numpy:", "compiler:", "openmp:", "instruction_set:", _dispatch.active_name()):
+        assert fact in printed
+
+
+def run_module(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "softmaxloss", *args], capture_output=True, text=True, timeout=600, cwd=REPOSITORY.parent
+    )
+
+
+def test_command_line_bench_runs_and_reports_ratios(tmp_path):
+    result = run_module(
+        "bench", "--shapes", "64x10,32x100", "--dtypes", "float32", "--threads", "1",
+        "--repeats", "2", "--contenders", "copyto,softmaxloss,numpy", "--json", str(tmp_path / "r.json"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "softmaxloss" in result.stdout and "x)" in result.stdout
+    import json
+
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["n_rows"], r["n_classes"]) for r in rows] == [(64, 10), (32, 100)]
+    assert all(r["ratios_to_copyto"]["softmaxloss"] > 0 for r in rows)
+
+
+def test_command_line_config():
+    result = run_module("config")
+    assert result.returncode == 0 and "instruction_set:" in result.stdout
+
+
+def test_a_wheel_that_must_have_openmp_has_it():
+    """CI and cibuildwheel set SOFTMAXLOSS_REQUIRE_OPENMP=1: a single-threaded build fails."""
+    import os
+
+    if os.environ.get("SOFTMAXLOSS_REQUIRE_OPENMP") != "1":
+        pytest.skip("SOFTMAXLOSS_REQUIRE_OPENMP is not set")
+    for module in _dispatch.available.values():
+        assert module.build_info()["openmp"], f"{module.__name__} was built without OpenMP"
