@@ -1,9 +1,19 @@
 """Shared fixtures. The tests import the installed softmaxloss, never the source tree."""
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from softmaxloss import _dispatch
+
+# HYPOTHESIS_PROFILE=ci (set by .ci/run): the same examples on every run, so that CI
+# is reproducible; locally each run explores new ones. "thorough" for long hunts.
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60)
+settings.register_profile("dev", deadline=None, max_examples=60)
+settings.register_profile("thorough", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(params=sorted(_dispatch.available))

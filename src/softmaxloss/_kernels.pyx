@@ -2,17 +2,24 @@
 
 Design, bottom up (each layer calls only the one below it):
 
-1. Row primitives in C (`_rowops.h`, `_fastexp.h`): max, exp-and-sum, gap-sum of one
-   contiguous row; the loops that must vectorise.
+1. Row primitives in C (`_rowops.h`, `_rowops_template.h`, `_fastexp.h`): max,
+   exp-and-sum, gap-sum of one contiguous row; the loops that must vectorise.
 2. Row kernels, `cdef inline ... noexcept nogil`, written once for float32 and float64
-   (the fused type `floating`): one row's softmax, or one row's loss and gradient
-   in one pass over its logits (`row_loss_grad_index`, `row_loss_grad_probs`).
+   (the fused type `floating`): one row's softmax, or one row's loss and gradient in
+   one pass over its logits. The cross-entropy of a class-index row is split in two:
+   the row's statistics (max, sum of exponentials, ...) and `index_row_terms`, the
+   formula that turns them into the loss and the gradient's coefficients. The
+   formula is written once; two ways of gathering the statistics use it:
+   `row_loss_grad_index` (one row, vectorised along the classes) and
+   `block_loss_grad_index` (a block of BLOCK_ROWS rows with few classes, transposed
+   so that every step is vectorised across the rows).
 3. Array loops (the `def` functions): every array arrives as a "rows view" of shape
-   (A, B, C): the class axis last, rows indexed by (a, b), any strides. The loops
-   run `prange` over the A*B rows; a row whose class axis is not contiguous is
-   gathered into a per-thread scratch row, computed there, and scattered back.
-   Every row is computed by the same code whatever the thread count, and no loop
-   reduces across rows, so results are bitwise identical for every `n_threads`.
+   (A, B, C): the class axis last, rows indexed by r = a * B + b, any strides (a
+   `Rows`). The loops run `prange` over rows or blocks of rows; a row whose class
+   axis is not contiguous is gathered into a per-thread scratch row, computed there,
+   and scattered back. Every row is computed by the same code whatever the thread
+   count, and no loop reduces across rows, so results are bitwise identical for
+   every `n_threads`.
 4. The Python facade (`softmaxloss._facade`) validates, builds the rows views,
    computes the normaliser of `mean`, reduces the per-row losses and documents.
 
@@ -22,10 +29,9 @@ everything it needs from a logit before it writes the gradient over it.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, NAN
+from libc.math cimport INFINITY, NAN, isfinite, log1p
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset
 
 
 cdef extern from "_rowops.h" nogil:
@@ -56,6 +62,36 @@ ctypedef fused target_floating:
 cdef enum:
     # Below this many logits per thread, starting threads costs more than it saves.
     MIN_ELEMENTS_PER_THREAD = 32768
+    # Rows with at most BLOCK_MAX_CLASSES classes go BLOCK_ROWS at a time: for short
+    # rows the per-row overhead of the row path (loop remainders, reductions) dominates.
+    BLOCK_ROWS = 64
+    BLOCK_MAX_CLASSES = 32
+
+
+cdef struct Rows:
+    # An (A, B, C) array as the kernels address it: row r is (a, b) = divmod(r, n_b),
+    # at base + a * stride_a + b * stride_b; its classes `step` bytes apart.
+    char *base
+    Py_ssize_t n_b
+    Py_ssize_t stride_a
+    Py_ssize_t stride_b
+    Py_ssize_t step
+
+
+cdef inline char *row_at(Rows v, Py_ssize_t r) noexcept nogil:
+    cdef Py_ssize_t a = r // v.n_b
+    return v.base + a * v.stride_a + (r - a * v.n_b) * v.stride_b
+
+
+cdef inline Rows make_rows(const void *base, Py_ssize_t n_b, Py_ssize_t stride_a,
+                           Py_ssize_t stride_b, Py_ssize_t step) noexcept nogil:
+    cdef Rows v
+    v.base = <char *>base
+    v.n_b = n_b if n_b > 0 else 1
+    v.stride_a = stride_a
+    v.stride_b = stride_b
+    v.step = step
+    return v
 
 
 # ---- layer 2a: fused-type dispatch to the C primitives ---------------------------
@@ -118,59 +154,93 @@ cdef inline double row_logsumexp(const floating *x, Py_ssize_t n) noexcept nogil
     return <double>m + log_total
 
 
+cdef struct IndexRowTerms:
+    double loss           # loss_n
+    double p_scale        # grad_c = p_scale * e_c - smooth_scale * w_c   (c != y)
+    double smooth_scale
+    double label_grad     # grad_y
+
+
+cdef inline IndexRowTerms index_row_terms(
+    double m,             # the row max
+    double x_y,           # the label's logit
+    double gap_sum,       # sum_c w_c (m - x_c), needed when eps != 0
+    double total,         # S = sum_c e_c, e_c = exp(x_c - m)
+    double log_total,     # log(S), accurate for S ~ 1
+    double e_y,           # the label's e_y (for the gradient)
+    Py_ssize_t n,
+    double w_y,           # the label's class weight
+    double w_sum,         # sum_c w_c
+    double s,             # the row's sample weight
+    double eps,           # label smoothing
+    double z,             # z-loss coefficient
+    double grad_scale,    # 1/W for reduction="mean", else 1
+) noexcept nogil:
+    """The cross-entropy of one row with class index y, from its statistics.
+
+    With l = log_softmax(x) = x - m - log(S), lse = m + log(S), p = e / S:
+        loss_n = s ((1-eps) w_y (-l_y) + (eps/n) sum_c w_c (-l_c) + z lse^2)
+               = s ((1-eps) w_y (log S + m - x_y)
+                    + (eps/n) (w_sum log S + sum_c w_c (m - x_c)) + z lse^2)
+        grad_c = grad_scale s (p_c ((1-eps) w_y + (eps/n) w_sum + 2 z lse)
+                               - (1-eps) w_y [c == y] - (eps/n) w_c)
+    Terms whose coefficient is zero are skipped, not multiplied by 0: -l_c can be +inf.
+    The label's entry is grouped as the formula, in double: p_y - 1 cancels when p_y
+    is close to 1 (and is exactly 0 for one class).
+    """
+    cdef IndexRowTerms terms
+    cdef double smooth = eps / <double>n
+    cdef double lse = m + log_total
+    cdef double p_y = e_y / total
+    cdef double loss = 0.0, p_coef = 0.0, label_grad = 0.0
+    if eps != 1.0:
+        loss = (1.0 - eps) * w_y * (log_total + (m - x_y))
+        p_coef = (1.0 - eps) * w_y
+        label_grad = (1.0 - eps) * w_y * (p_y - 1.0)
+    if eps != 0.0:
+        loss += smooth * (w_sum * log_total + gap_sum)
+        p_coef += smooth * w_sum
+        label_grad += smooth * (w_sum * p_y - w_y)
+    if z != 0.0:
+        loss += z * lse * lse
+        p_coef += 2.0 * z * lse
+        label_grad += 2.0 * z * lse * p_y
+    cdef double row_scale = grad_scale * s
+    terms.loss = s * loss
+    terms.p_scale = row_scale * p_coef / total
+    terms.smooth_scale = row_scale * smooth
+    terms.label_grad = row_scale * label_grad
+    return terms
+
+
 cdef inline double row_loss_grad_index(
     const floating *x,         # IN  (n,) logits of the row
     floating *g,               # OUT (n,) gradient, or NULL for the loss only; may be x
     Py_ssize_t n,
     Py_ssize_t y,              # the row's class, 0 <= y < n
     const double *w,           # IN  (n,) class weights, or NULL for all ones
-    double w_sum,              # sum_c w_c
-    double s,                  # the row's sample weight
-    double eps,                # label smoothing
-    double z,                  # z-loss coefficient
-    double grad_scale,         # 1/W for reduction="mean", else 1
+    double w_sum,
+    double s,
+    double eps,
+    double z,
+    double grad_scale,
 ) noexcept nogil:
-    """One row with a class-index target: returns loss_n and writes d(loss)/dx into g.
-
-    With l = log_softmax(x) = x - m - log(S), S = sum_c exp(x_c - m), lse = m + log(S):
-        loss_n = s * ((1-eps) w_y (-l_y) + (eps/n) sum_c w_c (-l_c) + z lse^2)
-               = s * ((1-eps) w_y (log S + m - x_y)
-                      + (eps/n) (w_sum log S + sum_c w_c (m - x_c)) + z lse^2)
-        grad_c = grad_scale * s * (p_c ((1-eps) w_y + (eps/n) w_sum + 2 z lse)
-                                   - (1-eps) w_y [c == y] - (eps/n) w_c)
-    Terms whose coefficient is zero are skipped, not multiplied by 0: -l_c can be +inf.
-    """
+    """One row with a class-index target, vectorised along its classes: returns loss_n
+    and writes d(loss)/dx into g (see index_row_terms)."""
     cdef floating m = row_max(x, n)
-    cdef double gap_y = <double>m - <double>x[y]  # read before g overwrites x
-    cdef double w_y = w[y] if w != NULL else 1.0
-    cdef double smooth = eps / <double>n
-    cdef double gap_sum = 0.0
-    if eps != 0.0:
-        gap_sum = row_gapsum(x, w, n, m)  # also before g overwrites x
-
+    cdef double x_y = x[y]  # read before g overwrites x
+    cdef double gap_sum = row_gapsum(x, w, n, m) if eps != 0.0 else 0.0
     cdef double log_total
     cdef double total = row_expsum(x, g, n, m, &log_total)
-    cdef double lse = <double>m + log_total
-    cdef double loss = 0.0, p_coef = 0.0
-    if eps != 1.0:
-        loss = (1.0 - eps) * w_y * (log_total + gap_y)
-        p_coef = (1.0 - eps) * w_y
-    if eps != 0.0:
-        loss += smooth * (w_sum * log_total + gap_sum)
-        p_coef += smooth * w_sum
-    if z != 0.0:
-        loss += z * lse * lse
-        p_coef += 2.0 * z * lse
+    cdef double e_y = g[y] if g != NULL else 0.0
+    cdef IndexRowTerms terms = index_row_terms(
+        m, x_y, gap_sum, total, log_total, e_y, n, w[y] if w != NULL else 1.0, w_sum, s,
+        eps, z, grad_scale)
     if g == NULL:
-        return s * loss
-
-    cdef double row_scale = grad_scale * s
-    cdef floating p_scale = <floating>(row_scale * p_coef / total)
-    cdef floating smooth_scale = <floating>(row_scale * smooth)
+        return terms.loss
+    cdef floating p_scale = <floating>terms.p_scale
+    cdef floating smooth_scale = <floating>terms.smooth_scale
     cdef Py_ssize_t c
-    # The label's entry in double and grouped as the formula: p_y - 1 cancels when
-    # p_y is close to 1 (and is exactly 0 for one class).
-    cdef double p_y = <double>g[y] / total
     if eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
@@ -179,16 +249,106 @@ cdef inline double row_loss_grad_index(
             g[c] = g[c] * p_scale - smooth_scale
     else:
         for c in range(n):
-            g[c] = g[c] * p_scale - <floating>(row_scale * smooth * w[c])
-    cdef double label_grad = 0.0
-    if eps != 1.0:
-        label_grad = (1.0 - eps) * w_y * (p_y - 1.0)
-    if eps != 0.0:
-        label_grad += smooth * (w_sum * p_y - w_y)
-    if z != 0.0:
-        label_grad += 2.0 * z * lse * p_y
-    g[y] = <floating>(row_scale * label_grad)
-    return s * loss
+            g[c] = g[c] * p_scale - <floating>(terms.smooth_scale * w[c])
+    g[y] = <floating>terms.label_grad
+    return terms.loss
+
+
+cdef inline void block_loss_grad_index(
+    Rows x,                    # IN  logits
+    Rows g,                    # OUT gradient (base NULL: the loss only); may be x's memory
+    Rows target,               # IN  int64 class indices or ignore_index
+    Rows sample_weight,        # IN  double (base NULL: all ones)
+    double *row_loss,          # OUT per-row losses, contiguous in row order
+    Py_ssize_t first,          # the block: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES
+    const double *w,
+    double w_sum,
+    int64_t ignore_index,
+    double eps,
+    double z,
+    double grad_scale,
+    floating *xt,              # scratch, n * BLOCK_ROWS: the block transposed
+) noexcept nogil:
+    """Rows first .. first+count-1, few classes each: the statistics of index_row_terms
+    for all of them at once, on the block transposed to (classes, rows), so that every
+    loop below runs along the rows (vectorised) and no loop is a short row."""
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef floating m[BLOCK_ROWS]
+    cdef double rest[BLOCK_ROWS]
+    cdef double ties[BLOCK_ROWS]
+    cdef double gap[BLOCK_ROWS]
+    cdef double log_total[BLOCK_ROWS]
+    cdef Py_ssize_t label[BLOCK_ROWS]
+    cdef Py_ssize_t i, c, y
+    cdef floating v
+    cdef double w_c
+    cdef char *g_row
+    cdef IndexRowTerms terms
+
+    for i in range(count):
+        x_rows[i] = row_at(x, first + i)
+    for c in range(n):  # transpose in: xt[c, i] = x[i, c]
+        for i in range(count):
+            xt[c * BLOCK_ROWS + i] = (<const floating *>(x_rows[i] + c * x.step))[0]
+    for i in range(count):
+        m[i] = xt[i]
+    for c in range(1, n):
+        for i in range(count):
+            v = xt[c * BLOCK_ROWS + i]
+            m[i] = v if v > m[i] else m[i]
+    for i in range(count):
+        gap[i] = 0.0
+        rest[i] = 0.0
+        ties[i] = 0.0
+    if eps != 0.0:  # before the exponentials overwrite xt
+        for c in range(n):
+            w_c = w[c] if w != NULL else 1.0
+            for i in range(count):
+                gap[i] += w_c * (<double>m[i] - <double>xt[c * BLOCK_ROWS + i])
+    for c in range(n):  # e = exp(x - m), split as in sml_exp_split: S = ties + rest
+        for i in range(count):
+            if floating is float:
+                v = sml_expf(xt[c * BLOCK_ROWS + i] - m[i])
+            else:
+                v = sml_exp(xt[c * BLOCK_ROWS + i] - m[i])
+            xt[c * BLOCK_ROWS + i] = v
+            rest[i] += 0.0 if v == 1 else <double>v
+            ties[i] += 1.0 if v == 1 else 0.0
+    for i in range(count):
+        log_total[i] = log1p((ties[i] - 1.0) + rest[i])
+
+    for i in range(count):
+        y = (<const int64_t *>row_at(target, first + i))[0]
+        g_row = row_at(g, first + i) if g.base != NULL else NULL
+        if y == ignore_index or y < 0 or y >= n:
+            # Ignored rows contribute nothing. An index the facade should have refused
+            # is never used to address memory: its row becomes NaN.
+            row_loss[first + i] = 0.0 if y == ignore_index else NAN
+            if g_row != NULL:
+                for c in range(n):
+                    (<floating *>(g_row + c * g.step))[0] = <floating>(
+                        0.0 if y == ignore_index else NAN)
+            continue
+        if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
+            log_total[i] = NAN
+            ties[i] = NAN
+        # Row i's logits are still intact here, also in place: only this iteration
+        # writes row i, after reading its label's logit.
+        terms = index_row_terms(
+            m[i], (<const floating *>(x_rows[i] + y * x.step))[0], gap[i], ties[i] + rest[i], log_total[i], xt[y * BLOCK_ROWS + i], n,
+            w[y] if w != NULL else 1.0, w_sum,
+            (<const double *>row_at(sample_weight, first + i))[0]
+            if sample_weight.base != NULL else 1.0,
+            eps, z, grad_scale)
+        row_loss[first + i] = terms.loss
+        if g_row != NULL:
+            for c in range(n):  # transpose out
+                w_c = w[c] if w != NULL else 1.0
+                (<floating *>(g_row + c * g.step))[0] = <floating>(
+                    terms.p_scale * <double>xt[c * BLOCK_ROWS + i] - terms.smooth_scale * w_c)
+            (<floating *>(g_row + y * g.step))[0] = <floating>terms.label_grad
 
 
 cdef inline double smoothed_target(target_floating t, double eps, double smooth) noexcept nogil:
@@ -253,7 +413,7 @@ cdef inline double row_loss_grad_probs(
 cdef inline void row_grad_hess(
     const floating *x,   # IN  (n,) logits of the row
     floating *g,         # OUT (n,) s (p - onehot); may be x
-    floating *h,         # OUT hessian diagonal s p (1 - p), element c at h + c * h_step bytes
+    char *h,             # OUT hessian diagonal s p (1 - p), element c at h + c * h_step bytes
     Py_ssize_t h_step,
     Py_ssize_t n,
     Py_ssize_t y,        # the row's class, 0 <= y < n
@@ -272,7 +432,7 @@ cdef inline void row_grad_hess(
     cdef Py_ssize_t c
     for c in range(n):
         e = g[c]
-        (<floating *>(<char *>h + c * h_step))[0] = <floating>(
+        (<floating *>(h + c * h_step))[0] = <floating>(
             s * (e * inv_total) * ((total - e) * inv_total))
         g[c] = <floating>(s * e * inv_total)
     g[y] = <floating>(-s * ((total - e_y) * inv_total))
@@ -291,42 +451,70 @@ cdef inline int thread_count(int n_threads, Py_ssize_t n_rows, Py_ssize_t n_clas
     return <int>(requested if requested < useful else useful)
 
 
-cdef inline const floating *row_in(const char *base, Py_ssize_t offset, Py_ssize_t step,
-                                   Py_ssize_t n, floating *scratch) noexcept nogil:
-    """The row at base + offset as a contiguous pointer: its own memory when the class
-    stride `step` (bytes) is the item size, else a copy gathered into scratch."""
+cdef inline const floating *row_in(Rows v, Py_ssize_t r, Py_ssize_t n,
+                                   floating *scratch) noexcept nogil:
+    """Row r as a contiguous pointer: its own memory when its classes are contiguous,
+    else a copy gathered into scratch."""
+    cdef const char *row = row_at(v, r)
     cdef Py_ssize_t c
-    if step == sizeof(floating):
-        return <const floating *>(base + offset)
+    if v.step == sizeof(floating):
+        return <const floating *>row
     for c in range(n):
-        scratch[c] = (<const floating *>(base + offset + c * step))[0]
+        scratch[c] = (<const floating *>(row + c * v.step))[0]
     return scratch
 
 
-cdef inline void row_out(char *base, Py_ssize_t offset, Py_ssize_t step, Py_ssize_t n,
-                         const floating *row) noexcept nogil:
-    """Scatter a contiguous row to base + offset with class stride `step` (bytes),
-    unless it already is that memory."""
+cdef inline floating *row_work(Rows v, Py_ssize_t r, floating *scratch) noexcept nogil:
+    """Where a row kernel writes row r: the row itself when contiguous, else scratch
+    (NULL when there is no output)."""
+    if v.base == NULL:
+        return NULL
+    if v.step == sizeof(floating):
+        return <floating *>row_at(v, r)
+    return scratch
+
+
+cdef inline void row_out(Rows v, Py_ssize_t r, Py_ssize_t n, const floating *work) noexcept nogil:
+    """Scatter a row computed in scratch to row r (nothing to do when written in place)."""
+    cdef char *row = row_at(v, r)
     cdef Py_ssize_t c
-    if <const char *>row == base + offset and step == sizeof(floating):
+    if v.base == NULL or <const char *>work == row:
         return
     for c in range(n):
-        (<floating *>(base + offset + c * step))[0] = row[c]
+        (<floating *>(row + c * v.step))[0] = work[c]
 
 
-cdef inline void row_fill(char *base, Py_ssize_t offset, Py_ssize_t step, Py_ssize_t n,
-                          floating value) noexcept nogil:
+cdef inline void row_fill(Rows v, Py_ssize_t r, Py_ssize_t n, floating value) noexcept nogil:
+    cdef char *row = row_at(v, r)
     cdef Py_ssize_t c
+    if v.base == NULL:
+        return
     for c in range(n):
-        (<floating *>(base + offset + c * step))[0] = value
+        (<floating *>(row + c * v.step))[0] = value
 
 
-cdef inline floating *row_work(char *base, Py_ssize_t offset, Py_ssize_t step,
-                               floating *scratch) noexcept nogil:
-    """Where a row kernel writes: the output row itself when contiguous, else scratch."""
-    if step == sizeof(floating):
-        return <floating *>(base + offset)
-    return scratch
+cdef inline bint needs_scratch(Rows x, Rows out, Py_ssize_t itemsize) noexcept nogil:
+    """Whether a row must be gathered or scattered (classes not contiguous)."""
+    return x.step != itemsize or (out.base != NULL and out.step != itemsize)
+
+
+cdef Rows logits_rows(const floating[:, :, :] a):
+    return make_rows(&a[0, 0, 0], a.shape[1], a.strides[0], a.strides[1], a.strides[2])
+
+
+cdef Rows output_rows(floating[:, :, :] a):
+    """Rows of an output (A, B, C) array; base NULL for None (no output)."""
+    if a is None:
+        return make_rows(NULL, 1, 0, 0, sizeof(floating))
+    return make_rows(&a[0, 0, 0], a.shape[1], a.strides[0], a.strides[1], a.strides[2])
+
+
+cdef Rows per_row(const char *base, Py_ssize_t n_b, Py_ssize_t stride_a, Py_ssize_t stride_b):
+    return make_rows(base, n_b, stride_a, stride_b, 0)
+
+
+cdef inline int allocation_failed() except -1:
+    raise MemoryError("softmaxloss: could not allocate a scratch row")
 
 
 def softmax(const floating[:, :, :] x,   # IN  (A, B, C)
@@ -334,65 +522,52 @@ def softmax(const floating[:, :, :] x,   # IN  (A, B, C)
             bint log_output,
             int n_threads):
     """out = softmax(x) (log_output False) or log_softmax(x), over the last axis."""
-    cdef Py_ssize_t n_a = x.shape[0], n_b = x.shape[1], n = x.shape[2]
-    cdef Py_ssize_t n_rows = n_a * n_b, r, a, b
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r
     if n_rows == 0 or n == 0:
         return
-    cdef const char *x_base = <const char *>&x[0, 0, 0]
-    cdef char *out_base = <char *>&out[0, 0, 0]
-    cdef Py_ssize_t xs0 = x.strides[0], xs1 = x.strides[1], x_step = x.strides[2]
-    cdef Py_ssize_t os0 = out.strides[0], os1 = out.strides[1], o_step = out.strides[2]
-    cdef bint need_scratch = x_step != sizeof(floating) or o_step != sizeof(floating)
+    cdef Rows xv = logits_rows(x), ov = output_rows(out)
+    cdef bint scratch_needed = needs_scratch(xv, ov, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
     cdef floating *scratch = NULL
-    cdef const floating *row
     cdef floating *work
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        scratch = <floating *>malloc(n * sizeof(floating)) if need_scratch else NULL
+        scratch = <floating *>malloc(n * sizeof(floating)) if scratch_needed else NULL
         for r in prange(n_rows, schedule="static"):
-            if need_scratch and scratch == NULL:
+            if scratch_needed and scratch == NULL:
                 failed_flag[0] = 1
-            else:
-                a = r // n_b
-                b = r - a * n_b
-                row = row_in(x_base, a * xs0 + b * xs1, x_step, n, scratch)
-                work = row_work(out_base, a * os0 + b * os1, o_step, scratch)
-                row_softmax(row, work, n, log_output)
-                row_out(out_base, a * os0 + b * os1, o_step, n, work)
+                continue
+            work = row_work(ov, r, scratch)
+            row_softmax(row_in(xv, r, n, scratch), work, n, log_output)
+            row_out(ov, r, n, work)
         free(scratch)
     if failed:
-        raise MemoryError("softmaxloss: could not allocate a scratch row")
+        allocation_failed()
 
 
 def logsumexp(const floating[:, :, :] x,   # IN  (A, B, C)
               double[:, ::1] out,          # OUT (A, B)
               int n_threads):
     """out[a, b] = log(sum_c exp(x[a, b, c]))."""
-    cdef Py_ssize_t n_a = x.shape[0], n_b = x.shape[1], n = x.shape[2]
-    cdef Py_ssize_t n_rows = n_a * n_b, r, a, b
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r
     if n_rows == 0 or n == 0:
         return
-    cdef const char *x_base = <const char *>&x[0, 0, 0]
-    cdef Py_ssize_t xs0 = x.strides[0], xs1 = x.strides[1], x_step = x.strides[2]
-    cdef bint need_scratch = x_step != sizeof(floating)
+    cdef Rows xv = logits_rows(x)
+    cdef double *values = &out[0, 0]
+    cdef bint scratch_needed = xv.step != sizeof(floating)
     cdef int failed = 0
     cdef int *failed_flag = &failed
     cdef floating *scratch = NULL
-    cdef const floating *row
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        scratch = <floating *>malloc(n * sizeof(floating)) if need_scratch else NULL
+        scratch = <floating *>malloc(n * sizeof(floating)) if scratch_needed else NULL
         for r in prange(n_rows, schedule="static"):
-            if need_scratch and scratch == NULL:
+            if scratch_needed and scratch == NULL:
                 failed_flag[0] = 1
-            else:
-                a = r // n_b
-                b = r - a * n_b
-                row = row_in(x_base, a * xs0 + b * xs1, x_step, n, scratch)
-                out[a, b] = row_logsumexp(row, n)
+                continue
+            values[r] = row_logsumexp(row_in(xv, r, n, scratch), n)
         free(scratch)
     if failed:
-        raise MemoryError("softmaxloss: could not allocate a scratch row")
+        allocation_failed()
 
 
 def cross_entropy_index(
@@ -409,63 +584,68 @@ def cross_entropy_index(
     int n_threads,
 ):
     """Per-row cross-entropy losses of class-index targets, and their gradient."""
-    cdef Py_ssize_t n_a = x.shape[0], n_b = x.shape[1], n = x.shape[2]
-    cdef Py_ssize_t n_rows = n_a * n_b, r, a, b, y
+    cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t r, y, block, n_blocks
     if n_rows == 0 or n == 0:
         return
-    cdef const char *x_base = <const char *>&x[0, 0, 0]
-    cdef Py_ssize_t xs0 = x.strides[0], xs1 = x.strides[1], x_step = x.strides[2]
-    cdef bint with_grad = grad is not None
-    cdef char *g_base = <char *>&grad[0, 0, 0] if with_grad else NULL
-    cdef Py_ssize_t gs0 = grad.strides[0] if with_grad else 0
-    cdef Py_ssize_t gs1 = grad.strides[1] if with_grad else 0
-    cdef Py_ssize_t g_step = grad.strides[2] if with_grad else sizeof(floating)
+    cdef Rows xv = logits_rows(x), gv = output_rows(grad)
+    cdef Rows tv = per_row(<const char *>&target[0, 0], n_b, target.strides[0], target.strides[1])
+    cdef Rows sv = per_row(NULL, 1, 0, 0)
+    if sample_weight is not None:
+        sv = per_row(<const char *>&sample_weight[0, 0], n_b, sample_weight.strides[0],
+                     sample_weight.strides[1])
+    cdef double *losses = &row_loss[0, 0]
     cdef const double *w = &weight[0] if weight is not None else NULL
-    cdef double w_sum = 0.0
+    cdef double w_sum = <double>n
     cdef Py_ssize_t c
     if w != NULL:
+        w_sum = 0.0
         for c in range(n):
             w_sum += w[c]
-    else:
-        w_sum = <double>n
-    cdef bint has_sample_weight = sample_weight is not None
-    cdef bint need_scratch = x_step != sizeof(floating) or g_step != sizeof(floating)
+    cdef int threads = thread_count(n_threads, n_rows, n)
+    cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
     cdef floating *scratch = NULL
-    cdef const floating *row
     cdef floating *work
     cdef double s
-    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        scratch = <floating *>malloc(n * sizeof(floating)) if need_scratch else NULL
-        for r in prange(n_rows, schedule="static"):
-            if need_scratch and scratch == NULL:
-                failed_flag[0] = 1
-                continue
-            a = r // n_b
-            b = r - a * n_b
-            y = target[a, b]
-            if y == ignore_index or y < 0 or y >= n:
-                # Ignored rows contribute nothing. An index the facade should have
-                # refused is never used to address memory: its row becomes NaN.
-                row_loss[a, b] = 0.0 if y == ignore_index else NAN
-                if with_grad:
-                    row_fill(g_base, a * gs0 + b * gs1, g_step, n,
-                             <floating>(0.0 if y == ignore_index else NAN))
-                continue
-            s = sample_weight[a, b] if has_sample_weight else 1.0
-            row = row_in(x_base, a * xs0 + b * xs1, x_step, n, scratch)
-            if with_grad:
-                work = row_work(g_base, a * gs0 + b * gs1, g_step, scratch)
-            else:
-                work = NULL
-            row_loss[a, b] = row_loss_grad_index(row, work, n, y, w, w_sum, s,
-                                                 label_smoothing, z_loss, grad_scale)
-            if with_grad:
-                row_out(g_base, a * gs0 + b * gs1, g_step, n, work)
-        free(scratch)
+
+    if n <= BLOCK_MAX_CLASSES:
+        n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+        with nogil, parallel(num_threads=threads):
+            scratch = <floating *>malloc(n * BLOCK_ROWS * sizeof(floating))
+            for block in prange(n_blocks, schedule="static"):
+                if scratch == NULL:
+                    failed_flag[0] = 1
+                    continue
+                block_loss_grad_index(
+                    xv, gv, tv, sv, losses, block * BLOCK_ROWS,
+                    min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, w, w_sum,
+                    ignore_index, label_smoothing, z_loss, grad_scale, scratch)
+            free(scratch)
+    else:
+        with nogil, parallel(num_threads=threads):
+            scratch = <floating *>malloc(n * sizeof(floating)) if scratch_needed else NULL
+            for r in prange(n_rows, schedule="static"):
+                if scratch_needed and scratch == NULL:
+                    failed_flag[0] = 1
+                    continue
+                y = (<const int64_t *>row_at(tv, r))[0]
+                if y == ignore_index or y < 0 or y >= n:
+                    # Ignored rows contribute nothing. An index the facade should have
+                    # refused is never used to address memory: its row becomes NaN.
+                    losses[r] = 0.0 if y == ignore_index else NAN
+                    row_fill(gv, r, n, <floating>(0.0 if y == ignore_index else NAN))
+                    continue
+                s = (<const double *>row_at(sv, r))[0] if sv.base != NULL else 1.0
+                work = row_work(gv, r, scratch)
+                losses[r] = row_loss_grad_index(row_in(xv, r, n, scratch), work, n, y, w,
+                                                w_sum, s, label_smoothing, z_loss, grad_scale)
+                if work != NULL:
+                    row_out(gv, r, n, work)
+            free(scratch)
     if failed:
-        raise MemoryError("softmaxloss: could not allocate a scratch row")
+        allocation_failed()
 
 
 def cross_entropy_probs(
@@ -481,48 +661,41 @@ def cross_entropy_probs(
     int n_threads,
 ):
     """Per-row cross-entropy losses of probability targets, and their gradient."""
-    cdef Py_ssize_t n_a = x.shape[0], n_b = x.shape[1], n = x.shape[2]
-    cdef Py_ssize_t n_rows = n_a * n_b, r, a, b
+    cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r
     if n_rows == 0 or n == 0:
         return
-    cdef const char *x_base = <const char *>&x[0, 0, 0]
-    cdef Py_ssize_t xs0 = x.strides[0], xs1 = x.strides[1], x_step = x.strides[2]
-    cdef bint with_grad = grad is not None
-    cdef char *g_base = <char *>&grad[0, 0, 0] if with_grad else NULL
-    cdef Py_ssize_t gs0 = grad.strides[0] if with_grad else 0
-    cdef Py_ssize_t gs1 = grad.strides[1] if with_grad else 0
-    cdef Py_ssize_t g_step = grad.strides[2] if with_grad else sizeof(floating)
+    cdef Rows xv = logits_rows(x), gv = output_rows(grad)
+    cdef Rows tv = make_rows(&target[0, 0, 0], n_b, target.strides[0], target.strides[1],
+                             target.strides[2])
     cdef Py_ssize_t t_step = target.strides[2] // sizeof(target_floating)
+    cdef Rows sv = per_row(NULL, 1, 0, 0)
+    if sample_weight is not None:
+        sv = per_row(<const char *>&sample_weight[0, 0], n_b, sample_weight.strides[0],
+                     sample_weight.strides[1])
+    cdef double *losses = &row_loss[0, 0]
     cdef const double *w = &weight[0] if weight is not None else NULL
-    cdef bint has_sample_weight = sample_weight is not None
-    cdef bint need_scratch = x_step != sizeof(floating) or g_step != sizeof(floating)
+    cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
     cdef floating *scratch = NULL
-    cdef const floating *row
     cdef floating *work
     cdef double s
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        scratch = <floating *>malloc(n * sizeof(floating)) if need_scratch else NULL
+        scratch = <floating *>malloc(n * sizeof(floating)) if scratch_needed else NULL
         for r in prange(n_rows, schedule="static"):
-            if need_scratch and scratch == NULL:
+            if scratch_needed and scratch == NULL:
                 failed_flag[0] = 1
                 continue
-            a = r // n_b
-            b = r - a * n_b
-            s = sample_weight[a, b] if has_sample_weight else 1.0
-            row = row_in(x_base, a * xs0 + b * xs1, x_step, n, scratch)
-            if with_grad:
-                work = row_work(g_base, a * gs0 + b * gs1, g_step, scratch)
-            else:
-                work = NULL
-            row_loss[a, b] = row_loss_grad_probs(row, work, n, &target[a, b, 0], t_step, w, s,
-                                                 label_smoothing, z_loss, grad_scale)
-            if with_grad:
-                row_out(g_base, a * gs0 + b * gs1, g_step, n, work)
+            s = (<const double *>row_at(sv, r))[0] if sv.base != NULL else 1.0
+            work = row_work(gv, r, scratch)
+            losses[r] = row_loss_grad_probs(
+                row_in(xv, r, n, scratch), work, n, <const target_floating *>row_at(tv, r),
+                t_step, w, s, label_smoothing, z_loss, grad_scale)
+            if work != NULL:
+                row_out(gv, r, n, work)
         free(scratch)
     if failed:
-        raise MemoryError("softmaxloss: could not allocate a scratch row")
+        allocation_failed()
 
 
 def gradient_hessian(
@@ -534,46 +707,39 @@ def gradient_hessian(
     int n_threads,
 ):
     """Per-row gradient p - onehot and diagonal hessian p (1 - p) of the multinomial loss."""
-    cdef Py_ssize_t n_a = x.shape[0], n_b = x.shape[1], n = x.shape[2]
-    cdef Py_ssize_t n_rows = n_a * n_b, r, a, b, y
+    cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r, y
     if n_rows == 0 or n == 0:
         return
-    cdef const char *x_base = <const char *>&x[0, 0, 0]
-    cdef Py_ssize_t xs0 = x.strides[0], xs1 = x.strides[1], x_step = x.strides[2]
-    cdef char *g_base = <char *>&grad[0, 0, 0]
-    cdef Py_ssize_t gs0 = grad.strides[0], gs1 = grad.strides[1], g_step = grad.strides[2]
-    cdef char *h_base = <char *>&hess[0, 0, 0]
-    cdef Py_ssize_t hs0 = hess.strides[0], hs1 = hess.strides[1], h_step = hess.strides[2]
-    cdef bint has_sample_weight = sample_weight is not None
-    cdef bint need_scratch = x_step != sizeof(floating) or g_step != sizeof(floating)
+    cdef Rows xv = logits_rows(x), gv = output_rows(grad), hv = output_rows(hess)
+    cdef Rows lv = per_row(<const char *>&labels[0, 0], n_b, labels.strides[0], labels.strides[1])
+    cdef Rows sv = per_row(NULL, 1, 0, 0)
+    if sample_weight is not None:
+        sv = per_row(<const char *>&sample_weight[0, 0], n_b, sample_weight.strides[0],
+                     sample_weight.strides[1])
+    cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
     cdef floating *scratch = NULL
-    cdef const floating *row
     cdef floating *work
     cdef double s
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        scratch = <floating *>malloc(n * sizeof(floating)) if need_scratch else NULL
+        scratch = <floating *>malloc(n * sizeof(floating)) if scratch_needed else NULL
         for r in prange(n_rows, schedule="static"):
-            if need_scratch and scratch == NULL:
+            if scratch_needed and scratch == NULL:
                 failed_flag[0] = 1
                 continue
-            a = r // n_b
-            b = r - a * n_b
-            y = labels[a, b]
+            y = (<const int64_t *>row_at(lv, r))[0]
             if y < 0 or y >= n:  # refused by the facade; never used as an address
-                row_fill(g_base, a * gs0 + b * gs1, g_step, n, <floating>NAN)
-                row_fill(h_base, a * hs0 + b * hs1, h_step, n, <floating>NAN)
+                row_fill(gv, r, n, <floating>NAN)
+                row_fill(hv, r, n, <floating>NAN)
                 continue
-            s = sample_weight[a, b] if has_sample_weight else 1.0
-            row = row_in(x_base, a * xs0 + b * xs1, x_step, n, scratch)
-            work = row_work(g_base, a * gs0 + b * gs1, g_step, scratch)
-            row_grad_hess(row, work, <floating *>(h_base + a * hs0 + b * hs1), h_step,
-                          n, y, s)
-            row_out(g_base, a * gs0 + b * gs1, g_step, n, work)
+            s = (<const double *>row_at(sv, r))[0] if sv.base != NULL else 1.0
+            work = row_work(gv, r, scratch)
+            row_grad_hess(row_in(xv, r, n, scratch), work, row_at(hv, r), hv.step, n, y, s)
+            row_out(gv, r, n, work)
         free(scratch)
     if failed:
-        raise MemoryError("softmaxloss: could not allocate a scratch row")
+        allocation_failed()
 
 
 # ---- test hooks and build facts -------------------------------------------------------

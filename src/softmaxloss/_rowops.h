@@ -16,6 +16,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "_fastexp.h"
 
@@ -95,96 +96,39 @@ static inline int sml_cpu_has_avx2_fma(void)
 }
 
 /* ---- row primitives -------------------------------------------------------
- * Written once for float (suffix _f, exp sml_expf) and double (_d, sml_exp).
- *
- * sml_row_max_*(x, n):           max_c x[c] (n >= 1). With a NaN in the row the
- *                                result is unspecified, but the exp-sum that
- *                                follows is NaN either way, so the row is NaN.
- * sml_row_expsum_*(x, e, n, m, log_total):
- *                                S = sum_c exp(x[c] - m) in double, m the row max;
- *                                with e != NULL also e[c] = exp(x[c] - m) (e may be x);
- *                                with log_total != NULL also log(S), accurately even
- *                                when S ~ 1: the entries equal to m add exactly 1 each
- *                                and are counted apart from the rest R, so that
- *                                log(S) = log1p((ties - 1) + R) keeps R's digits (the
- *                                loss of a confident, correct prediction is ~R).
- *                                An infinite or NaN m (a row with +inf or NaN, or all
- *                                -inf) gives NaN.
- * sml_row_gapsum_*(x, w, n, m):  sum_c w[c] * (m - x[c]) in double, w NULL = 1:
- *                                the label-smoothing term, a sum of non-negative
- *                                terms (no cancellation) when m is the row max.
- * Sums use 8 partial accumulators so that they vectorise without reassociation.
+ * Written once, in _rowops_template.h, and instantiated below for float (suffix
+ * _f, exp sml_expf) and double (suffix _d, sml_exp). See that file for what each
+ * function computes.
  */
 #define SML_LANES 8
+#define SML_CHUNK 1024 /* a multiple of SML_LANES; 4 or 8 KiB of stack */
 
-#define SML_DEFINE_ROWOPS(T, SUF, EXP)                                                 \
-    static inline T sml_row_max_##SUF(const T *x, ptrdiff_t n)                         \
-    {                                                                                  \
-        T m = x[0];                                                                    \
-        SML_SIMD_MAX(m)                                                                \
-        for (ptrdiff_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;                     \
-        return m;                                                                      \
-    }                                                                                  \
-                                                                                       \
-    static inline double sml_row_expsum_##SUF(const T *x, T *e, ptrdiff_t n, T m,       \
-                                              double *log_total)                       \
-    {                                                                                  \
-        double rest[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};                             \
-        double ties[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};                             \
-        double rest_tail = 0, ties_tail = 0;                                           \
-        ptrdiff_t i = 0;                                                               \
-        for (; i + SML_LANES <= n; i += SML_LANES) {                                   \
-            T xs[SML_LANES], v[SML_LANES]; /* all loads before any store: e may be x */ \
-            for (int k = 0; k < SML_LANES; k++) xs[k] = x[i + k];                      \
-            for (int k = 0; k < SML_LANES; k++) v[k] = EXP(xs[k] - m);                 \
-            if (e != NULL)                                                             \
-                for (int k = 0; k < SML_LANES; k++) e[i + k] = v[k];                   \
-            for (int k = 0; k < SML_LANES; k++) {                                      \
-                int top = xs[k] == m;                                                  \
-                rest[k] += top ? 0.0 : (double)v[k];                                   \
-                ties[k] += top ? 1.0 : 0.0;                                            \
-            }                                                                          \
-        }                                                                              \
-        for (; i < n; i++) {                                                           \
-            T xi = x[i];                                                               \
-            T v = EXP(xi - m);                                                         \
-            if (e != NULL) e[i] = v;                                                   \
-            rest_tail += xi == m ? 0.0 : (double)v;                                    \
-            ties_tail += xi == m ? 1.0 : 0.0;                                          \
-        }                                                                              \
-        double rest_sum = (((rest[0] + rest[4]) + (rest[1] + rest[5])) +               \
-                           ((rest[2] + rest[6]) + (rest[3] + rest[7]))) + rest_tail;    \
-        double tie_count = (((ties[0] + ties[4]) + (ties[1] + ties[5])) +              \
-                            ((ties[2] + ties[6]) + (ties[3] + ties[7]))) + ties_tail;   \
-        if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */  \
-            if (log_total != NULL) *log_total = NAN;                                   \
-            return NAN;                                                                \
-        }                                                                              \
-        if (log_total != NULL) *log_total = log1p((tie_count - 1.0) + rest_sum);       \
-        return tie_count + rest_sum;                                                   \
-    }                                                                                  \
-                                                                                       \
-    static inline double sml_row_gapsum_##SUF(const T *x, const double *w, ptrdiff_t n, \
-                                              double m)                                \
-    {                                                                                  \
-        double acc[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};                              \
-        double tail = 0;                                                               \
-        ptrdiff_t i = 0;                                                               \
-        if (w != NULL) {                                                               \
-            for (; i + SML_LANES <= n; i += SML_LANES)                                 \
-                for (int k = 0; k < SML_LANES; k++)                                    \
-                    acc[k] += w[i + k] * (m - (double)x[i + k]);                       \
-            for (; i < n; i++) tail += w[i] * (m - (double)x[i]);                      \
-        } else {                                                                       \
-            for (; i + SML_LANES <= n; i += SML_LANES)                                 \
-                for (int k = 0; k < SML_LANES; k++) acc[k] += m - (double)x[i + k];    \
-            for (; i < n; i++) tail += m - (double)x[i];                               \
-        }                                                                              \
-        return (((acc[0] + acc[4]) + (acc[1] + acc[5])) +                              \
-                ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + tail;                       \
-    }
+/* The lanes' total, always in this order. */
+#define SML_LANE_TOTAL(acc)                                                            \
+    (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
 
-SML_DEFINE_ROWOPS(float, f, sml_expf)
-SML_DEFINE_ROWOPS(double, d, sml_exp)
+#define SML_JOIN2(name, suffix) name##_##suffix
+#define SML_JOIN(name, suffix) SML_JOIN2(name, suffix)
+#define SML_NAME(name) SML_JOIN(name, SML_SUFFIX)
+
+#define SML_T float
+#define SML_SUFFIX f
+#define SML_EXP sml_expf
+#define SML_COUNT int32_t
+#include "_rowops_template.h"
+#undef SML_T
+#undef SML_SUFFIX
+#undef SML_EXP
+#undef SML_COUNT
+
+#define SML_T double
+#define SML_SUFFIX d
+#define SML_EXP sml_exp
+#define SML_COUNT int64_t
+#include "_rowops_template.h"
+#undef SML_T
+#undef SML_SUFFIX
+#undef SML_EXP
+#undef SML_COUNT
 
 #endif /* SOFTMAXLOSS_ROWOPS_H */

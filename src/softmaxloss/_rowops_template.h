@@ -1,0 +1,109 @@
+/*
+ * Row primitives for one element type, included twice by _rowops.h with
+ * SML_T (float or double), SML_SUFFIX (f or d), SML_EXP (sml_expf or sml_exp) and
+ * SML_COUNT (an integer as wide as SML_T, for counts inside vector loops) defined; SML_NAME(name) gives name_f or name_d. No include guard on purpose.
+ *
+ * sml_row_max_*(x, n):           max_c x[c] (n >= 1). With a NaN in the row the
+ *                                result is unspecified, but the exp-sum that
+ *                                follows is NaN either way, so the row is NaN.
+ * sml_row_exp_*(x, e, n, m):     e[c] = exp(x[c] - m); e may be x. A plain
+ *                                elementwise loop: the one the vectoriser takes.
+ * sml_row_expsum_*(x, e, n, m, log_total):
+ *                                S = sum_c exp(x[c] - m) in double, m the row max;
+ *                                with e != NULL also e[c] = exp(x[c] - m) (e may be x);
+ *                                with log_total != NULL also log(S), accurately even
+ *                                when S ~ 1 (see sml_exp_split).
+ *                                An infinite or NaN m (a row with +inf or NaN, or all
+ *                                -inf) gives NaN.
+ *                                The row goes in chunks of SML_CHUNK: exp into e (or a
+ *                                stack buffer), then the sum of the chunk while it is
+ *                                in L1.
+ * sml_row_gapsum_*(x, w, n, m):  sum_c w[c] * (m - x[c]) in double, w NULL = 1:
+ *                                the label-smoothing term, a sum of non-negative
+ *                                terms (no cancellation) when m is the row max.
+ *
+ * Sums use SML_LANES partial sums, lane k taking the indices = k mod SML_LANES:
+ * they vectorise without reassociation and give the same bits for any chunking,
+ * alignment or thread.
+ */
+
+static inline SML_T SML_NAME(sml_row_max)(const SML_T *x, ptrdiff_t n)
+{
+    SML_T m = x[0];
+    SML_SIMD_MAX(m)
+    for (ptrdiff_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static inline void SML_NAME(sml_row_exp)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m)
+{
+    for (ptrdiff_t i = 0; i < n; i++) e[i] = SML_EXP(x[i] - m);
+}
+
+/* e[c] = exp(x[c] - m) (e may be x), and the same values split for an accurate sum:
+ * those equal to 1 (exp(0): the max and its ties) are counted and returned, the others
+ * copied to rest[c] (0 in place of the ones). S = ties + sum(rest), and
+ * log(S) = log1p((ties - 1) + sum(rest)) keeps the digits of a tiny sum(rest) that
+ * 1 + sum(rest) would round away: the loss of a confident, correct prediction is
+ * about sum(rest). One elementwise loop with an integer count: it vectorises. */
+static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T *rest,
+                                                ptrdiff_t n, SML_T m)
+{
+    SML_COUNT ties = 0; /* an integer as wide as SML_T: SSE2 vectorises that count */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        SML_T v = SML_EXP(x[i] - m);
+        e[i] = v;
+        rest[i] = v == (SML_T)1 ? (SML_T)0 : v;
+        ties += v == (SML_T)1;
+    }
+    return ties;
+}
+
+/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row). */
+static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *lanes,
+                                           double *tail)
+{
+    ptrdiff_t i = 0;
+    for (; i + SML_LANES <= n; i += SML_LANES)
+        for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
+    for (; i < n; i++) *tail += (double)v[i];
+}
+
+static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
+                                              double *log_total)
+{
+    SML_T exps[SML_CHUNK], rest[SML_CHUNK];
+    double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double tail = 0;
+    ptrdiff_t ties = 0;
+    for (ptrdiff_t start = 0; start < n; start += SML_CHUNK) {
+        ptrdiff_t len = n - start < SML_CHUNK ? n - start : SML_CHUNK;
+        ties += SML_NAME(sml_exp_split)(x + start, e != NULL ? e + start : exps, rest, len, m);
+        SML_NAME(sml_lanes_add)(rest, len, lanes, &tail);
+    }
+    double rest_sum = SML_LANE_TOTAL(lanes) + tail;
+    if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
+        if (log_total != NULL) *log_total = NAN;
+        return NAN;
+    }
+    if (log_total != NULL) *log_total = log1p(((double)ties - 1.0) + rest_sum);
+    return (double)ties + rest_sum;
+}
+
+static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, ptrdiff_t n,
+                                              double m)
+{
+    double acc[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double tail = 0;
+    ptrdiff_t i = 0;
+    if (w != NULL) {
+        for (; i + SML_LANES <= n; i += SML_LANES)
+            for (int k = 0; k < SML_LANES; k++) acc[k] += w[i + k] * (m - (double)x[i + k]);
+        for (; i < n; i++) tail += w[i] * (m - (double)x[i]);
+    } else {
+        for (; i + SML_LANES <= n; i += SML_LANES)
+            for (int k = 0; k < SML_LANES; k++) acc[k] += m - (double)x[i + k];
+        for (; i < n; i++) tail += m - (double)x[i];
+    }
+    return SML_LANE_TOTAL(acc) + tail;
+}
