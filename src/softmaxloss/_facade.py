@@ -35,6 +35,8 @@ from ._validation import (
     normalize_axis,
 )
 
+_LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+
 __all__ = [
     "softmax",
     "log_softmax",
@@ -125,44 +127,28 @@ def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, n_threads: int 
 # ---- cross-entropy ------------------------------------------------------------------
 
 
-def loss_normaliser(args: LossArgs) -> float:
-    """W of reduction="mean": sum over non-ignored rows of s_n * w[y_n] for class
-    indices; the number of rows (or sum of s) for probabilities."""
-    if args.probabilities:
-        if args.sample_weight is None:
-            return float(math.prod(args.row_shape))
-        return float(args.sample_weight.sum())
-    kept = args.target != args.ignore_index
-    if args.weight is None and args.sample_weight is None:
-        return float(np.count_nonzero(kept))
-    row_weight = np.zeros(args.row_shape)
-    labels = args.target[kept]
-    row_weight[kept] = 1.0 if args.weight is None else args.weight[labels]
-    if args.sample_weight is not None:
-        row_weight *= args.sample_weight
-    return float(row_weight.sum())
+def _as_result(value: float, dtypes: Dtypes) -> Any:
+    """A Python float as a NumPy scalar of the result dtype; beyond its range, +-inf
+    (the rounding, not an error: NumPy would warn)."""
+    if abs(value) > _LARGEST[dtypes.result] and math.isfinite(value):
+        value = math.copysign(math.inf, value)
+    return dtypes.result.type(value)
 
 
-def reduce_row_losses(row_loss: np.ndarray, layout: RowsLayout, args: LossArgs, normaliser: float) -> Any:
-    """Per-row losses (float64, (A, B), summed in NumPy's pairwise order) reduced as
-    asked, in the result dtype."""
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if args.reduction == "none":
+def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsLayout, args: LossArgs) -> Any:
+    """The returned loss: per-row losses ("none"), their sum (computed by the kernel in
+    row order with compensation) or the sum divided by W ("mean"; NaN when W is 0)."""
+    if args.reduction == "none":
+        with np.errstate(over="ignore"):
             return layout.per_row(row_loss).astype(args.dtypes.result)[()]
-        total = np.sum(row_loss)
-        if args.reduction == "mean":
-            total = total / np.float64(normaliser)
-        return args.dtypes.result.type(total)
+    if args.reduction == "mean":
+        total = total / normaliser if normaliser != 0 else math.nan
+    return _as_result(total, args.dtypes)
 
 
 def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
     x = args.logits
     layout = RowsLayout.of(x if out is None else out, args.axis)
-    normaliser = loss_normaliser(args) if args.reduction == "mean" else 1.0
-    if normaliser == 0:  # nothing to average over: the mean and its gradient are NaN
-        normaliser = math.nan
-    grad_scale = 1.0 / normaliser
-
     buffer = grad_rows = None
     if with_grad:
         buffer, grad_rows = layout.output(out, args.dtypes.compute)
@@ -170,19 +156,20 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
     weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
     row_loss = np.empty(layout.rows_shape[:2])
+    mean = args.reduction == "mean"
 
     if args.probabilities:
         target_dtype = args.target.dtype if args.target.dtype in KERNEL_DTYPES else np.dtype(np.float64)
-        _dispatch.kernels.cross_entropy_probs(
+        total, normaliser = _dispatch.kernels.cross_entropy_probs(
             x_rows, layout.input(args.target, target_dtype), weight, sample_weight,
-            args.label_smoothing, args.z_loss, grad_scale, row_loss, grad_rows, threads,
+            args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
     else:
-        _dispatch.kernels.cross_entropy_index(
+        total, normaliser = _dispatch.kernels.cross_entropy_index(
             x_rows, layout.rows(args.target), weight, sample_weight, args.ignore_index,
-            args.label_smoothing, args.z_loss, grad_scale, row_loss, grad_rows, threads,
+            args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
-    loss = reduce_row_losses(row_loss, layout, args, normaliser)
+    loss = _reduce(total, normaliser, row_loss, layout, args)
     grad = None if buffer is None else _result(buffer, out, args.dtypes)
     return loss, grad
 

@@ -29,7 +29,7 @@ everything it needs from a logit before it writes the gradient over it.
 """
 
 from cython.parallel cimport parallel, prange
-from libc.math cimport INFINITY, NAN, isfinite, log1p
+from libc.math cimport INFINITY, NAN, fabs, isfinite
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -42,6 +42,7 @@ cdef extern from "_rowops.h" nogil:
     int sml_cpu_has_avx2_fma()
     float sml_expf(float x)
     double sml_exp(double x)
+    double sml_log1p(double x)
     float sml_row_max_f(const float *x, Py_ssize_t n)
     double sml_row_max_d(const double *x, Py_ssize_t n)
     double sml_row_expsum_f(const float *x, float *e, Py_ssize_t n, float m, double *log_total)
@@ -79,6 +80,8 @@ cdef struct Rows:
 
 
 cdef inline char *row_at(Rows v, Py_ssize_t r) noexcept nogil:
+    if v.n_b == 1:  # (N, 1, C), the common case: no integer division (~40 cycles)
+        return v.base + r * v.stride_a
     cdef Py_ssize_t a = r // v.n_b
     return v.base + a * v.stride_a + (r - a * v.n_b) * v.stride_b
 
@@ -191,7 +194,8 @@ cdef inline IndexRowTerms index_row_terms(
     cdef IndexRowTerms terms
     cdef double smooth = eps / <double>n
     cdef double lse = m + log_total
-    cdef double p_y = e_y / total
+    cdef double inv_total = 1.0 / total
+    cdef double p_y = e_y * inv_total
     cdef double loss = 0.0, p_coef = 0.0, label_grad = 0.0
     if eps != 1.0:
         loss = (1.0 - eps) * w_y * (log_total + (m - x_y))
@@ -207,7 +211,7 @@ cdef inline IndexRowTerms index_row_terms(
         label_grad += 2.0 * z * lse * p_y
     cdef double row_scale = grad_scale * s
     terms.loss = s * loss
-    terms.p_scale = row_scale * p_coef / total
+    terms.p_scale = row_scale * p_coef * inv_total
     terms.smooth_scale = row_scale * smooth
     terms.label_grad = row_scale * label_grad
     return terms
@@ -280,7 +284,11 @@ cdef inline void block_loss_grad_index(
     cdef double ties[BLOCK_ROWS]
     cdef double gap[BLOCK_ROWS]
     cdef double log_total[BLOCK_ROWS]
-    cdef Py_ssize_t label[BLOCK_ROWS]
+    cdef Py_ssize_t label[BLOCK_ROWS]   # the row's class, -1 for a row filled with `fill`
+    cdef double fill[BLOCK_ROWS]
+    cdef double p_scale[BLOCK_ROWS]
+    cdef double smooth_scale[BLOCK_ROWS]
+    cdef double label_grad[BLOCK_ROWS]
     cdef Py_ssize_t i, c, y
     cdef floating v
     cdef double w_c
@@ -317,38 +325,55 @@ cdef inline void block_loss_grad_index(
             rest[i] += 0.0 if v == 1 else <double>v
             ties[i] += 1.0 if v == 1 else 0.0
     for i in range(count):
-        log_total[i] = log1p((ties[i] - 1.0) + rest[i])
+        log_total[i] = sml_log1p((ties[i] - 1.0) + rest[i])
 
-    for i in range(count):
+    for i in range(count):  # the formula, row by row; the gradient's coefficients kept
         y = (<const int64_t *>row_at(target, first + i))[0]
-        g_row = row_at(g, first + i) if g.base != NULL else NULL
         if y == ignore_index or y < 0 or y >= n:
             # Ignored rows contribute nothing. An index the facade should have refused
             # is never used to address memory: its row becomes NaN.
             row_loss[first + i] = 0.0 if y == ignore_index else NAN
-            if g_row != NULL:
-                for c in range(n):
-                    (<floating *>(g_row + c * g.step))[0] = <floating>(
-                        0.0 if y == ignore_index else NAN)
+            fill[i] = 0.0 if y == ignore_index else NAN
+            label[i] = -1
+            p_scale[i] = 0.0
+            smooth_scale[i] = 0.0
             continue
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             log_total[i] = NAN
             ties[i] = NAN
-        # Row i's logits are still intact here, also in place: only this iteration
-        # writes row i, after reading its label's logit.
+        # Row i's logits are still intact here, also in place: the gradient is
+        # written only after this loop.
         terms = index_row_terms(
-            m[i], (<const floating *>(x_rows[i] + y * x.step))[0], gap[i], ties[i] + rest[i], log_total[i], xt[y * BLOCK_ROWS + i], n,
+            m[i], (<const floating *>(x_rows[i] + y * x.step))[0], gap[i],
+            ties[i] + rest[i], log_total[i], xt[y * BLOCK_ROWS + i], n,
             w[y] if w != NULL else 1.0, w_sum,
             (<const double *>row_at(sample_weight, first + i))[0]
             if sample_weight.base != NULL else 1.0,
             eps, z, grad_scale)
         row_loss[first + i] = terms.loss
-        if g_row != NULL:
-            for c in range(n):  # transpose out
-                w_c = w[c] if w != NULL else 1.0
-                (<floating *>(g_row + c * g.step))[0] = <floating>(
-                    terms.p_scale * <double>xt[c * BLOCK_ROWS + i] - terms.smooth_scale * w_c)
-            (<floating *>(g_row + y * g.step))[0] = <floating>terms.label_grad
+        label[i] = y
+        p_scale[i] = terms.p_scale
+        smooth_scale[i] = terms.smooth_scale
+        label_grad[i] = terms.label_grad
+    if g.base == NULL:
+        return
+
+    for c in range(n):  # the gradient, still transposed: vectorised along the rows
+        w_c = w[c] if w != NULL else 1.0
+        for i in range(count):
+            xt[c * BLOCK_ROWS + i] = <floating>(
+                p_scale[i] * <double>xt[c * BLOCK_ROWS + i] - smooth_scale[i] * w_c)
+    for i in range(count):
+        if label[i] >= 0:
+            xt[label[i] * BLOCK_ROWS + i] = <floating>label_grad[i]
+    for i in range(count):  # transpose out
+        g_row = row_at(g, first + i)
+        if label[i] < 0:
+            for c in range(n):
+                (<floating *>(g_row + c * g.step))[0] = <floating>fill[i]
+        else:
+            for c in range(n):
+                (<floating *>(g_row + c * g.step))[0] = xt[c * BLOCK_ROWS + i]
 
 
 cdef inline double smoothed_target(target_floating t, double eps, double smooth) noexcept nogil:
@@ -517,6 +542,51 @@ cdef inline int allocation_failed() except -1:
     raise MemoryError("softmaxloss: could not allocate a scratch row")
 
 
+cdef double sum_in_order(const double *values, Py_ssize_t count) noexcept nogil:
+    """sum(values) in index order with Neumaier's compensation: deterministic, and
+    accurate to about one rounding whatever the count (NaN and inf propagate)."""
+    cdef double total = 0.0, compensation = 0.0, t
+    cdef Py_ssize_t i
+    for i in range(count):
+        t = total + values[i]
+        if fabs(total) >= fabs(values[i]):
+            compensation += (total - t) + values[i]
+        else:
+            compensation += (values[i] - t) + total
+        total = t
+    return total + compensation if isfinite(total) else total
+
+
+cdef double row_weight_total(Rows target, Rows sample_weight, const double *w,
+                             Py_ssize_t n_rows, Py_ssize_t n, bint index_target,
+                             int64_t ignore_index, double *scratch) noexcept nogil:
+    """W of reduction="mean": the sum over kept rows of s_n * w[y_n] (class indices) or
+    of s_n (probabilities; the number of rows without sample weights). `scratch` holds
+    n_rows doubles."""
+    cdef Py_ssize_t r, y
+    cdef double weight
+    if not index_target and sample_weight.base == NULL:
+        return <double>n_rows
+    for r in range(n_rows):
+        weight = (<const double *>row_at(sample_weight, r))[0] if sample_weight.base != NULL else 1.0
+        if index_target:
+            y = (<const int64_t *>row_at(target, r))[0]
+            if y == ignore_index or y < 0 or y >= n:
+                weight = 0.0
+            elif w != NULL:
+                weight = weight * w[y]
+        scratch[r] = weight
+    return sum_in_order(scratch, n_rows)
+
+
+cdef inline double gradient_scale(bint mean, double normaliser) noexcept nogil:
+    """The factor of every gradient entry: 1/W for a mean (NaN when W is 0: the mean
+    of nothing and its gradient are undefined), else 1."""
+    if not mean:
+        return 1.0
+    return 1.0 / normaliser if normaliser != 0.0 else NAN
+
+
 def softmax(const floating[:, :, :] x,   # IN  (A, B, C)
             floating[:, :, :] out,       # OUT (A, B, C), may be x's memory
             bint log_output,
@@ -578,16 +648,18 @@ def cross_entropy_index(
     int64_t ignore_index,
     double label_smoothing,
     double z_loss,
-    double grad_scale,                  # 1/W for reduction="mean", else 1
+    bint mean,                          # reduction="mean": the gradient is divided by W
     double[:, ::1] row_loss,            # OUT (A, B) per-row losses (0 where ignored)
     floating[:, :, :] grad,             # OUT (A, B, C) gradient, or None; may be x's memory
     int n_threads,
 ):
-    """Per-row cross-entropy losses of class-index targets, and their gradient."""
+    """Per-row cross-entropy losses of class-index targets, and their gradient.
+
+    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y])."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1]
     cdef Py_ssize_t r, y, block, n_blocks
     if n_rows == 0 or n == 0:
-        return
+        return 0.0, 0.0
     cdef Rows xv = logits_rows(x), gv = output_rows(grad)
     cdef Rows tv = per_row(<const char *>&target[0, 0], n_b, target.strides[0], target.strides[1])
     cdef Rows sv = per_row(NULL, 1, 0, 0)
@@ -602,6 +674,10 @@ def cross_entropy_index(
         w_sum = 0.0
         for c in range(n):
             w_sum += w[c]
+    cdef double normaliser
+    with nogil:
+        normaliser = row_weight_total(tv, sv, w, n_rows, n, True, ignore_index, losses)
+    cdef double grad_scale = gradient_scale(mean, normaliser)
     cdef int threads = thread_count(n_threads, n_rows, n)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
@@ -646,6 +722,7 @@ def cross_entropy_index(
             free(scratch)
     if failed:
         allocation_failed()
+    return sum_in_order(losses, n_rows), normaliser
 
 
 def cross_entropy_probs(
@@ -655,15 +732,17 @@ def cross_entropy_probs(
     const double[:, :] sample_weight,        # IN  (A, B), or None
     double label_smoothing,
     double z_loss,
-    double grad_scale,                       # 1/N or 1/sum(s) for "mean", else 1
+    bint mean,                               # reduction="mean": the gradient is divided by W
     double[:, ::1] row_loss,                 # OUT (A, B) per-row losses
     floating[:, :, :] grad,                  # OUT (A, B, C) gradient, or None; may be x's memory
     int n_threads,
 ):
-    """Per-row cross-entropy losses of probability targets, and their gradient."""
+    """Per-row cross-entropy losses of probability targets, and their gradient.
+
+    Returns (sum of the per-row losses, W = the number of rows, or sum(s))."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r
     if n_rows == 0 or n == 0:
-        return
+        return 0.0, 0.0
     cdef Rows xv = logits_rows(x), gv = output_rows(grad)
     cdef Rows tv = make_rows(&target[0, 0, 0], n_b, target.strides[0], target.strides[1],
                              target.strides[2])
@@ -674,6 +753,10 @@ def cross_entropy_probs(
                      sample_weight.strides[1])
     cdef double *losses = &row_loss[0, 0]
     cdef const double *w = &weight[0] if weight is not None else NULL
+    cdef double normaliser
+    with nogil:
+        normaliser = row_weight_total(sv, sv, w, n_rows, n, False, 0, losses)
+    cdef double grad_scale = gradient_scale(mean, normaliser)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
@@ -696,6 +779,7 @@ def cross_entropy_probs(
         free(scratch)
     if failed:
         allocation_failed()
+    return sum_in_order(losses, n_rows), normaliser
 
 
 def gradient_hessian(

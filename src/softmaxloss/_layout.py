@@ -65,6 +65,8 @@ class RowsLayout:
         or None when that needs a copy (or another dtype, or aligned memory)."""
         if array.dtype not in KERNEL_DTYPES or not array.flags.aligned:
             return None
+        if array.ndim <= 2:  # one row axis at most: always a view (the fast, common case)
+            return array.reshape(1, 1, -1) if array.ndim == 1 else (array[:, None, :] if self.axis else array.T[None])
         view = array.transpose(self.row_axes + (self.axis,)).reshape(self.rows_shape)
         if array.size == 0 or np.may_share_memory(view, array):
             return view

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "_fastexp.h"
+#include "_fastlog.h"
 
 /* ---- platform ------------------------------------------------------------ */
 

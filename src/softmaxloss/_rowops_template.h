@@ -86,7 +86,7 @@ static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_
         if (log_total != NULL) *log_total = NAN;
         return NAN;
     }
-    if (log_total != NULL) *log_total = log1p(((double)ties - 1.0) + rest_sum);
+    if (log_total != NULL) *log_total = sml_log1p(((double)ties - 1.0) + rest_sum);
     return (double)ties + rest_sum;
 }
 

@@ -175,6 +175,8 @@ def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
 
 def _check_index_target(target: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
     """int64 class indices; ValueError naming the first out-of-range value and position."""
+    if target.size == 0 or (target.min() >= 0 and target.max() < n_classes):
+        return target.astype(np.int64, copy=False)  # the common case, in two reductions
     # Compare in the target's own dtype: a huge uint64 must not wrap into range.
     bad = ~((target >= 0) & (target < n_classes))
     if ignore_index is not None:
