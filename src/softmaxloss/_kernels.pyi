@@ -1,0 +1,120 @@
+"""Stubs for the compiled kernels `softmaxloss._kernels` (and `_kernels_avx2`, the same source
+compiled for AVX2 + FMA, whose stub re-exports this one).
+
+Checked against the built module by `mypy.stubtest` (tests/test_typing.py): when a `def`
+function in `_kernels.pyx` is added, removed or changes its parameters, update this file.
+
+The kernels are private: `softmaxloss._facade` validates every argument and calls them. Every
+array arrives as a "rows view" of shape (A, B, C): the class axis last, rows indexed by (a, b),
+any strides unless the type says `[::1]`. The Cython fused types map to constrained type
+variables: `_F` (`floating`) is the logits' dtype, and every array typed `_F` in one call must
+have that same dtype (float32 or float64); `_T` (`target_floating`) is the dtype of
+probability targets, independent of `_F`. At run time any object with the buffer protocol and
+the right item type is accepted: other dtypes are a `TypeError` ("No matching signature
+found"), mixed ones a `ValueError` ("Buffer dtype mismatch"), and read-only arrays are accepted
+for the IN arguments only (`ValueError` for OUT). The shapes below are the contract:
+the facade checks every argument before the call, so call the kernels only as it does.
+"""
+
+from typing import TypedDict, TypeVar, type_check_only
+
+import numpy as np
+import numpy.typing as npt
+
+_F = TypeVar("_F", np.float32, np.float64)
+_T = TypeVar("_T", np.float32, np.float64)
+
+@type_check_only
+class _BuildInfo(TypedDict):
+    isa: str
+    compiler: str
+    openmp: bool
+    max_threads: int
+
+# Cython's doctest dictionary (the `autotestdict` directive), empty: no docstring has doctests.
+__test__: dict[str, str]
+
+def softmax(x: npt.NDArray[_F], out: npt.NDArray[_F], log_output: bool, n_threads: int) -> None:
+    """out = softmax(x) (log_output False) or log_softmax(x), over the last axis.
+
+    x (A, B, C) IN; out (A, B, C) OUT, may be x's memory (in place). n_threads: 0 for
+    OpenMP's default; small inputs use fewer threads.
+    """
+
+def logsumexp(x: npt.NDArray[_F], out: npt.NDArray[np.float64], n_threads: int) -> None:
+    """out[a, b] = log(sum_c exp(x[a, b, c])).
+
+    x (A, B, C) IN; out (A, B) float64, C-contiguous rows, OUT. An empty class axis leaves
+    out untouched (the facade fills it with -inf).
+    """
+
+def cross_entropy_index(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[np.int64],
+    weight: npt.NDArray[np.float64] | None,
+    sample_weight: npt.NDArray[np.float64] | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    grad_scale: float,
+    row_loss: npt.NDArray[np.float64],
+    grad: npt.NDArray[_F] | None,
+    n_threads: int,
+) -> None:
+    """Per-row cross-entropy losses of class-index targets, and their gradient.
+
+    x (A, B, C) logits; target (A, B) int64 class indices or ignore_index; weight (C,)
+    contiguous class weights or None (all 1); sample_weight (A, B) or None (all 1);
+    grad_scale 1/W for reduction="mean", else 1. OUT: row_loss (A, B), C-contiguous rows
+    (0 where ignored, NaN for an index out of range, which the facade refuses first); grad
+    (A, B, C) d(loss)/dx times grad_scale, or None for the loss only; grad may be x's memory.
+    """
+
+def cross_entropy_probs(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[_T],
+    weight: npt.NDArray[np.float64] | None,
+    sample_weight: npt.NDArray[np.float64] | None,
+    label_smoothing: float,
+    z_loss: float,
+    grad_scale: float,
+    row_loss: npt.NDArray[np.float64],
+    grad: npt.NDArray[_F] | None,
+    n_threads: int,
+) -> None:
+    """Per-row cross-entropy losses of probability targets, and their gradient.
+
+    x (A, B, C) logits; target (A, B, C) probabilities, float32 or float64 whatever x's
+    dtype; weight (C,) contiguous or None; sample_weight (A, B) or None; grad_scale 1/N (or
+    1/sum(s)) for reduction="mean", else 1. OUT: row_loss (A, B), C-contiguous rows; grad
+    (A, B, C) or None; grad may be x's memory.
+    """
+
+def gradient_hessian(
+    x: npt.NDArray[_F],
+    labels: npt.NDArray[np.int64],
+    sample_weight: npt.NDArray[np.float64] | None,
+    grad: npt.NDArray[_F],
+    hess: npt.NDArray[_F],
+    n_threads: int,
+) -> None:
+    """Per-row gradient s (p - onehot) and diagonal hessian s p (1 - p), p = softmax(x).
+
+    x (A, B, C) logits; labels (A, B) int64, 0 <= label < C (a label out of range gives a
+    NaN row, which the facade refuses first); sample_weight (A, B) or None. OUT: grad and
+    hess (A, B, C); grad may be x's memory, hess may not.
+    """
+
+def exp(x: npt.NDArray[_F], out: npt.NDArray[_F]) -> None:
+    """out = exp(x) with the kernels' own vectorised exp (a test hook for accuracy tests).
+
+    x and out: 1-D, contiguous, the same length.
+    """
+
+def cpu_has_avx2_fma() -> bool:
+    """Whether this CPU and OS run AVX2 + FMA code."""
+
+def build_info() -> _BuildInfo:
+    """How this module was compiled: {"isa": instruction set, "compiler": compiler and
+    version, "openmp": whether OpenMP was enabled (the C macro SOFTMAXLOSS_OPENMP),
+    "max_threads": OpenMP's default thread count (1 without OpenMP)}."""
