@@ -77,6 +77,9 @@ def bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         progress=None if args.json == "-" else lambda row: print(_benchmark.format_row(row, names), flush=True),
     )
+    if args.markdown:
+        print()
+        print(_benchmark.markdown_table(rows))
     if args.json:
         text = json.dumps(_benchmark.as_json_ready(rows), indent=1)
         if args.json == "-":
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_parser.add_argument("--contenders", type=_list, default=list(_benchmark.CONTENDERS),
                               help=f"subset of {','.join(_benchmark.CONTENDERS)}")
     bench_parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout only)")
+    bench_parser.add_argument("--markdown", action="store_true", help="also print a Markdown table of ratios")
     args = parser.parse_args(argv)
     if args.command == "config":
         show_config()

@@ -198,6 +198,24 @@ def header(names: Sequence[str]) -> str:
     return " | ".join([title] + [f"{name + ' ms (/copyto)':>18}" for name in names])
 
 
+def markdown_table(rows: Sequence[Row]) -> str:
+    """The results as a Markdown table: every contender's median time as a ratio to
+    copyto's in the same run, and softmaxloss's speed-up over PyTorch and JAX."""
+    names = [n for n in CONTENDERS if n != "copyto" and any(n in r.seconds for r in rows)]
+    others = [n for n in ("torch", "jax", "numpy") if n in names]
+    head = ["N x C", "dtype", "threads", "copyto ms"] + [f"{n} / copyto" for n in names]
+    head += [f"speed-up vs {n}" for n in others]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{row.n_rows} x {row.n_classes}", row.dtype, str(row.threads), f"{row.seconds['copyto'] * 1e3:.3f}"]
+        cells += [f"{row.ratio(n):.2f}" if n in row.seconds else "-" for n in names]
+        cells += [
+            f"{row.seconds[n] / row.seconds['softmaxloss']:.1f}x" if n in row.seconds else "-" for n in others
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def as_json_ready(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [asdict(row) | {"ratios_to_copyto": {n: row.ratio(n) for n in row.seconds if "copyto" in row.seconds}} for row in rows]
 

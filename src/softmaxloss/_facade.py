@@ -28,6 +28,7 @@ from ._validation import (
     as_real_array,
     check_gradient_hessian_args,
     check_in_place,
+    check_index_target,
     check_loss_args,
     check_n_threads,
     check_no_overlap,
@@ -148,6 +149,10 @@ def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsL
 
 def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
     x = args.logits
+    if out is not None and not args.probabilities:
+        # The logits may be copied into `out` before the kernel runs: refuse bad
+        # classes first, so that `out` is left as it was.
+        check_index_target(args.target, args.n_classes, args.ignore_index)
     layout = RowsLayout.of(x if out is None else out, args.axis)
     buffer = grad_rows = None
     if with_grad:
@@ -165,10 +170,14 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
             args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
     else:
-        total, normaliser = _dispatch.kernels.cross_entropy_index(
+        totals = _dispatch.kernels.cross_entropy_index(
             x_rows, layout.rows(args.target), weight, sample_weight, args.ignore_index,
             args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
+        if totals is None:  # a class out of range: nothing was written; say which
+            check_index_target(args.target, args.n_classes, args.ignore_index)
+            raise RuntimeError("the targets changed while softmaxloss was reading them")
+        total, normaliser = totals
     loss = _reduce(total, normaliser, row_loss, layout, args)
     grad = None if buffer is None else _result(buffer, out, args.dtypes)
     return loss, grad
@@ -201,7 +210,7 @@ def cross_entropy(
     args = check_loss_args(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss,
+        z_loss=z_loss, check_range=False,
     )
     loss, _ = _cross_entropy(args, _threads(n_threads), None, with_grad=False)
     return loss
@@ -231,7 +240,7 @@ def cross_entropy_with_grad(
     args = check_loss_args(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss,
+        z_loss=z_loss, check_range=False,
     )
     threads = _threads(n_threads)
     if out is not None:

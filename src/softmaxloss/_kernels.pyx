@@ -559,20 +559,26 @@ cdef double sum_in_order(const double *values, Py_ssize_t count) noexcept nogil:
 
 cdef double row_weight_total(Rows target, Rows sample_weight, const double *w,
                              Py_ssize_t n_rows, Py_ssize_t n, bint index_target,
-                             int64_t ignore_index, double *scratch) noexcept nogil:
+                             int64_t ignore_index, double *scratch,
+                             Py_ssize_t *invalid_row) noexcept nogil:
     """W of reduction="mean": the sum over kept rows of s_n * w[y_n] (class indices) or
     of s_n (probabilities; the number of rows without sample weights). `scratch` holds
-    n_rows doubles."""
+    n_rows doubles. The first row whose class is out of range and not ignore_index
+    goes to invalid_row (-1 if none): the caller stops before writing anything."""
     cdef Py_ssize_t r, y
     cdef double weight
+    invalid_row[0] = -1
     if not index_target and sample_weight.base == NULL:
         return <double>n_rows
     for r in range(n_rows):
         weight = (<const double *>row_at(sample_weight, r))[0] if sample_weight.base != NULL else 1.0
         if index_target:
             y = (<const int64_t *>row_at(target, r))[0]
-            if y == ignore_index or y < 0 or y >= n:
+            if y == ignore_index:
                 weight = 0.0
+            elif y < 0 or y >= n:
+                invalid_row[0] = r
+                return NAN
             elif w != NULL:
                 weight = weight * w[y]
         scratch[r] = weight
@@ -655,7 +661,8 @@ def cross_entropy_index(
 ):
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
-    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y])."""
+    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]), or None,
+    having written nothing, when a class is out of range (and not ignore_index)."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1]
     cdef Py_ssize_t r, y, block, n_blocks
     if n_rows == 0 or n == 0:
@@ -675,8 +682,12 @@ def cross_entropy_index(
         for c in range(n):
             w_sum += w[c]
     cdef double normaliser
+    cdef Py_ssize_t invalid_row
     with nogil:
-        normaliser = row_weight_total(tv, sv, w, n_rows, n, True, ignore_index, losses)
+        normaliser = row_weight_total(tv, sv, w, n_rows, n, True, ignore_index, losses,
+                                      &invalid_row)
+    if invalid_row >= 0:
+        return None
     cdef double grad_scale = gradient_scale(mean, normaliser)
     cdef int threads = thread_count(n_threads, n_rows, n)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
@@ -754,8 +765,9 @@ def cross_entropy_probs(
     cdef double *losses = &row_loss[0, 0]
     cdef const double *w = &weight[0] if weight is not None else NULL
     cdef double normaliser
+    cdef Py_ssize_t invalid_row
     with nogil:
-        normaliser = row_weight_total(sv, sv, w, n_rows, n, False, 0, losses)
+        normaliser = row_weight_total(sv, sv, w, n_rows, n, False, 0, losses, &invalid_row)
     cdef double grad_scale = gradient_scale(mean, normaliser)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0

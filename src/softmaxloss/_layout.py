@@ -26,6 +26,11 @@ def _merges(shape: Sequence[int], strides: Sequence[int], axes: Sequence[int]) -
     return all(outer == inner_len * inner for (_, outer), (inner_len, inner) in zip(dims, dims[1:]))
 
 
+def _inverse(permutation: Sequence[int]) -> tuple[int, ...]:
+    """The permutation that undoes `permutation` (as np.argsort, without an array)."""
+    return tuple(sorted(range(len(permutation)), key=permutation.__getitem__))
+
+
 class RowsLayout:
     """The row order of one call: the non-class axes `row_axes`, the first `split`
     of them merged into A and the rest into B, for arrays of `shape`."""
@@ -49,6 +54,8 @@ class RowsLayout:
         """A layout in which `array` itself is a rows view when any is: the natural
         order (axes before the class axis into A, after it into B) when that works,
         else the row axes ordered by decreasing stride."""
+        if array.ndim <= 2:  # one row axis at most: any layout is a view (the common case)
+            return cls(array.shape, axis, (1 - axis,) if array.ndim == 2 else (), axis)
         shape, strides = array.shape, array.strides
         natural = tuple(i for i in range(array.ndim) if i != axis)
         candidates = [(natural, axis)]
@@ -75,10 +82,12 @@ class RowsLayout:
     def empty(self, dtype: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray]:
         """A new array of this layout's shape and its (A, B, C) view, laid out in
         memory in the row order (so for a C- or F-ordered input, in the same order)."""
-        permuted_shape = tuple(self.shape[i] for i in self.row_axes) + (self.shape[self.axis],)
-        buffer = np.empty(permuted_shape, dtype)
-        inverse = np.argsort(self.row_axes + (self.axis,))
-        return buffer.transpose(inverse), buffer.reshape(self.rows_shape)
+        if len(self.shape) <= 2 and self.axis == len(self.shape) - 1:  # class axis last
+            buffer = np.empty(self.shape, dtype)
+            return buffer, buffer.reshape(self.rows_shape)
+        order = self.row_axes + (self.axis,)
+        buffer = np.empty(tuple(self.shape[i] for i in order), dtype)
+        return buffer.transpose(_inverse(order)), buffer.reshape(self.rows_shape)
 
     def input(self, array: np.ndarray, dtype: np.dtype[Any], into: np.ndarray | None = None) -> np.ndarray:
         """(A, B, C) view of `array` in `dtype` for a kernel to read: the array's own
@@ -118,4 +127,4 @@ class RowsLayout:
     def per_row(self, rows: np.ndarray) -> np.ndarray:
         """The inverse of `rows`: an (A, B) array as a per-row array."""
         permuted = rows.reshape(tuple(self.shape[i] for i in self.row_axes))
-        return permuted.transpose(np.argsort(self._row_order))
+        return permuted.transpose(_inverse(self._row_order))

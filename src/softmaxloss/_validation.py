@@ -25,7 +25,7 @@ _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dtypes:
     """The dtype a computation runs in and the dtype its results come back in."""
 
@@ -33,16 +33,24 @@ class Dtypes:
     result: np.dtype[Any]
 
 
+_FIXED_DTYPES = {
+    # native float32/float64 compute in themselves; float16 in float32 (as PyTorch on
+    # CPU); integers and bools in float64. One object per dtype: no per-call allocation.
+    **{np.dtype(t): Dtypes(np.dtype(t), np.dtype(t)) for t in (np.float32, np.float64)},
+    **{np.dtype(t).newbyteorder(): Dtypes(np.dtype(t), np.dtype(t)) for t in (np.float32, np.float64)},
+    _FLOAT16: Dtypes(_FLOAT32, _FLOAT16),
+    _FLOAT16.newbyteorder(): Dtypes(_FLOAT32, _FLOAT16),
+}
+_FROM_INTEGERS = Dtypes(_FLOAT64, _FLOAT64)
+
+
 def float_dtypes(dtype: np.dtype[Any], name: str = "logits") -> Dtypes:
     """Compute/result dtypes for an input of `dtype`; TypeError for non-real input."""
-    # Compare the native-order dtype: '>f4' != float32 on a little-endian machine.
-    native = dtype.newbyteorder("=") if dtype.kind == "f" else dtype
-    if native == _FLOAT32 or native == _FLOAT64:
-        return Dtypes(native, native)
-    if native == _FLOAT16:
-        return Dtypes(_FLOAT32, _FLOAT16)
+    fixed = _FIXED_DTYPES.get(dtype)
+    if fixed is not None:
+        return fixed
     if dtype.kind in "biu":
-        return Dtypes(_FLOAT64, _FLOAT64)
+        return _FROM_INTEGERS
     if dtype.kind == "f":
         raise TypeError(
             f"{name} has dtype {dtype}, which softmaxloss does not compute in; "
@@ -145,7 +153,7 @@ def check_in_place(out: np.ndarray, logits: np.ndarray, name: str = "out") -> bo
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LossArgs:
     """The validated arguments of a cross-entropy call, as both implementations need them.
 
@@ -173,7 +181,7 @@ def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
 
-def _check_index_target(target: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
+def check_index_target(target: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
     """int64 class indices; ValueError naming the first out-of-range value and position."""
     if target.size == 0 or (target.min() >= 0 and target.max() < n_classes):
         return target.astype(np.int64, copy=False)  # the common case, in two reductions
@@ -229,8 +237,13 @@ def check_loss_args(
     reduction: Any = "mean",
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
+    check_range: bool = True,
 ) -> LossArgs:
-    """Validate every argument of `cross_entropy`; raise before any work is done."""
+    """Validate every argument of `cross_entropy`; raise before any work is done.
+
+    check_range=False leaves the range of signed integer class indices to the caller
+    (the kernel checks them in its first pass over the targets, before writing
+    anything, and the caller then calls `check_index_target` for the message)."""
     x, dtypes = as_real_array(logits, "logits")
     if x.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis); got a scalar")
@@ -256,7 +269,10 @@ def check_loss_args(
                 f"target of class indices has shape {t.shape}; logits of shape {x.shape} "
                 f"with class axis {axis} need shape {row_shape}"
             )
-        checked_target = _check_index_target(t, n_classes, ignore_index)
+        if check_range or t.dtype.kind == "u":  # a huge uint64 must be checked unwrapped
+            checked_target = check_index_target(t, n_classes, ignore_index)
+        else:
+            checked_target = t.astype(np.int64, copy=False)
         probabilities = False
     elif t.dtype.kind == "f":
         if t.shape != x.shape:
@@ -314,8 +330,8 @@ def check_gradient_hessian_args(
         # scikit-learn passes labels as floats holding integers: accept exact integers only.
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
             raise ValueError("labels given as floats must hold whole class numbers")
-        # No cast here: _check_index_target range-checks in float first, so 1e300
+        # No cast here: check_index_target range-checks in float first, so 1e300
         # is reported as itself instead of as an invalid cast's garbage.
-    labels_checked = _check_index_target(y, n_classes, ignore_index=None)
+    labels_checked = check_index_target(y, n_classes, ignore_index=None)
     return x, dtypes, labels_checked, _check_sample_weight(sample_weight, (n_rows,))
 
