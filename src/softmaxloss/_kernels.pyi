@@ -44,8 +44,8 @@ def softmax(x: npt.NDArray[_F], out: npt.NDArray[_F], log_output: bool, n_thread
 def logsumexp(x: npt.NDArray[_F], out: npt.NDArray[np.float64], n_threads: int) -> None:
     """out[a, b] = log(sum_c exp(x[a, b, c])).
 
-    x (A, B, C) IN; out (A, B) float64, C-contiguous rows, OUT. An empty class axis leaves
-    out untouched (the facade fills it with -inf).
+    x (A, B, C) IN; out (A, B) float64, C-contiguous, OUT. An empty class axis leaves out
+    untouched (the facade fills it with -inf).
     """
 
 def cross_entropy_index(
@@ -56,18 +56,21 @@ def cross_entropy_index(
     ignore_index: int,
     label_smoothing: float,
     z_loss: float,
-    grad_scale: float,
+    mean: bool,
     row_loss: npt.NDArray[np.float64],
     grad: npt.NDArray[_F] | None,
     n_threads: int,
-) -> None:
+) -> tuple[float, float]:
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
     x (A, B, C) logits; target (A, B) int64 class indices or ignore_index; weight (C,)
-    contiguous class weights or None (all 1); sample_weight (A, B) or None (all 1);
-    grad_scale 1/W for reduction="mean", else 1. OUT: row_loss (A, B), C-contiguous rows
+    contiguous class weights or None (all 1); sample_weight (A, B) or None (all 1); mean:
+    reduction="mean", so the gradient is divided by W. OUT: row_loss (A, B), C-contiguous
     (0 where ignored, NaN for an index out of range, which the facade refuses first); grad
-    (A, B, C) d(loss)/dx times grad_scale, or None for the loss only; grad may be x's memory.
+    (A, B, C) the gradient, or None for the loss only; grad may be x's memory.
+
+    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]); (0.0, 0.0)
+    for no rows or no classes.
     """
 
 def cross_entropy_probs(
@@ -77,17 +80,20 @@ def cross_entropy_probs(
     sample_weight: npt.NDArray[np.float64] | None,
     label_smoothing: float,
     z_loss: float,
-    grad_scale: float,
+    mean: bool,
     row_loss: npt.NDArray[np.float64],
     grad: npt.NDArray[_F] | None,
     n_threads: int,
-) -> None:
+) -> tuple[float, float]:
     """Per-row cross-entropy losses of probability targets, and their gradient.
 
     x (A, B, C) logits; target (A, B, C) probabilities, float32 or float64 whatever x's
-    dtype; weight (C,) contiguous or None; sample_weight (A, B) or None; grad_scale 1/N (or
-    1/sum(s)) for reduction="mean", else 1. OUT: row_loss (A, B), C-contiguous rows; grad
-    (A, B, C) or None; grad may be x's memory.
+    dtype; weight (C,) contiguous or None; sample_weight (A, B) or None; mean:
+    reduction="mean", so the gradient is divided by W. OUT: row_loss (A, B), C-contiguous;
+    grad (A, B, C) or None; grad may be x's memory.
+
+    Returns (sum of the per-row losses, W = the number of rows, or sum(s)); (0.0, 0.0) for
+    no rows or no classes.
     """
 
 def gradient_hessian(
