@@ -60,17 +60,18 @@ def cross_entropy_index(
     row_loss: npt.NDArray[np.float64],
     grad: npt.NDArray[_F] | None,
     n_threads: int,
-) -> tuple[float, float]:
+) -> tuple[float, float] | None:
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
     x (A, B, C) logits; target (A, B) int64 class indices or ignore_index; weight (C,)
     contiguous class weights or None (all 1); sample_weight (A, B) or None (all 1); mean:
     reduction="mean", so the gradient is divided by W. OUT: row_loss (A, B), C-contiguous
-    (0 where ignored, NaN for an index out of range, which the facade refuses first); grad
-    (A, B, C) the gradient, or None for the loss only; grad may be x's memory.
+    (0 where ignored); grad (A, B, C) the gradient, or None for the loss only; grad may be
+    x's memory.
 
     Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]); (0.0, 0.0)
-    for no rows or no classes.
+    for no rows or no classes; None, having written nothing, when a class is out of range
+    and not ignore_index (the facade then finds and reports it).
     """
 
 def cross_entropy_probs(
