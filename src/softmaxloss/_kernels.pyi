@@ -123,5 +123,5 @@ def cpu_has_avx2_fma() -> bool:
 
 def build_info() -> _BuildInfo:
     """How this module was compiled: {"isa": instruction set, "compiler": compiler and
-    version, "openmp": whether OpenMP was enabled (the C macro SOFTMAXLOSS_OPENMP),
+    version, "openmp": whether OpenMP was compiled in (the compiler defined _OPENMP),
     "max_threads": OpenMP's default thread count (1 without OpenMP)}."""
