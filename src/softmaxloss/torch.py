@@ -83,12 +83,11 @@ def _constant(tensor: torch.Tensor | None, name: str) -> None:
         )
 
 
-def _numpy(tensor: torch.Tensor, name: str, upcast: bool) -> np.ndarray:
-    """A NumPy view of `tensor`'s memory (a float32 copy for half precision when
-    `upcast`)."""
+def _numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
+    """A NumPy view of `tensor`'s memory (a float32 copy for half precision)."""
     _on_cpu(tensor, name)
     t = tensor.detach()
-    if t.dtype in _UPCAST and upcast:
+    if t.dtype in _UPCAST:
         t = t.float()
     elif t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} has dtype {t.dtype}, which softmaxloss.torch does not accept")
@@ -107,7 +106,7 @@ def _input_numpy(input: torch.Tensor) -> np.ndarray:
             f"input has dtype {input.dtype}; softmaxloss.torch computes float32 and "
             "float64 natively and float16/bfloat16 in float32"
         )
-    return _numpy(input, "input", upcast=True)
+    return _numpy(input, "input")
 
 
 def _target_numpy(target: Any) -> np.ndarray:
@@ -116,7 +115,7 @@ def _target_numpy(target: Any) -> np.ndarray:
     if target.dtype.is_floating_point or target.dtype in (
         torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
     ):
-        return _numpy(target, "target", upcast=True)
+        return _numpy(target, "target")
     raise TypeError(
         f"target has dtype {target.dtype}; expected integer class indices or floating "
         "point class probabilities"
@@ -128,7 +127,7 @@ def _optional_numpy(tensor: Any, name: str) -> np.ndarray | None:
         return None
     if not isinstance(tensor, torch.Tensor):
         return np.asarray(tensor)
-    return _numpy(tensor, name, upcast=True)
+    return _numpy(tensor, name)
 
 
 def _class_axis(input: torch.Tensor) -> int:
