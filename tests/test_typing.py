@@ -46,7 +46,7 @@ PACKAGE_MYPY_CONFIG = textwrap.dedent(
     follow_imports = skip
     ignore_missing_imports = True
 
-    [mypy-softmaxloss.torch,softmaxloss.testing]
+    [mypy-softmaxloss.testing]
     ignore_errors = True
     """
 )
