@@ -16,8 +16,9 @@ Environment switches (all optional):
 * ``SOFTMAXLOSS_DEBUG=1``: bounds/wraparound/initialization checks on, ``-O0 -g``, asserts on.
 * ``SOFTMAXLOSS_SANITIZE=address`` (any ``-fsanitize=`` value): sanitizer build (gcc/clang).
 
-The C macro ``SOFTMAXLOSS_OPENMP`` (0/1) tells the kernel whether OpenMP was enabled, and
-``SOFTMAXLOSS_AVX2`` (0/1) which of the two builds it is.
+The kernel reports OpenMP from the compiler's own ``_OPENMP`` macro (``build_info()["openmp"]``),
+so it states what was compiled in, not what was asked for. ``SOFTMAXLOSS_OPENMP`` and
+``SOFTMAXLOSS_AVX2`` (0/1) are defined too, but no C code reads them.
 """
 
 import os

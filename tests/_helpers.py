@@ -64,6 +64,7 @@ def assert_close(actual, expected, dtype=None, what: str = "", scale=0.0) -> Non
     finite = np.abs(expected64[np.isfinite(expected64)])
     # Below the smallest normal number only underflow is measured, not accuracy.
     largest = max(finite.max() if finite.size else 0.0, scale)
+    largest = min(largest, float(np.finfo(np.float64).max))  # terms that overflow: any finite error
     atol = max(atol_factor * largest, float(np.finfo(expected.dtype).tiny))
     np.testing.assert_allclose(
         np.asarray(actual, np.float64), expected64, rtol=rtol, atol=atol, equal_nan=True, err_msg=what

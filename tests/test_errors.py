@@ -49,7 +49,7 @@ BAD_CALLS = [
     ("out-not-array", "softmax", (X,), {"out": [[0.0] * 3] * 4}, TypeError, "numpy.ndarray"),
     ("out-overlaps-target", "cross_entropy_with_grad", (X, P), {"out": P}, ValueError, "shares memory with target"),
     ("gh-labels-shape", "gradient_hessian", (X, np.zeros(3, int)), {}, ValueError, "(3,)"),
-    ("gh-labels-range", "gradient_hessian", (X, np.array([0, 1, 3, 0])), {}, ValueError, "target value 3"),
+    ("gh-labels-range", "gradient_hessian", (X, np.array([0, 1, 3, 0])), {}, ValueError, "labels value 3"),
     ("gh-labels-fraction", "gradient_hessian", (X, np.array([0, 1.5, 2, 0])), {}, ValueError, "whole class numbers"),
     ("gh-logits-1d", "gradient_hessian", (np.zeros(3), np.zeros(3, int)), {}, ValueError, "2-D"),
     ("gh-out-not-pair", "gradient_hessian", (X, T), {"out": np.empty((4, 3))}, TypeError, "tuple"),

@@ -187,50 +187,12 @@ def _check(call, cases, label):
     )
 
 
-# Known bugs outside this file, each (call, case) -> bool and a reason: those cases are left out
-# of the registry test and checked by a strict xfail below instead, so that a fix shows up
-# (as an XPASS, which fails) and the exclusion is removed with it.
-KNOWN_BUGS = {
-    "unaligned-out": (
-        lambda call, case: call.endswith("_in_place") and case.layout == "unaligned" and case.x.dtype.itemsize > 1,
-        "an unaligned `out` (here out=logits) is refused, with a message about strides that "
-        "does not say why (the array is C-ordered); the reference accepts it",
-    ),
-    "overflow-threshold": (
-        lambda call, case: call == "with_grad_full_smoothing" and case.pattern == "1e30" and case.dtype == np.float32,
-        "_facade._as_result turns every |value| > finfo.max into inf, but values below max + ulp/2 "
-        "round to max: here a float32 sum of 3.4028234663853e38 (exact; the float64 totals agree) "
-        "comes back inf instead of 3.4028235e38 (see test_accuracy's reproducer)",
-    ),
-}
-
-
-def _known_bug(call, case):
-    return any(applies(call, case) for applies, _ in KNOWN_BUGS.values())
-
-
 @pytest.mark.parametrize("call", sorted(CALLS))
 def test_fast_matches_reference_on_every_hostile_case(kernel_build, call):
     """Through `assert_matches_reference`: its message names the call, and for each
     failing case the pattern, dtype, shape, axis, layout and input."""
     every = CASES if CALLS[call].every_case else SAMPLED_CASES
-    cases = [case for case in every if not _known_bug(call, case)]
-    assert _check(call, cases, f"{kernel_build} kernels") == len(cases)
-
-
-@pytest.mark.parametrize(
-    "bug",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-        for name, (_, reason) in KNOWN_BUGS.items()
-    ],
-)
-def test_known_bugs_still_fail(bug):
-    applies, _ = KNOWN_BUGS[bug]
-    for call in sorted(CALLS):
-        cases = [case for case in CASES if applies(call, case)]
-        if cases:
-            _check(call, cases, f"known bug {bug}")
+    assert _check(call, every, f"{kernel_build} kernels") == len(every)
 
 
 # ---- the checker itself catches what it must -------------------------------------------

@@ -140,8 +140,8 @@ ROW_LOSS = 8  # cross_entropy_index's argument that its range check uses as scra
 class KernelSpy:
     """Wraps the kernel module and records every call that wrote something: any call but
     cross_entropy_index's class-range refusal (it returns None when a class is out of range,
-    having written nothing but its own row_loss scratch: see the xfail below), or one that
-    changed an array it was given."""
+    having written nothing but its own row_loss scratch, as its docstring says), or one
+    that changed an array it was given."""
 
     def __init__(self, kernels):
         self._kernels = kernels
@@ -179,23 +179,9 @@ def _raise(module, function, args, kwargs):
     return None
 
 
-# Bugs outside this file (a strict xfail each, so that a fix is noticed): the fast function
-# refuses these `out` arrays (it cannot write them in place) but the reference accepts them.
-KNOWN_BUGS = {
-    "out with rows no stride can address": "the reference accepts this out; SPEC allows refusing "
-    "an out layout, but then both implementations should (a check in _validation)",
-    "out unaligned": "the reference accepts an unaligned out; the fast function refuses it with a "
-    "message about strides (the array is C-ordered: alignment is the reason)",
-}
-
-
 @pytest.mark.parametrize(
     "function,args,kwargs,exception",
-    [
-        pytest.param(*case[1:], marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[case[0]])]
-                     if case[0] in KNOWN_BUGS else [])
-        for case in BAD_INPUTS
-    ],
+    [case[1:] for case in BAD_INPUTS],
     ids=[case[0] for case in BAD_INPUTS],
 )
 def test_bad_input_is_refused_before_any_kernel_writes(monkeypatch, function, args, kwargs, exception):
@@ -220,12 +206,6 @@ def test_the_unwritable_out_is_refused_untouched():
     np.testing.assert_array_equal(base, 7.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="n_threads >= 2**31 passes validation (the reference accepts it), then the kernel call "
-    "raises OverflowError converting it to a C int, after integer logits were already converted "
-    "into `out`: out is overwritten and the error is not the reference's (none)",
-)
 def test_huge_n_threads_is_accepted_as_by_the_reference_or_refused_before_work():
     x = np.arange(12).reshape(4, 3)
     out = np.full((4, 3), 7.0)
@@ -316,21 +296,6 @@ def test_kernel_cross_entropy_index_refuses_bad_labels_without_writing(
     assert normaliser == pytest.approx(weights[labels[kept]].sum())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cross_entropy_index's docstring (and _kernels.pyi) say it returns None 'having "
-    "written nothing' when a class is out of range, but its range check (row_weight_total) "
-    "uses row_loss as scratch for the per-row weights: row_loss is overwritten. Harmless for "
-    "the facade (its row_loss is its own), but the contract is not what it says",
-)
-def test_kernel_cross_entropy_index_refusal_leaves_row_loss_untouched():
-    x = np.zeros((1, 4, 3))
-    row_loss = np.full((1, 4), -3.0)
-    labels = np.array([[0, 1, 2, 3]], np.int64)
-    assert _dispatch.kernels.cross_entropy_index(x, labels, None, None, -100, 0.0, 0.0, False, row_loss, None, 1) is None
-    np.testing.assert_array_equal(row_loss, -3.0)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_gradient_hessian_makes_bad_label_rows_nan_and_stays_in_bounds(kernel_build, dtype):
     kernels = _dispatch.kernels
@@ -411,12 +376,6 @@ _SHAPE_MISMATCHES = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the kernel functions do not check that target, weight, sample_weight, row_loss, "
-    "grad/out have the shapes the logits imply (SPEC: the kernel never reads or writes outside "
-    "the arrays, whatever the input); smaller arrays would be read/written out of bounds",
-)
 @pytest.mark.parametrize("mismatch", sorted(_SHAPE_MISMATCHES))
 def test_kernel_functions_refuse_arrays_of_the_wrong_shape(mismatch):
     x = np.zeros((1, 4, 3))

@@ -39,7 +39,7 @@ PACKAGE_MYPY_CONFIG = textwrap.dedent(
     [mypy]
     strict = True
 
-    [mypy-softmaxloss.reference,softmaxloss.layer]
+    [mypy-softmaxloss.reference]
     warn_return_any = False
 
     [mypy-torch.*,jax.*,sklearn.*]

@@ -63,9 +63,10 @@ def _result(buffer: np.ndarray, out: np.ndarray | None, dtypes: Dtypes) -> np.nd
 
 
 def _threads(n_threads: Any) -> int:
-    """The kernels' thread argument: 0 means OpenMP's default."""
+    """The kernels' thread argument (a C int): 0 means OpenMP's default. More threads
+    than a C int holds are as many as it holds (the work is split by rows anyway)."""
     count = check_n_threads(n_threads)
-    return 0 if count is None else count
+    return 0 if count is None else min(count, 2**31 - 1)
 
 
 # ---- softmax family -----------------------------------------------------------------
@@ -76,7 +77,7 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
     axis = normalize_axis(axis, array.ndim)
     threads = _threads(n_threads)
     if out is not None:
-        check_out(out, array.shape, dtypes.result)
+        check_out(out, array.shape, dtypes.result, axis)
         check_in_place(out, array)
     layout = RowsLayout.of(array if out is None else out, axis)
     buffer, result_rows = layout.output(out, dtypes.compute)
@@ -129,10 +130,11 @@ def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, n_threads: int 
 
 
 def _as_result(value: float, dtypes: Dtypes) -> Any:
-    """A Python float as a NumPy scalar of the result dtype; beyond its range, +-inf
-    (the rounding, not an error: NumPy would warn)."""
+    """A Python float as a NumPy scalar of the result dtype, rounded as NumPy rounds
+    (to +-inf beyond the range: the rounding, not an error, so without a warning)."""
     if abs(value) > _LARGEST[dtypes.result] and math.isfinite(value):
-        value = math.copysign(math.inf, value)
+        with np.errstate(over="ignore"):
+            return dtypes.result.type(value)
     return dtypes.result.type(value)
 
 
@@ -244,7 +246,7 @@ def cross_entropy_with_grad(
     )
     threads = _threads(n_threads)
     if out is not None:
-        check_out(out, args.logits.shape, args.dtypes.result)
+        check_out(out, args.logits.shape, args.dtypes.result, args.axis)
         check_in_place(out, args.logits)
         check_no_overlap(out, "out", target=np.asarray(target), weight=args.weight,
                          sample_weight=args.sample_weight)
@@ -275,8 +277,8 @@ def gradient_hessian(
         if not isinstance(out, tuple) or len(out) != 2:
             raise TypeError("out must be None or a tuple (grad_out, hess_out)")
         grad_out, hess_out = out
-        check_out(grad_out, x.shape, dtypes.result, "out[0]")
-        check_out(hess_out, x.shape, dtypes.result, "out[1]")
+        check_out(grad_out, x.shape, dtypes.result, 1, "out[0]")
+        check_out(hess_out, x.shape, dtypes.result, 1, "out[1]")
         check_in_place(grad_out, x, "out[0]")
         check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
         for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):

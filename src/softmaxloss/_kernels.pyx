@@ -20,8 +20,9 @@ Design, bottom up (each layer calls only the one below it):
    and scattered back. Every row is computed by the same code whatever the thread
    count, and no loop reduces across rows, so results are bitwise identical for
    every `n_threads`.
-4. The Python facade (`softmaxloss._facade`) validates, builds the rows views,
-   computes the normaliser of `mean`, reduces the per-row losses and documents.
+4. The Python facade (`softmaxloss._facade`) validates, builds the rows views, reduces
+   (the kernels return the per-row losses, their total and the mean's normaliser W)
+   and documents.
 
 Arguments are marked IN (read only, `const`: read-only arrays work) or OUT.
 An OUT array may be the same memory as the logits (in place): each row kernel reads
@@ -45,8 +46,8 @@ cdef extern from "_rowops.h" nogil:
     double sml_log1p(double x)
     float sml_row_max_f(const float *x, Py_ssize_t n)
     double sml_row_max_d(const double *x, Py_ssize_t n)
-    double sml_row_expsum_f(const float *x, float *e, Py_ssize_t n, float m, double *log_total)
-    double sml_row_expsum_d(const double *x, double *e, Py_ssize_t n, double m, double *log_total)
+    double sml_row_expsum_f(const float *x, float *e, Py_ssize_t n, float m, double *excess)
+    double sml_row_expsum_d(const double *x, double *e, Py_ssize_t n, double m, double *excess)
     double sml_row_gapsum_f(const float *x, const double *w, Py_ssize_t n, double m)
     double sml_row_gapsum_d(const double *x, const double *w, Py_ssize_t n, double m)
 
@@ -107,13 +108,19 @@ cdef inline floating row_max(const floating *x, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline double row_expsum(const floating *x, floating *e, Py_ssize_t n, floating m,
-                              double *log_total) noexcept nogil:
+                              double *excess) noexcept nogil:
     """S = sum_c exp(x_c - m) in double (m the row max); e_c = exp(x_c - m) unless e is
-    NULL; log(S), accurate also for S ~ 1, into log_total unless it is NULL."""
+    NULL; S - 1, accurate also for S ~ 1, into excess unless it is NULL."""
     if floating is float:
-        return sml_row_expsum_f(x, e, n, m, log_total)
+        return sml_row_expsum_f(x, e, n, m, excess)
     else:
-        return sml_row_expsum_d(x, e, n, m, log_total)
+        return sml_row_expsum_d(x, e, n, m, excess)
+
+
+cdef inline double complement(double e, double total, double excess) noexcept nogil:
+    """1 - p = (S - e) / S for an entry e = exp(x - m), without cancellation: p > 1/2
+    only at the max, whose e is exactly 1, and there S - e = excess exactly."""
+    return (excess if e == 1.0 else total - e) / total
 
 
 cdef inline double row_gapsum(const floating *x, const double *w, Py_ssize_t n,
@@ -135,8 +142,10 @@ cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
     cdef double log_total
     cdef floating inv_total
     cdef Py_ssize_t c
+    cdef double excess
     if log_output:
-        row_expsum(x, <floating *>NULL, n, m, &log_total)
+        row_expsum(x, <floating *>NULL, n, m, &excess)
+        log_total = sml_log1p(excess)
         # (x_c - m) first: m + log(total) would round log(total) away for huge m.
         for c in range(n):
             out[c] = <floating>((<double>x[c] - <double>m) - log_total)
@@ -152,15 +161,16 @@ cdef inline double row_logsumexp(const floating *x, Py_ssize_t n) noexcept nogil
     cdef floating m = row_max(x, n)
     if m == INFINITY or m == -INFINITY:
         m = 0  # as PyTorch and SciPy: +inf for a row with +inf, -inf for all -inf
-    cdef double log_total
-    row_expsum(x, <floating *>NULL, n, m, &log_total)
-    return <double>m + log_total
+    cdef double excess
+    row_expsum(x, <floating *>NULL, n, m, &excess)
+    return <double>m + sml_log1p(excess)
 
 
 cdef struct IndexRowTerms:
     double loss           # loss_n
     double p_scale        # grad_c = p_scale * e_c - smooth_scale * w_c   (c != y)
-    double smooth_scale
+    double smooth_scale   # s (eps/n) / W
+    double smooth_numerator  # s (eps/n): for the rows whose smooth_scale overflows
     double label_grad     # grad_y
 
 
@@ -169,7 +179,8 @@ cdef inline IndexRowTerms index_row_terms(
     double x_y,           # the label's logit
     double gap_sum,       # sum_c w_c (m - x_c), needed when eps != 0
     double total,         # S = sum_c e_c, e_c = exp(x_c - m)
-    double log_total,     # log(S), accurate for S ~ 1
+    double excess,        # S - 1, accurate for S ~ 1
+    double log_total,     # log(S) = log1p(excess)
     double e_y,           # the label's e_y (for the gradient)
     Py_ssize_t n,
     double w_y,           # the label's class weight
@@ -177,7 +188,7 @@ cdef inline IndexRowTerms index_row_terms(
     double s,             # the row's sample weight
     double eps,           # label smoothing
     double z,             # z-loss coefficient
-    double grad_scale,    # 1/W for reduction="mean", else 1
+    double divisor,       # W for reduction="mean" (NaN if W is 0), else 1
 ) noexcept nogil:
     """The cross-entropy of one row with class index y, from its statistics.
 
@@ -185,11 +196,11 @@ cdef inline IndexRowTerms index_row_terms(
         loss_n = s ((1-eps) w_y (-l_y) + (eps/n) sum_c w_c (-l_c) + z lse^2)
                = s ((1-eps) w_y (log S + m - x_y)
                     + (eps/n) (w_sum log S + sum_c w_c (m - x_c)) + z lse^2)
-        grad_c = grad_scale s (p_c ((1-eps) w_y + (eps/n) w_sum + 2 z lse)
-                               - (1-eps) w_y [c == y] - (eps/n) w_c)
+        grad_c = (s / W) (p_c ((1-eps) w_y + (eps/n) w_sum + 2 z lse)
+                          - (1-eps) w_y [c == y] - (eps/n) w_c)        (W = 1 unless "mean")
     Terms whose coefficient is zero are skipped, not multiplied by 0: -l_c can be +inf.
-    The label's entry is grouped as the formula, in double: p_y - 1 cancels when p_y
-    is close to 1 (and is exactly 0 for one class).
+    The label's entry is grouped as the formula, in double, with p_y - 1 = -(1 - p_y)
+    from `complement`: it cancels when p_y is close to 1 (exactly 0 for one class).
     """
     cdef IndexRowTerms terms
     cdef double smooth = eps / <double>n
@@ -200,7 +211,7 @@ cdef inline IndexRowTerms index_row_terms(
     if eps != 1.0:
         loss = (1.0 - eps) * w_y * (log_total + (m - x_y))
         p_coef = (1.0 - eps) * w_y
-        label_grad = (1.0 - eps) * w_y * (p_y - 1.0)
+        label_grad = -(1.0 - eps) * w_y * complement(e_y, total, excess)
     if eps != 0.0:
         loss += smooth * (w_sum * log_total + gap_sum)
         p_coef += smooth * w_sum
@@ -209,12 +220,31 @@ cdef inline IndexRowTerms index_row_terms(
         loss += z * lse * lse
         p_coef += 2.0 * z * lse
         label_grad += 2.0 * z * lse * p_y
-    cdef double row_scale = grad_scale * s
+    # Each coefficient times s, then divided by W: as the formula groups it, so that a
+    # tiny W (whose 1/W would overflow) still gives a finite gradient.
     terms.loss = s * loss
-    terms.p_scale = row_scale * p_coef * inv_total
-    terms.smooth_scale = row_scale * smooth
-    terms.label_grad = row_scale * label_grad
+    terms.p_scale = (s * p_coef * inv_total) / divisor
+    terms.smooth_numerator = s * smooth
+    terms.smooth_scale = terms.smooth_numerator / divisor
+    terms.label_grad = (s * label_grad) / divisor
     return terms
+
+
+cdef inline void smoothed_grad_divided(
+    floating *g,               # IN e_c, OUT grad_c, element c at g[c * step]
+    Py_ssize_t step,
+    Py_ssize_t n,
+    IndexRowTerms terms,
+    const double *w,           # IN  (n,) class weights, or NULL for all ones
+    double divisor,
+) noexcept nogil:
+    """grad_c = p_scale e_c - (s (eps/n) w_c) / W, each term divided by W: for a row
+    whose s (eps/n) / W overflows (W tiny) while every gradient entry is finite. The
+    label's entry is left to the caller."""
+    cdef Py_ssize_t c
+    for c in range(n):
+        g[c * step] = <floating>(terms.p_scale * <double>g[c * step]
+                                 - (terms.smooth_numerator * (w[c] if w != NULL else 1.0)) / divisor)
 
 
 cdef inline double row_loss_grad_index(
@@ -227,19 +257,19 @@ cdef inline double row_loss_grad_index(
     double s,
     double eps,
     double z,
-    double grad_scale,
+    double divisor,            # W for reduction="mean", else 1
 ) noexcept nogil:
     """One row with a class-index target, vectorised along its classes: returns loss_n
     and writes d(loss)/dx into g (see index_row_terms)."""
     cdef floating m = row_max(x, n)
     cdef double x_y = x[y]  # read before g overwrites x
     cdef double gap_sum = row_gapsum(x, w, n, m) if eps != 0.0 else 0.0
-    cdef double log_total
-    cdef double total = row_expsum(x, g, n, m, &log_total)
+    cdef double excess
+    cdef double total = row_expsum(x, g, n, m, &excess)
     cdef double e_y = g[y] if g != NULL else 0.0
     cdef IndexRowTerms terms = index_row_terms(
-        m, x_y, gap_sum, total, log_total, e_y, n, w[y] if w != NULL else 1.0, w_sum, s,
-        eps, z, grad_scale)
+        m, x_y, gap_sum, total, excess, sml_log1p(excess), e_y, n, w[y] if w != NULL else 1.0, w_sum, s,
+        eps, z, divisor)
     if g == NULL:
         return terms.loss
     cdef floating p_scale = <floating>terms.p_scale
@@ -248,6 +278,8 @@ cdef inline double row_loss_grad_index(
     if eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
+    elif not isfinite(terms.smooth_scale):
+        smoothed_grad_divided(g, 1, n, terms, w, divisor)
     elif w == NULL:
         for c in range(n):
             g[c] = g[c] * p_scale - smooth_scale
@@ -272,7 +304,7 @@ cdef inline void block_loss_grad_index(
     int64_t ignore_index,
     double eps,
     double z,
-    double grad_scale,
+    double divisor,            # W for reduction="mean", else 1
     floating *xt,              # scratch, n * BLOCK_ROWS: the block transposed
 ) noexcept nogil:
     """Rows first .. first+count-1, few classes each: the statistics of index_row_terms
@@ -283,6 +315,7 @@ cdef inline void block_loss_grad_index(
     cdef double rest[BLOCK_ROWS]
     cdef double ties[BLOCK_ROWS]
     cdef double gap[BLOCK_ROWS]
+    cdef double excess[BLOCK_ROWS]
     cdef double log_total[BLOCK_ROWS]
     cdef Py_ssize_t label[BLOCK_ROWS]   # the row's class, -1 for a row filled with `fill`
     cdef double fill[BLOCK_ROWS]
@@ -324,8 +357,9 @@ cdef inline void block_loss_grad_index(
             xt[c * BLOCK_ROWS + i] = v
             rest[i] += 0.0 if v == 1 else <double>v
             ties[i] += 1.0 if v == 1 else 0.0
-    for i in range(count):
-        log_total[i] = sml_log1p((ties[i] - 1.0) + rest[i])
+    for i in range(count):  # vectorised along the rows
+        excess[i] = (ties[i] - 1.0) + rest[i]
+        log_total[i] = sml_log1p(excess[i])
 
     for i in range(count):  # the formula, row by row; the gradient's coefficients kept
         y = (<const int64_t *>row_at(target, first + i))[0]
@@ -339,22 +373,28 @@ cdef inline void block_loss_grad_index(
             smooth_scale[i] = 0.0
             continue
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
+            excess[i] = NAN
             log_total[i] = NAN
             ties[i] = NAN
         # Row i's logits are still intact here, also in place: the gradient is
         # written only after this loop.
         terms = index_row_terms(
             m[i], (<const floating *>(x_rows[i] + y * x.step))[0], gap[i],
-            ties[i] + rest[i], log_total[i], xt[y * BLOCK_ROWS + i], n,
+            ties[i] + rest[i], excess[i], log_total[i], xt[y * BLOCK_ROWS + i], n,
             w[y] if w != NULL else 1.0, w_sum,
             (<const double *>row_at(sample_weight, first + i))[0]
             if sample_weight.base != NULL else 1.0,
-            eps, z, grad_scale)
+            eps, z, divisor)
         row_loss[first + i] = terms.loss
         label[i] = y
         p_scale[i] = terms.p_scale
         smooth_scale[i] = terms.smooth_scale
         label_grad[i] = terms.label_grad
+        if g.base != NULL and eps != 0.0 and not isfinite(terms.smooth_scale):
+            # Its gradient now, by the division per term; the loop below keeps it.
+            smoothed_grad_divided(&xt[i], BLOCK_ROWS, n, terms, w, divisor)
+            p_scale[i] = 1.0
+            smooth_scale[i] = 0.0
     if g.base == NULL:
         return
 
@@ -393,14 +433,14 @@ cdef inline double row_loss_grad_probs(
     double s,
     double eps,
     double z,
-    double grad_scale,
+    double divisor,                   # W for reduction="mean", else 1
 ) noexcept nogil:
     """One row with probability targets: returns loss_n and writes d(loss)/dx into g.
 
     With y'_c = (1-eps) y_c + eps/n, T = sum_c w_c y'_c:
         loss_n = s * (sum_c w_c y'_c (-l_c) + z lse^2)
                = s * (T log S + sum_c w_c y'_c (m - x_c) + z lse^2)
-        grad_c = grad_scale * s * ((T + 2 z lse) p_c - w_c y'_c)
+        grad_c = (s / W) ((T + 2 z lse) p_c - w_c y'_c)     (W = 1 unless "mean")
     exact for any target row, also one that does not sum to 1.
     """
     cdef floating m = row_max(x, n)
@@ -414,8 +454,9 @@ cdef inline double row_loss_grad_probs(
         weight_total += wy
         gap_sum += wy * (<double>m - <double>x[c])
 
-    cdef double log_total
-    cdef double total = row_expsum(x, g, n, m, &log_total)
+    cdef double excess
+    cdef double total = row_expsum(x, g, n, m, &excess)
+    cdef double log_total = sml_log1p(excess)
     cdef double lse = <double>m + log_total
     cdef double loss = weight_total * log_total + gap_sum
     cdef double p_coef = weight_total
@@ -425,13 +466,13 @@ cdef inline double row_loss_grad_probs(
     if g == NULL:
         return s * loss
 
-    cdef double row_scale = grad_scale * s
-    cdef double p_scale = row_scale * p_coef / total
+    # Times s, then divided by W, as in index_row_terms.
+    cdef double p_scale = (s * p_coef / total) / divisor
     for c in range(n):
         wy = smoothed_target(t[c * t_step], eps, smooth)
         if w != NULL:
             wy = wy * w[c]
-        g[c] = <floating>(<double>g[c] * p_scale - row_scale * wy)
+        g[c] = <floating>(<double>g[c] * p_scale - (s * wy) / divisor)
     return s * loss
 
 
@@ -446,11 +487,12 @@ cdef inline void row_grad_hess(
 ) noexcept nogil:
     """Gradient s (p - onehot) and hessian diagonal s p (1 - p) of one row.
 
-    With e_c = exp(x_c - m) and S = sum_c e_c, 1 - p_c is computed as (S - e_c) / S in
-    double: it does not cancel, since p_c > 1/2 only for the max, whose e_c is exactly 1.
+    With e_c = exp(x_c - m) and S = sum_c e_c, 1 - p_c comes from `complement`, without
+    cancellation also at a max with p close to 1.
     """
     cdef floating m = row_max(x, n)
-    cdef double total = row_expsum(x, g, n, m, NULL)
+    cdef double excess
+    cdef double total = row_expsum(x, g, n, m, &excess)
     cdef double inv_total = 1.0 / total
     cdef double e_y = g[y]
     cdef double e
@@ -458,9 +500,9 @@ cdef inline void row_grad_hess(
     for c in range(n):
         e = g[c]
         (<floating *>(h + c * h_step))[0] = <floating>(
-            s * (e * inv_total) * ((total - e) * inv_total))
+            s * (e * inv_total) * complement(e, total, excess))
         g[c] = <floating>(s * e * inv_total)
-    g[y] = <floating>(-s * ((total - e_y) * inv_total))
+    g[y] = <floating>(-s * complement(e_y, total, excess))
 
 
 # ---- layer 3: array loops over rows views -------------------------------------------
@@ -585,20 +627,34 @@ cdef double row_weight_total(Rows target, Rows sample_weight, const double *w,
     return sum_in_order(scratch, n_rows)
 
 
-cdef inline double gradient_scale(bint mean, double normaliser) noexcept nogil:
-    """The factor of every gradient entry: 1/W for a mean (NaN when W is 0: the mean
-    of nothing and its gradient are undefined), else 1."""
+cdef inline double gradient_divisor(bint mean, double normaliser) noexcept nogil:
+    """What every row's gradient is divided by: W for a mean (NaN when W is 0: the
+    mean of nothing and its gradient are undefined), else 1."""
     if not mean:
         return 1.0
-    return 1.0 / normaliser if normaliser != 0.0 else NAN
+    return normaliser if normaliser != 0.0 else NAN
 
 
-def softmax(const floating[:, :, :] x,   # IN  (A, B, C)
-            floating[:, :, :] out,       # OUT (A, B, C), may be x's memory
+cdef int check_shape(str name, const Py_ssize_t *actual, const Py_ssize_t *expected,
+                     int ndim) except -1:
+    """The facade sends consistent shapes; a direct caller that does not gets this error,
+    before any memory is touched, instead of reads and writes past the end of an array."""
+    cdef int i
+    for i in range(ndim):
+        if actual[i] != expected[i]:
+            raise ValueError(
+                f"softmaxloss kernels: {name} has shape {[actual[i] for i in range(ndim)]}, "
+                f"expected {[expected[i] for i in range(ndim)]}")
+    return 0
+
+
+def softmax(const floating[:, :, :] x not None,   # IN  (A, B, C)
+            floating[:, :, :] out not None,       # OUT (A, B, C), may be x's memory
             bint log_output,
             int n_threads):
     """out = softmax(x) (log_output False) or log_softmax(x), over the last axis."""
     cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r
+    check_shape("out", out.shape, x.shape, 3)
     if n_rows == 0 or n == 0:
         return
     cdef Rows xv = logits_rows(x), ov = output_rows(out)
@@ -621,11 +677,12 @@ def softmax(const floating[:, :, :] x,   # IN  (A, B, C)
         allocation_failed()
 
 
-def logsumexp(const floating[:, :, :] x,   # IN  (A, B, C)
-              double[:, ::1] out,          # OUT (A, B)
+def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
+              double[:, ::1] out not None,          # OUT (A, B)
               int n_threads):
     """out[a, b] = log(sum_c exp(x[a, b, c]))."""
     cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r
+    check_shape("out", out.shape, x.shape, 2)
     if n_rows == 0 or n == 0:
         return
     cdef Rows xv = logits_rows(x)
@@ -647,24 +704,33 @@ def logsumexp(const floating[:, :, :] x,   # IN  (A, B, C)
 
 
 def cross_entropy_index(
-    const floating[:, :, :] x,          # IN  (A, B, C) logits
-    const int64_t[:, :] target,         # IN  (A, B) class indices or ignore_index
+    const floating[:, :, :] x not None, # IN  (A, B, C) logits
+    const int64_t[:, :] target not None,  # IN  (A, B) class indices or ignore_index
     const double[::1] weight,           # IN  (C,) class weights, or None
     const double[:, :] sample_weight,   # IN  (A, B), or None
     int64_t ignore_index,
     double label_smoothing,
     double z_loss,
     bint mean,                          # reduction="mean": the gradient is divided by W
-    double[:, ::1] row_loss,            # OUT (A, B) per-row losses (0 where ignored)
+    double[:, ::1] row_loss not None,   # OUT (A, B) per-row losses (0 where ignored)
     floating[:, :, :] grad,             # OUT (A, B, C) gradient, or None; may be x's memory
     int n_threads,
 ):
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
-    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]), or None,
-    having written nothing, when a class is out of range (and not ignore_index)."""
+    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]), or None
+    when a class is out of range (and not ignore_index), having written nothing but
+    row_loss (its first pass uses it as scratch)."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1]
     cdef Py_ssize_t r, y, block, n_blocks
+    check_shape("target", target.shape, x.shape, 2)
+    check_shape("row_loss", row_loss.shape, x.shape, 2)
+    if weight is not None:
+        check_shape("weight", weight.shape, &x.shape[2], 1)
+    if sample_weight is not None:
+        check_shape("sample_weight", sample_weight.shape, x.shape, 2)
+    if grad is not None:
+        check_shape("grad", grad.shape, x.shape, 3)
     if n_rows == 0 or n == 0:
         return 0.0, 0.0
     cdef Rows xv = logits_rows(x), gv = output_rows(grad)
@@ -688,7 +754,7 @@ def cross_entropy_index(
                                       &invalid_row)
     if invalid_row >= 0:
         return None
-    cdef double grad_scale = gradient_scale(mean, normaliser)
+    cdef double divisor = gradient_divisor(mean, normaliser)
     cdef int threads = thread_count(n_threads, n_rows, n)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
@@ -708,7 +774,7 @@ def cross_entropy_index(
                 block_loss_grad_index(
                     xv, gv, tv, sv, losses, block * BLOCK_ROWS,
                     min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, w, w_sum,
-                    ignore_index, label_smoothing, z_loss, grad_scale, scratch)
+                    ignore_index, label_smoothing, z_loss, divisor, scratch)
             free(scratch)
     else:
         with nogil, parallel(num_threads=threads):
@@ -727,7 +793,7 @@ def cross_entropy_index(
                 s = (<const double *>row_at(sv, r))[0] if sv.base != NULL else 1.0
                 work = row_work(gv, r, scratch)
                 losses[r] = row_loss_grad_index(row_in(xv, r, n, scratch), work, n, y, w,
-                                                w_sum, s, label_smoothing, z_loss, grad_scale)
+                                                w_sum, s, label_smoothing, z_loss, divisor)
                 if work != NULL:
                     row_out(gv, r, n, work)
             free(scratch)
@@ -737,14 +803,14 @@ def cross_entropy_index(
 
 
 def cross_entropy_probs(
-    const floating[:, :, :] x,               # IN  (A, B, C) logits
-    const target_floating[:, :, :] target,   # IN  (A, B, C) probabilities
+    const floating[:, :, :] x not None,      # IN  (A, B, C) logits
+    const target_floating[:, :, :] target not None,  # IN  (A, B, C) probabilities
     const double[::1] weight,                # IN  (C,) class weights, or None
     const double[:, :] sample_weight,        # IN  (A, B), or None
     double label_smoothing,
     double z_loss,
     bint mean,                               # reduction="mean": the gradient is divided by W
-    double[:, ::1] row_loss,                 # OUT (A, B) per-row losses
+    double[:, ::1] row_loss not None,        # OUT (A, B) per-row losses
     floating[:, :, :] grad,                  # OUT (A, B, C) gradient, or None; may be x's memory
     int n_threads,
 ):
@@ -752,6 +818,14 @@ def cross_entropy_probs(
 
     Returns (sum of the per-row losses, W = the number of rows, or sum(s))."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r
+    check_shape("target", target.shape, x.shape, 3)
+    check_shape("row_loss", row_loss.shape, x.shape, 2)
+    if weight is not None:
+        check_shape("weight", weight.shape, &x.shape[2], 1)
+    if sample_weight is not None:
+        check_shape("sample_weight", sample_weight.shape, x.shape, 2)
+    if grad is not None:
+        check_shape("grad", grad.shape, x.shape, 3)
     if n_rows == 0 or n == 0:
         return 0.0, 0.0
     cdef Rows xv = logits_rows(x), gv = output_rows(grad)
@@ -768,7 +842,7 @@ def cross_entropy_probs(
     cdef Py_ssize_t invalid_row
     with nogil:
         normaliser = row_weight_total(sv, sv, w, n_rows, n, False, 0, losses, &invalid_row)
-    cdef double grad_scale = gradient_scale(mean, normaliser)
+    cdef double divisor = gradient_divisor(mean, normaliser)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
@@ -785,7 +859,7 @@ def cross_entropy_probs(
             work = row_work(gv, r, scratch)
             losses[r] = row_loss_grad_probs(
                 row_in(xv, r, n, scratch), work, n, <const target_floating *>row_at(tv, r),
-                t_step, w, s, label_smoothing, z_loss, grad_scale)
+                t_step, w, s, label_smoothing, z_loss, divisor)
             if work != NULL:
                 row_out(gv, r, n, work)
         free(scratch)
@@ -795,15 +869,20 @@ def cross_entropy_probs(
 
 
 def gradient_hessian(
-    const floating[:, :, :] x,          # IN  (A, B, C) logits
-    const int64_t[:, :] labels,         # IN  (A, B) classes, 0 <= label < C
+    const floating[:, :, :] x not None, # IN  (A, B, C) logits
+    const int64_t[:, :] labels not None,  # IN  (A, B) classes, 0 <= label < C
     const double[:, :] sample_weight,   # IN  (A, B), or None
-    floating[:, :, :] grad,             # OUT (A, B, C) s (p - onehot); may be x's memory
-    floating[:, :, :] hess,             # OUT (A, B, C) s p (1 - p)
+    floating[:, :, :] grad not None,    # OUT (A, B, C) s (p - onehot); may be x's memory
+    floating[:, :, :] hess not None,    # OUT (A, B, C) s p (1 - p)
     int n_threads,
 ):
     """Per-row gradient p - onehot and diagonal hessian p (1 - p) of the multinomial loss."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r, y
+    check_shape("labels", labels.shape, x.shape, 2)
+    if sample_weight is not None:
+        check_shape("sample_weight", sample_weight.shape, x.shape, 2)
+    check_shape("grad", grad.shape, x.shape, 3)
+    check_shape("hess", hess.shape, x.shape, 3)
     if n_rows == 0 or n == 0:
         return
     cdef Rows xv = logits_rows(x), gv = output_rows(grad), hv = output_rows(hess)
@@ -840,9 +919,10 @@ def gradient_hessian(
 
 # ---- test hooks and build facts -------------------------------------------------------
 
-def exp(const floating[::1] x, floating[::1] out):
+def exp(const floating[::1] x not None, floating[::1] out not None):
     """out = exp(x) with the kernels' own vectorised exp (for accuracy tests)."""
     cdef Py_ssize_t i, n = x.shape[0]
+    check_shape("out", out.shape, x.shape, 1)
     with nogil:
         for i in range(n):
             if floating is float:

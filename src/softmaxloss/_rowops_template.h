@@ -8,11 +8,12 @@
  *                                follows is NaN either way, so the row is NaN.
  * sml_row_exp_*(x, e, n, m):     e[c] = exp(x[c] - m); e may be x. A plain
  *                                elementwise loop: the one the vectoriser takes.
- * sml_row_expsum_*(x, e, n, m, log_total):
+ * sml_row_expsum_*(x, e, n, m, excess):
  *                                S = sum_c exp(x[c] - m) in double, m the row max;
  *                                with e != NULL also e[c] = exp(x[c] - m) (e may be x);
- *                                with log_total != NULL also log(S), accurately even
- *                                when S ~ 1 (see sml_exp_split).
+ *                                with excess != NULL also S - 1, accurately even when
+ *                                S ~ 1 (see sml_exp_split): log(S) = log1p(excess),
+ *                                and 1 - p at the max is excess / S.
  *                                An infinite or NaN m (a row with +inf or NaN, or all
  *                                -inf) gives NaN.
  *                                The row goes in chunks of SML_CHUNK: exp into e (or a
@@ -70,7 +71,7 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 }
 
 static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
-                                              double *log_total)
+                                              double *excess)
 {
     SML_T exps[SML_CHUNK], rest[SML_CHUNK];
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -83,10 +84,10 @@ static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_
     }
     double rest_sum = SML_LANE_TOTAL(lanes) + tail;
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
-        if (log_total != NULL) *log_total = NAN;
+        if (excess != NULL) *excess = NAN;
         return NAN;
     }
-    if (log_total != NULL) *log_total = sml_log1p(((double)ties - 1.0) + rest_sum);
+    if (excess != NULL) *excess = ((double)ties - 1.0) + rest_sum;
     return (double)ties + rest_sum;
 }
 

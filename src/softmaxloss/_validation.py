@@ -107,6 +107,8 @@ def check_n_threads(n_threads: Any) -> int | None:
 
 
 def _check_float_scalar(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, (str, bytes)):  # float("0.1") would accept a string
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -117,8 +119,11 @@ def _check_float_scalar(value: Any, name: str, low: float, high: float) -> float
     return number
 
 
-def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any], name: str = "out") -> np.ndarray:
-    """`out` must be a writable ndarray of exactly `shape` and `dtype`."""
+def check_out(
+    out: Any, shape: tuple[int, ...], dtype: np.dtype[Any], axis: int, name: str = "out"
+) -> np.ndarray:
+    """`out` must be a writable ndarray of exactly `shape` and `dtype`, with a layout the
+    kernels can write (`check_out_layout`; class axis `axis`)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
@@ -127,7 +132,30 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any], name: str 
         raise TypeError(f"{name} has dtype {out.dtype}, expected {dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    check_out_layout(out, axis, name)
     return out
+
+
+def check_out_layout(out: np.ndarray, axis: int, name: str = "out") -> None:
+    """An `out` the kernels write directly (float32/float64) must be aligned and have rows
+    they can address: the axes other than the class axis in at most two groups that
+    each step with one stride (any C- or F-ordered array qualifies). Others (float16)
+    are filled from a temporary, whatever their layout."""
+    from ._layout import KERNEL_DTYPES, RowsLayout
+
+    if out.dtype not in KERNEL_DTYPES:
+        return
+    if not out.flags.aligned:
+        raise ValueError(
+            f"{name} is not aligned to its item size ({out.dtype.itemsize} bytes); "
+            "pass an aligned array (any array NumPy allocates is)"
+        )
+    if RowsLayout.of(out, axis).view(out) is None:
+        raise ValueError(
+            f"{name} has a memory layout the kernel cannot write: the axes other than the "
+            "class axis must form at most two groups that each step with one stride (any "
+            f"C- or F-ordered array does); got strides {out.strides} for shape {out.shape}"
+        )
 
 
 def check_no_overlap(out: np.ndarray, name: str, **inputs: np.ndarray | None) -> None:
@@ -181,7 +209,9 @@ def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1 :]
 
 
-def check_index_target(target: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
+def check_index_target(
+    target: np.ndarray, n_classes: int, ignore_index: int | None, name: str = "target"
+) -> np.ndarray:
     """int64 class indices; ValueError naming the first out-of-range value and position."""
     if target.size == 0 or (target.min() >= 0 and target.max() < n_classes):
         return target.astype(np.int64, copy=False)  # the common case, in two reductions
@@ -192,11 +222,11 @@ def check_index_target(target: np.ndarray, n_classes: int, ignore_index: int | N
     if bad.any():
         flat = int(np.flatnonzero(bad)[0])
         position = tuple(int(p) for p in np.unravel_index(flat, target.shape))
-        allowed = f"0 <= target < {n_classes}"
+        allowed = f"0 <= {name} < {n_classes}"
         if ignore_index is not None:
-            allowed += f" or target == ignore_index ({ignore_index})"
+            allowed += f" or {name} == ignore_index ({ignore_index})"
         raise ValueError(
-            f"target value {target[position]} at position {position} is out of range "
+            f"{name} value {target[position]} at position {position} is out of range "
             f"for {n_classes} classes: expected {allowed}"
         )
     # Every value is now in [0, n_classes) or equal to ignore_index: int64 holds them.
@@ -332,6 +362,6 @@ def check_gradient_hessian_args(
             raise ValueError("labels given as floats must hold whole class numbers")
         # No cast here: check_index_target range-checks in float first, so 1e300
         # is reported as itself instead of as an invalid cast's garbage.
-    labels_checked = check_index_target(y, n_classes, ignore_index=None)
+    labels_checked = check_index_target(y, n_classes, ignore_index=None, name="labels")
     return x, dtypes, labels_checked, _check_sample_weight(sample_weight, (n_rows,))
 

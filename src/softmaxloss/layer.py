@@ -65,4 +65,5 @@ class SoftmaxWithLoss:
             scale = np.expand_dims(scale, self.options["axis"])
         elif scale.ndim:
             raise ValueError(f"dout must be a scalar for reduction={self.options['reduction']!r}")
-        return np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")
+        dx: np.ndarray = np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")
+        return dx

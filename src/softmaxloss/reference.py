@@ -123,6 +123,27 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     return (_log_sum_exp_shifted(x - m) + m)[..., 0]
 
 
+def _softmax_complement(x: np.ndarray) -> np.ndarray:
+    """1 - p, p = softmax(x); (..., C) -> (..., C).
+
+    Where p is close to 1 (only ever at a unique max) 1 - p would cancel; there it is
+    (S - exp(0)) / S, S - 1 being the sum of the other entries' exp(x - max) (and of the
+    ties beyond the first): the digits of the gradient of a confident row.
+    """
+    shifted = x - _row_max(x)
+    e = np.exp(shifted)
+    total = np.sum(e, axis=-1, keepdims=True)
+    at_max = shifted == 0
+    excess = (np.sum(at_max, axis=-1, keepdims=True) - 1.0) + np.sum(e, axis=-1, keepdims=True, where=~at_max)
+    return np.where(at_max, excess / total, 1 - e / total)
+
+
+def _p_minus_onehot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """p - onehot(y), p = softmax(x), with p_y - 1 = -(1 - p_y) from `_softmax_complement`;
+    (..., C) and (...) -> (..., C)."""
+    return np.where(_onehot(y, x.shape[-1]) == 1, -_softmax_complement(x), _softmax(x))
+
+
 def _onehot(y: np.ndarray, n_classes: int) -> np.ndarray:
     """onehot[..., c] = 1.0 if c == y[...] else 0.0; (...) -> (..., C)."""
     return (np.arange(n_classes) == y[..., None]).astype(np.float64)
@@ -158,7 +179,7 @@ def _index_target_losses(
 
 
 def _index_target_grads(
-    p: np.ndarray,
+    x: np.ndarray,
     lse: np.ndarray,
     y: np.ndarray,
     w: np.ndarray,
@@ -168,12 +189,14 @@ def _index_target_grads(
 ) -> np.ndarray:
     """g_n = s_n ((1-eps) w[y_n] (p_n - onehot_n) + (eps/C)(sum(w) p_n - w) + 2 z lse_n p_n).
 
-    Shapes: p (..., C), lse (...), y (...) valid class indices, w (C,), s (...) -> (..., C).
+    Shapes: x logits (..., C), lse (...), y (...) valid class indices, w (C,), s (...)
+    -> (..., C); p = softmax(x).
     """
+    p = _softmax(x)
     n_classes = p.shape[-1]
     grad = np.zeros(p.shape)
     if eps != 1:
-        grad = grad + (1 - eps) * w[y][..., None] * (p - _onehot(y, n_classes))
+        grad = grad + (1 - eps) * w[y][..., None] * _p_minus_onehot(x, y)
     if eps != 0:
         grad = grad + (eps / n_classes) * (np.sum(w) * p - w)
     if z != 0:
@@ -244,7 +267,7 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
         y = np.where(kept, args.target, 0)  # ignored rows get class 0, then are dropped
         losses = np.where(kept, _index_target_losses(log_p, lse, y, w, s, eps, z), 0.0)
         if with_grad:
-            grads = _index_target_grads(_softmax(x), lse, y, w, s, eps, z)
+            grads = _index_target_grads(x, lse, y, w, s, eps, z)
             grads = np.where(kept[..., None], grads, 0.0)
         normaliser = np.sum(s * w[y], where=kept)
 
@@ -298,7 +321,7 @@ def softmax(
     axis = normalize_axis(axis, array.ndim)
     check_n_threads(n_threads)
     if out is not None:
-        check_out(out, array.shape, dtypes.result)
+        check_out(out, array.shape, dtypes.result, axis)
         check_in_place(out, array)
     with _quiet():
         p = _softmax(_float64_rows(array, axis))
@@ -317,7 +340,7 @@ def log_softmax(
     axis = normalize_axis(axis, array.ndim)
     check_n_threads(n_threads)
     if out is not None:
-        check_out(out, array.shape, dtypes.result)
+        check_out(out, array.shape, dtypes.result, axis)
         check_in_place(out, array)
     with _quiet():
         log_p = _log_softmax(_float64_rows(array, axis))
@@ -416,7 +439,7 @@ def cross_entropy_with_grad(
     )
     check_n_threads(n_threads)
     if out is not None:
-        check_out(out, args.logits.shape, args.dtypes.result)
+        check_out(out, args.logits.shape, args.dtypes.result, args.axis)
         check_in_place(out, args.logits)
         check_no_overlap(
             out,
@@ -454,16 +477,17 @@ def gradient_hessian(
         if not isinstance(out, tuple) or len(out) != 2:
             raise TypeError("out must be None or a tuple (grad_out, hess_out)")
         grad_out, hess_out = out
-        check_out(grad_out, x.shape, dtypes.result, "out[0]")
-        check_out(hess_out, x.shape, dtypes.result, "out[1]")
+        check_out(grad_out, x.shape, dtypes.result, 1, "out[0]")
+        check_out(hess_out, x.shape, dtypes.result, 1, "out[1]")
         check_in_place(grad_out, x, "out[0]")
         check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
         for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
             check_no_overlap(array, name, labels=np.asarray(labels), sample_weight=s)
     with _quiet():
         p = _softmax(_float64_rows(x, 1))
-        grad = p - _onehot(y, x.shape[1])
-        hess = p * (1 - p)
+        rows = _float64_rows(x, 1)
+        grad = _p_minus_onehot(rows, y)
+        hess = p * _softmax_complement(rows)
         if s is not None:
             grad = s[:, None] * grad
             hess = s[:, None] * hess
