@@ -20,6 +20,7 @@ real calls.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -396,6 +397,17 @@ def bad_input_table():
         message = str(error).replace("|", "\\|")
         lines.append(f"| {what} | `{function}` | `{type(error).__name__}` | {message} |")
     return "\n".join(lines)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_bad_input_table_is_current():
+    """README.md's table is this file's BAD_INPUTS with today's messages (regenerate it
+    with `python tests/test_memory_safety.py` when a case or a message changes)."""
+    if not README.is_file():
+        pytest.skip("README.md is not beside tests/")
+    assert bad_input_table() in README.read_text(encoding="utf-8")
 
 
 if __name__ == "__main__":

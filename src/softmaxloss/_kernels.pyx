@@ -648,6 +648,26 @@ cdef int check_shape(str name, const Py_ssize_t *actual, const Py_ssize_t *expec
     return 0
 
 
+cdef int check_loss_shapes(const Py_ssize_t *x_shape, const double[:, ::1] row_loss,
+                           const double[::1] weight, const double[:, :] sample_weight) except -1:
+    """check_shape for the arrays both cross-entropy kernels take beside the logits."""
+    check_shape("row_loss", row_loss.shape, x_shape, 2)
+    if weight is not None:
+        check_shape("weight", weight.shape, &x_shape[2], 1)
+    if sample_weight is not None:
+        check_shape("sample_weight", sample_weight.shape, x_shape, 2)
+    return 0
+
+
+cdef Rows sample_weight_rows(const double[:, :] sample_weight) noexcept:
+    """(A, B) sample weights, already checked and not empty, as per-row values; base
+    NULL (all ones) for None."""
+    if sample_weight is None:
+        return per_row(NULL, 1, 0, 0)
+    return per_row(<const char *>&sample_weight[0, 0], sample_weight.shape[1],
+                   sample_weight.strides[0], sample_weight.strides[1])
+
+
 def softmax(const floating[:, :, :] x not None,   # IN  (A, B, C)
             floating[:, :, :] out not None,       # OUT (A, B, C), may be x's memory
             bint log_output,
@@ -724,21 +744,14 @@ def cross_entropy_index(
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1]
     cdef Py_ssize_t r, y, block, n_blocks
     check_shape("target", target.shape, x.shape, 2)
-    check_shape("row_loss", row_loss.shape, x.shape, 2)
-    if weight is not None:
-        check_shape("weight", weight.shape, &x.shape[2], 1)
-    if sample_weight is not None:
-        check_shape("sample_weight", sample_weight.shape, x.shape, 2)
+    check_loss_shapes(x.shape, row_loss, weight, sample_weight)
     if grad is not None:
         check_shape("grad", grad.shape, x.shape, 3)
     if n_rows == 0 or n == 0:
         return 0.0, 0.0
     cdef Rows xv = logits_rows(x), gv = output_rows(grad)
     cdef Rows tv = per_row(<const char *>&target[0, 0], n_b, target.strides[0], target.strides[1])
-    cdef Rows sv = per_row(NULL, 1, 0, 0)
-    if sample_weight is not None:
-        sv = per_row(<const char *>&sample_weight[0, 0], n_b, sample_weight.strides[0],
-                     sample_weight.strides[1])
+    cdef Rows sv = sample_weight_rows(sample_weight)
     cdef double *losses = &row_loss[0, 0]
     cdef const double *w = &weight[0] if weight is not None else NULL
     cdef double w_sum = <double>n
@@ -819,11 +832,7 @@ def cross_entropy_probs(
     Returns (sum of the per-row losses, W = the number of rows, or sum(s))."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r
     check_shape("target", target.shape, x.shape, 3)
-    check_shape("row_loss", row_loss.shape, x.shape, 2)
-    if weight is not None:
-        check_shape("weight", weight.shape, &x.shape[2], 1)
-    if sample_weight is not None:
-        check_shape("sample_weight", sample_weight.shape, x.shape, 2)
+    check_loss_shapes(x.shape, row_loss, weight, sample_weight)
     if grad is not None:
         check_shape("grad", grad.shape, x.shape, 3)
     if n_rows == 0 or n == 0:
@@ -832,10 +841,7 @@ def cross_entropy_probs(
     cdef Rows tv = make_rows(&target[0, 0, 0], n_b, target.strides[0], target.strides[1],
                              target.strides[2])
     cdef Py_ssize_t t_step = target.strides[2] // sizeof(target_floating)
-    cdef Rows sv = per_row(NULL, 1, 0, 0)
-    if sample_weight is not None:
-        sv = per_row(<const char *>&sample_weight[0, 0], n_b, sample_weight.strides[0],
-                     sample_weight.strides[1])
+    cdef Rows sv = sample_weight_rows(sample_weight)
     cdef double *losses = &row_loss[0, 0]
     cdef const double *w = &weight[0] if weight is not None else NULL
     cdef double normaliser
@@ -887,10 +893,7 @@ def gradient_hessian(
         return
     cdef Rows xv = logits_rows(x), gv = output_rows(grad), hv = output_rows(hess)
     cdef Rows lv = per_row(<const char *>&labels[0, 0], n_b, labels.strides[0], labels.strides[1])
-    cdef Rows sv = per_row(NULL, 1, 0, 0)
-    if sample_weight is not None:
-        sv = per_row(<const char *>&sample_weight[0, 0], n_b, sample_weight.strides[0],
-                     sample_weight.strides[1])
+    cdef Rows sv = sample_weight_rows(sample_weight)
     cdef bint scratch_needed = needs_scratch(xv, gv, sizeof(floating))
     cdef int failed = 0
     cdef int *failed_flag = &failed
