@@ -82,7 +82,7 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
     layout = RowsLayout.of(array if out is None else out, axis)
     buffer, result_rows = layout.output(out, dtypes.compute)
     x_rows = layout.input(array, dtypes.compute, into=buffer)
-    _dispatch.kernels.softmax(x_rows, result_rows, log_output, threads)
+    _dispatch.specialised("softmax", dtypes.compute)(x_rows, result_rows, log_output, threads)
     return _result(buffer, out, dtypes)
 
 
@@ -117,7 +117,8 @@ def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, n_threads: int 
     n_a, n_b, n_classes = layout.rows_shape
     row_values = np.full((n_a, n_b), -np.inf)
     if n_classes:
-        _dispatch.kernels.logsumexp(layout.input(array, dtypes.compute), row_values, threads)
+        _dispatch.specialised("logsumexp", dtypes.compute)(
+            layout.input(array, dtypes.compute), row_values, threads)
     result = layout.per_row(row_values)
     with np.errstate(over="ignore"):
         result = result.astype(dtypes.result, copy=False)
@@ -151,15 +152,17 @@ def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsL
 
 def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
     x = args.logits
-    if out is not None and not args.probabilities:
-        # The logits may be copied into `out` before the kernel runs: refuse bad
-        # classes first, so that `out` is left as it was.
-        check_index_target(args.target, args.n_classes, args.ignore_index)
     layout = RowsLayout.of(x if out is None else out, args.axis)
     buffer = grad_rows = None
     if with_grad:
         buffer, grad_rows = layout.output(out, args.dtypes.compute)
-    x_rows = layout.input(x, args.dtypes.compute, into=buffer)
+    x_rows = layout.readable(x, args.dtypes.compute)
+    if x_rows is None:
+        if out is not None and not args.probabilities:
+            # The logits are about to be copied into `out`, before the kernel checks
+            # the classes: refuse bad ones first, so that `out` is left as it was.
+            check_index_target(args.target, args.n_classes, args.ignore_index)
+        x_rows = layout.input(x, args.dtypes.compute, into=buffer)
     weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
     row_loss = np.empty(layout.rows_shape[:2])
@@ -167,12 +170,12 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
 
     if args.probabilities:
         target_dtype = args.target.dtype if args.target.dtype in KERNEL_DTYPES else np.dtype(np.float64)
-        total, normaliser = _dispatch.kernels.cross_entropy_probs(
+        total, normaliser = _dispatch.specialised("cross_entropy_probs", args.dtypes.compute, target_dtype)(
             x_rows, layout.input(args.target, target_dtype), weight, sample_weight,
             args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
     else:
-        totals = _dispatch.kernels.cross_entropy_index(
+        totals = _dispatch.specialised("cross_entropy_index", args.dtypes.compute)(
             x_rows, layout.rows(args.target), weight, sample_weight, args.ignore_index,
             args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
@@ -289,7 +292,7 @@ def gradient_hessian(
     x_rows = layout.input(x, dtypes.compute, into=grad_buffer)
     if sample_weights is not None:
         sample_weights = layout.rows(sample_weights)
-    _dispatch.kernels.gradient_hessian(
+    _dispatch.specialised("gradient_hessian", dtypes.compute)(
         x_rows, layout.rows(labels_checked), sample_weights, grad_rows, hess_rows, threads
     )
     return _result(grad_buffer, grad_out, dtypes), _result(hess_buffer, hess_out, dtypes)

@@ -89,14 +89,18 @@ class RowsLayout:
         buffer = np.empty(tuple(self.shape[i] for i in order), dtype)
         return buffer.transpose(_inverse(order)), buffer.reshape(self.rows_shape)
 
+    def readable(self, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray | None:
+        """`array`'s own memory as an (A, B, C) view in `dtype`, or None when a kernel
+        can only read a converted copy of it."""
+        return self.view(array) if array.dtype == dtype else None
+
     def input(self, array: np.ndarray, dtype: np.dtype[Any], into: np.ndarray | None = None) -> np.ndarray:
         """(A, B, C) view of `array` in `dtype` for a kernel to read: the array's own
         memory when possible, else a converted copy written into `into` (an array the
         kernel then updates in place, e.g. the gradient) or into a new array."""
-        if array.dtype == dtype:
-            view = self.view(array)
-            if view is not None:
-                return view
+        view = self.readable(array, dtype)
+        if view is not None:
+            return view
         if into is None:
             into, view = self.empty(dtype)
         else:
