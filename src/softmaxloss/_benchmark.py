@@ -25,14 +25,17 @@ Call = Callable[[], Any]
 DEFAULT_SHAPES = ((65536, 10), (8192, 1000), (2048, 32000), (256, 128256))
 
 
-def median_time(call: Call, repeats: int, min_seconds: float = 0.02) -> float:
+def median_time(call: Call, repeats: int, min_seconds: float = 0.02, max_seconds: float = 2.0) -> float:
     """Median seconds per call over `repeats` samples; each sample loops the call
-    enough times to last about `min_seconds`, so that tiny calls are measurable."""
-    call()  # warm up: first-touch page faults, JIT compilation, thread start-up
+    enough times to last about `min_seconds`, so that tiny calls are measurable. A call
+    so slow that `repeats` samples would take over `max_seconds` gets fewer, at least 3
+    (the NumPy reference takes seconds per call at the large shapes)."""
     start = time.perf_counter()
-    call()
+    call()  # warm up (first-touch page faults, JIT compilation, thread start-up) and estimate
     once = max(time.perf_counter() - start, 1e-7)
     loops = max(1, int(min_seconds / once))
+    if once * repeats > max_seconds:
+        repeats = max(3, int(max_seconds / once))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -130,6 +133,9 @@ def _sklearn(problem: Problem, threads: int) -> Call | None:
     )
 
 
+# Contenders that use one thread whatever the thread count: timed once per problem.
+SINGLE_THREADED = frozenset({"numpy"})
+
 CONTENDERS: dict[str, Callable[[Problem, int], Call | None]] = {
     "copyto": _copyto,
     "softmaxloss": _softmaxloss,
@@ -167,12 +173,18 @@ def run(
     for n_rows, n_classes in shapes:
         for dtype in dtypes:
             problem = Problem.random(n_rows, n_classes, dtype)
+            single_threaded: dict[str, float] = {}
             for thread_count in threads:
                 seconds = {}
                 for name in contenders:
+                    if name in single_threaded:
+                        seconds[name] = single_threaded[name]
+                        continue
                     call = CONTENDERS[name](problem, thread_count)
                     if call is not None:
                         seconds[name] = median_time(call, repeats)
+                        if name in SINGLE_THREADED:
+                            single_threaded[name] = seconds[name]
                 row = Row(n_rows, n_classes, dtype, thread_count, seconds)
                 rows.append(row)
                 if progress is not None:

@@ -20,6 +20,15 @@ import numpy as np
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def unaddressable_message(out: np.ndarray, name: str) -> str:
+    """The error for an output array no rows view can address."""
+    return (
+        f"{name} has a memory layout the kernel cannot write: the axes other than the class "
+        "axis must form at most two groups that each step with one stride (any C- or "
+        f"F-ordered array does); got strides {out.strides} for shape {out.shape}"
+    )
+
+
 def _merges(shape: Sequence[int], strides: Sequence[int], axes: Sequence[int]) -> bool:
     """Whether `axes`, in this order, can be addressed as one axis with one stride."""
     dims = [(shape[i], strides[i]) for i in axes if shape[i] != 1]
@@ -115,12 +124,7 @@ class RowsLayout:
         if out is not None and out.dtype == dtype:
             view = self.view(out)
             if view is None:
-                raise ValueError(
-                    f"{name} has a memory layout the kernel cannot write: the axes other "
-                    "than the class axis must form at most two groups that each step "
-                    f"with one stride (any C- or F-ordered array does); got strides "
-                    f"{out.strides} for shape {out.shape}"
-                )
+                raise ValueError(unaddressable_message(out, name))
             return out, view
         return self.empty(dtype)
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from numpy.exceptions import AxisError
 
+from ._layout import KERNEL_DTYPES, RowsLayout, unaddressable_message
+
 REDUCTIONS = ("none", "mean", "sum")
 DEFAULT_IGNORE_INDEX = -100
 
@@ -141,8 +143,6 @@ def check_out_layout(out: np.ndarray, axis: int, name: str = "out") -> None:
     they can address: the axes other than the class axis in at most two groups that
     each step with one stride (any C- or F-ordered array qualifies). Others (float16)
     are filled from a temporary, whatever their layout."""
-    from ._layout import KERNEL_DTYPES, RowsLayout
-
     if out.dtype not in KERNEL_DTYPES:
         return
     if not out.flags.aligned:
@@ -151,11 +151,7 @@ def check_out_layout(out: np.ndarray, axis: int, name: str = "out") -> None:
             "pass an aligned array (any array NumPy allocates is)"
         )
     if RowsLayout.of(out, axis).view(out) is None:
-        raise ValueError(
-            f"{name} has a memory layout the kernel cannot write: the axes other than the "
-            "class axis must form at most two groups that each step with one stride (any "
-            f"C- or F-ordered array does); got strides {out.strides} for shape {out.shape}"
-        )
+        raise ValueError(unaddressable_message(out, name))
 
 
 def check_no_overlap(out: np.ndarray, name: str, **inputs: np.ndarray | None) -> None:
