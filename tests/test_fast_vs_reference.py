@@ -121,3 +121,39 @@ def test_results_are_bitwise_identical_for_every_thread_count(kernel_build, rng)
         assert grad.tobytes() == results[0][1].tobytes()
     softmaxes = [sml.softmax(x, n_threads=n) for n in (1, 2, 3)]
     assert all(s.tobytes() == softmaxes[0].tobytes() for s in softmaxes)
+
+
+# ---- the common-case shortcut ----------------------------------------------------------
+
+
+def _general_path_refused(*args, **kwargs):
+    raise AssertionError("the common case took the general path")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n_rows,n_classes", [(1, 1), (70, 10), (5, 1000)])
+def test_common_case_shortcut_gives_the_general_paths_bits(monkeypatch, dtype, reduction, n_rows, n_classes):
+    """(N, C) C-contiguous logits, int64 labels, no options: answered without the general
+    validation (check_loss_args is never called), with the very bits of the general path
+    (taken here because `out` is given)."""
+    rng = np.random.default_rng(n_rows * n_classes)
+    x = (rng.standard_normal((n_rows, n_classes)) * 5).astype(dtype)
+    t = rng.integers(0, n_classes, n_rows)
+    out = np.empty_like(x)
+    general = sml.cross_entropy_with_grad(x, t, reduction=reduction, out=out)
+    general_loss = sml.cross_entropy(x, t, reduction=reduction, axis=np.int64(1))  # not the shortcut
+    monkeypatch.setattr("softmaxloss._facade.check_loss_args", _general_path_refused)
+    loss, grad = sml.cross_entropy_with_grad(x, t, reduction=reduction)
+    loss_only = sml.cross_entropy(x, t, reduction=reduction, n_threads=1)
+    assert type(loss) is type(general[0]) is type(loss_only) is np.dtype(dtype).type
+    assert loss.tobytes() == general[0].tobytes() == loss_only.tobytes() == general_loss.tobytes()
+    assert grad.dtype == dtype and grad.tobytes() == general[1].tobytes()
+
+
+def test_common_case_shortcut_leaves_bad_labels_to_the_general_paths_message():
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"target value 4 at position \(1,\) is out of range for 4 classes"):
+        sml.cross_entropy_with_grad(x, np.array([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"target value -1 at position \(2,\)"):
+        sml.cross_entropy(x, np.array([0, 1, -1]))

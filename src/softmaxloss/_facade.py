@@ -130,24 +130,68 @@ def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, n_threads: int 
 # ---- cross-entropy ------------------------------------------------------------------
 
 
-def _as_result(value: float, dtypes: Dtypes) -> Any:
-    """A Python float as a NumPy scalar of the result dtype, rounded as NumPy rounds
-    (to +-inf beyond the range: the rounding, not an error, so without a warning)."""
-    if abs(value) > _LARGEST[dtypes.result] and math.isfinite(value):
+def _as_result(value: float, dtype: np.dtype[Any]) -> Any:
+    """A Python float as a NumPy scalar of `dtype`, rounded as NumPy rounds (to +-inf
+    beyond the range: the rounding, not an error, so without a warning)."""
+    if abs(value) > _LARGEST[dtype] and math.isfinite(value):
         with np.errstate(over="ignore"):
-            return dtypes.result.type(value)
-    return dtypes.result.type(value)
+            return dtype.type(value)
+    return dtype.type(value)
+
+
+def _reduced_total(total: float, normaliser: float, reduction: str, dtype: np.dtype[Any]) -> Any:
+    """The sum of the per-row losses (computed by the kernel in row order with
+    compensation), or for "mean" that sum divided by W (NaN when W is 0)."""
+    if reduction == "mean":
+        total = total / normaliser if normaliser != 0 else math.nan
+    return _as_result(total, dtype)
 
 
 def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsLayout, args: LossArgs) -> Any:
-    """The returned loss: per-row losses ("none"), their sum (computed by the kernel in
-    row order with compensation) or the sum divided by W ("mean"; NaN when W is 0)."""
+    """The returned loss: per-row losses ("none"), else `_reduced_total`."""
     if args.reduction == "none":
         with np.errstate(over="ignore"):
             return layout.per_row(row_loss).astype(args.dtypes.result)[()]
-    if args.reduction == "mean":
-        total = total / normaliser if normaliser != 0 else math.nan
-    return _as_result(total, args.dtypes)
+    return _reduced_total(total, normaliser, args.reduction, args.dtypes.result)
+
+
+_INT64 = np.dtype(np.int64)
+
+
+def _common_case(
+    logits: Any, target: Any, axis: Any, weight: Any, sample_weight: Any, ignore_index: Any,
+    reduction: Any, label_smoothing: Any, z_loss: Any, n_threads: Any, with_grad: bool,
+) -> tuple[Any, np.ndarray | None] | None:
+    """The most common call, without the general validation and layout machinery (a
+    small call's cost is mostly Python): (N, C) C-contiguous float32/float64 logits,
+    int64 class indices of shape (N,), class axis last, no weights, the default
+    ignore_index, no smoothing or z-loss, reduction "mean" or "sum", no `out`. Such a
+    call is valid exactly when its classes are in range, which the kernel checks before
+    it writes anything. Returns (loss, grad or None), or None for any other call (and for
+    a class out of range), which then takes the general path and its error messages."""
+    if not (
+        type(logits) is np.ndarray and type(target) is np.ndarray
+        and logits.ndim == 2 and target.ndim == 1 and type(axis) is int and axis in (-1, 1)
+        and logits.dtype in KERNEL_DTYPES and target.dtype == _INT64
+        and logits.flags.c_contiguous and logits.flags.aligned and target.flags.aligned
+        and 0 < target.shape[0] == logits.shape[0] and logits.shape[1] > 0
+        and weight is None and sample_weight is None
+        and type(ignore_index) is int and ignore_index == DEFAULT_IGNORE_INDEX
+        and type(reduction) is str and reduction in ("mean", "sum")
+        and type(label_smoothing) in (float, int) and label_smoothing == 0
+        and type(z_loss) in (float, int) and z_loss == 0
+    ):
+        return None
+    threads = _threads(n_threads)
+    grad = np.empty_like(logits) if with_grad else None
+    row_loss = np.empty((logits.shape[0], 1))
+    totals = _dispatch.specialised("cross_entropy_index", logits.dtype)(
+        logits[:, None, :], target[:, None], None, None, ignore_index, 0.0, 0.0,
+        reduction == "mean", row_loss, None if grad is None else grad[:, None, :], threads,
+    )
+    if totals is None:
+        return None
+    return _reduced_total(totals[0], totals[1], reduction, logits.dtype), grad
 
 
 def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
@@ -212,6 +256,10 @@ def cross_entropy(
     by the number of rows, or sum(s)); "sum" adds; "none" returns per-row losses.
     Returns a NumPy scalar (mean/sum) or array (none) of the logits' dtype.
     """
+    common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
+                          label_smoothing, z_loss, n_threads, with_grad=False)
+    if common is not None:
+        return common[0]
     args = check_loss_args(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
@@ -242,6 +290,11 @@ def cross_entropy_with_grad(
     mean: (softmax(logits) - (1-eps) onehot - eps/C) / (number of non-ignored rows).
     `out` may be a preallocated array or `logits` itself (in place).
     """
+    if out is None:
+        common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
+                              label_smoothing, z_loss, n_threads, with_grad=True)
+        if common is not None and common[1] is not None:
+            return common[0], common[1]
     args = check_loss_args(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
