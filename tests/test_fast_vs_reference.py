@@ -134,21 +134,29 @@ def _general_path_refused(*args, **kwargs):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("n_rows,n_classes", [(1, 1), (70, 10), (5, 1000)])
 def test_common_case_shortcut_gives_the_general_paths_bits(monkeypatch, dtype, reduction, n_rows, n_classes):
-    """(N, C) C-contiguous logits, int64 labels, no options: answered without the general
-    validation (check_loss_args is never called), with the very bits of the general path
-    (taken here because `out` is given)."""
+    """(N, C) C-contiguous logits, int64 labels, no options, no `out` or a plain one (or
+    the logits, in place): answered without the general validation (check_loss_args is
+    never called), with the very bits of the general path (taken here for an axis given
+    as a NumPy integer)."""
     rng = np.random.default_rng(n_rows * n_classes)
     x = (rng.standard_normal((n_rows, n_classes)) * 5).astype(dtype)
     t = rng.integers(0, n_classes, n_rows)
-    out = np.empty_like(x)
-    general = sml.cross_entropy_with_grad(x, t, reduction=reduction, out=out)
-    general_loss = sml.cross_entropy(x, t, reduction=reduction, axis=np.int64(1))  # not the shortcut
+    general_loss, general_grad = sml.cross_entropy_with_grad(x, t, reduction=reduction, axis=np.int64(1))
+    general_loss_only = sml.cross_entropy(x, t, reduction=reduction, axis=np.int64(1))
     monkeypatch.setattr("softmaxloss._facade.check_loss_args", _general_path_refused)
-    loss, grad = sml.cross_entropy_with_grad(x, t, reduction=reduction)
-    loss_only = sml.cross_entropy(x, t, reduction=reduction, n_threads=1)
-    assert type(loss) is type(general[0]) is type(loss_only) is np.dtype(dtype).type
-    assert loss.tobytes() == general[0].tobytes() == loss_only.tobytes() == general_loss.tobytes()
-    assert grad.dtype == dtype and grad.tobytes() == general[1].tobytes()
+    out = np.empty_like(x)
+    in_place = x.copy()
+    results = [
+        sml.cross_entropy_with_grad(x, t, reduction=reduction),
+        sml.cross_entropy_with_grad(x, t, reduction=reduction, out=out),
+        sml.cross_entropy_with_grad(in_place, t, reduction=reduction, out=in_place, n_threads=1),
+    ]
+    assert results[1][1] is out and results[2][1] is in_place
+    for loss, grad in results:
+        assert type(loss) is np.dtype(dtype).type and loss.tobytes() == general_loss.tobytes()
+        assert grad.dtype == dtype and grad.tobytes() == general_grad.tobytes()
+    loss_only = sml.cross_entropy(x, t, reduction=reduction)
+    assert type(loss_only) is np.dtype(dtype).type and loss_only.tobytes() == general_loss_only.tobytes()
 
 
 def test_common_case_shortcut_leaves_bad_labels_to_the_general_paths_message():
@@ -157,3 +165,8 @@ def test_common_case_shortcut_leaves_bad_labels_to_the_general_paths_message():
         sml.cross_entropy_with_grad(x, np.array([0, 4, 1]))
     with pytest.raises(ValueError, match=r"target value -1 at position \(2,\)"):
         sml.cross_entropy(x, np.array([0, 1, -1]))
+    x = np.zeros((3, 4))
+    out = np.full_like(x, 7.0)
+    with pytest.raises(ValueError, match=r"target value 9 at position \(0,\)"):
+        sml.cross_entropy_with_grad(x, np.array([9, 0, 1]), out=out)
+    np.testing.assert_array_equal(out, 7.0)

@@ -161,13 +161,15 @@ _INT64 = np.dtype(np.int64)
 def _common_case(
     logits: Any, target: Any, axis: Any, weight: Any, sample_weight: Any, ignore_index: Any,
     reduction: Any, label_smoothing: Any, z_loss: Any, n_threads: Any, with_grad: bool,
+    out: Any = None,
 ) -> tuple[Any, np.ndarray | None] | None:
     """The most common call, without the general validation and layout machinery (a
     small call's cost is mostly Python): (N, C) C-contiguous float32/float64 logits,
     int64 class indices of shape (N,), class axis last, no weights, the default
-    ignore_index, no smoothing or z-loss, reduction "mean" or "sum", no `out`. Such a
-    call is valid exactly when its classes are in range, which the kernel checks before
-    it writes anything. Returns (loss, grad or None), or None for any other call (and for
+    ignore_index, no smoothing or z-loss, reduction "mean" or "sum", and no `out` or one
+    that is the logits or a C-contiguous array of their shape and dtype sharing no memory
+    with the inputs. Such a call is valid exactly when its classes are in range, which
+    the kernel checks before it writes anything. Returns (loss, grad or None), or None for any other call (and for
     a class out of range), which then takes the general path and its error messages."""
     if not (
         type(logits) is np.ndarray and type(target) is np.ndarray
@@ -182,8 +184,15 @@ def _common_case(
         and type(z_loss) in (float, int) and z_loss == 0
     ):
         return None
+    if out is not None and not (
+        type(out) is np.ndarray and out.dtype == logits.dtype and out.shape == logits.shape
+        and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
+        and not np.may_share_memory(out, target)
+        and (out is logits or not np.may_share_memory(out, logits))
+    ):
+        return None
     threads = _threads(n_threads)
-    grad = np.empty_like(logits) if with_grad else None
+    grad = out if out is not None else np.empty_like(logits) if with_grad else None
     row_loss = np.empty((logits.shape[0], 1))
     totals = _dispatch.specialised("cross_entropy_index", logits.dtype)(
         logits[:, None, :], target[:, None], None, None, ignore_index, 0.0, 0.0,
@@ -290,11 +299,10 @@ def cross_entropy_with_grad(
     mean: (softmax(logits) - (1-eps) onehot - eps/C) / (number of non-ignored rows).
     `out` may be a preallocated array or `logits` itself (in place).
     """
-    if out is None:
-        common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
-                              label_smoothing, z_loss, n_threads, with_grad=True)
-        if common is not None and common[1] is not None:
-            return common[0], common[1]
+    common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
+                          label_smoothing, z_loss, n_threads, with_grad=True, out=out)
+    if common is not None and common[1] is not None:
+        return common[0], common[1]
     args = check_loss_args(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
