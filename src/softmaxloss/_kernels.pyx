@@ -64,10 +64,14 @@ ctypedef fused target_floating:
 cdef enum:
     # Below this many logits per thread, starting threads costs more than it saves.
     MIN_ELEMENTS_PER_THREAD = 32768
-    # Rows with at most BLOCK_MAX_CLASSES classes go BLOCK_ROWS at a time: for short
+    # Rows of few classes go BLOCK_ROWS at a time (block_loss_grad_index): for short
     # rows the per-row overhead of the row path (loop remainders, reductions) dominates.
+    # Up to 23 float32 / 16 float64 classes: where interleaved A/B timings of the two
+    # paths (AVX2 build, 65536 rows) put the crossover; the row path wins from three
+    # float32 / four float64 vectors of classes. 64 rows beat 32 and 128.
     BLOCK_ROWS = 64
-    BLOCK_MAX_CLASSES = 32
+    BLOCK_MAX_CLASSES_FLOAT = 23
+    BLOCK_MAX_CLASSES_DOUBLE = 16
 
 
 cdef struct Rows:
@@ -298,7 +302,7 @@ cdef inline void block_loss_grad_index(
     double *row_loss,          # OUT per-row losses, contiguous in row order
     Py_ssize_t first,          # the block: rows first .. first + count - 1
     Py_ssize_t count,          # <= BLOCK_ROWS
-    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
     const double *w,
     double w_sum,
     int64_t ignore_index,
@@ -776,7 +780,10 @@ def cross_entropy_index(
     cdef floating *work
     cdef double s
 
-    if n <= BLOCK_MAX_CLASSES:
+    cdef Py_ssize_t block_max_classes = BLOCK_MAX_CLASSES_DOUBLE
+    if floating is float:
+        block_max_classes = BLOCK_MAX_CLASSES_FLOAT
+    if n <= block_max_classes:
         n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
         with nogil, parallel(num_threads=threads):
             scratch = <floating *>malloc(n * BLOCK_ROWS * sizeof(floating))
