@@ -86,3 +86,52 @@ def test_a_wheel_that_must_have_openmp_has_it():
         pytest.skip("SOFTMAXLOSS_REQUIRE_OPENMP is not set")
     for module in _dispatch.available.values():
         assert module.build_info()["openmp"], f"{module.__name__} was built without OpenMP"
+
+
+# ---- no fast-math: IEEE semantics, and no flush-to-zero for the whole process ----------
+
+FAST_MATH_FLAGS = {
+    "-ffast-math", "-Ofast", "-funsafe-math-optimizations", "-ffinite-math-only",
+    "-fassociative-math", "-freciprocal-math", "-fno-signed-zeros", "/fp:fast",
+}
+
+
+def test_setup_py_compiles_without_fast_math_flags():
+    """The flag lists of setup.py (read, not run): none of the fast-math family (wrong
+    NaN/inf results; linked into a shared object, -ffast-math sets flush-to-zero for the
+    whole process), and the two flags that let gcc vectorise the exp without them."""
+    import ast
+
+    setup_py = pathlib.Path(__file__).resolve().parent.parent / "setup.py"
+    if not setup_py.is_file():
+        pytest.skip("setup.py is not beside tests/")
+    flag_lists = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(setup_py.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id.endswith(("_OPTIMIZE", "_DEBUG", "_NO_DEBUG_INFO"))
+    }
+    assert {"UNIX_OPTIMIZE", "MSVC_OPTIMIZE"} <= set(flag_lists)
+    for name, flags in flag_lists.items():
+        assert not FAST_MATH_FLAGS & set(flags), f"{name} = {flags}"
+    assert {"-fno-math-errno", "-fno-trapping-math"} <= set(flag_lists["UNIX_OPTIMIZE"])
+
+
+def test_loading_the_kernels_keeps_subnormals_in_the_whole_process():
+    """In a fresh process, after every kernel build is loaded and run: NumPy's own
+    arithmetic still produces subnormals (no flush-to-zero / denormals-are-zero), and
+    so do the kernels (exp(-740) in float64, exp(-100) in float32)."""
+    program = (
+        "import numpy as np, softmaxloss as sml\n"
+        "from softmaxloss import _dispatch\n"
+        "for name in _dispatch.available:\n"
+        "    with _dispatch.use(name):\n"
+        "        assert sml.softmax(np.array([0.0, -740.0]))[1] > 0, name\n"
+        "        assert sml.softmax(np.array([0.0, -100.0], np.float32))[1] > 0, name\n"
+        "tiny = np.finfo(np.float64).tiny\n"
+        "assert (np.array([tiny]) / 4)[0] > 0\n"
+        "assert (np.array([np.finfo(np.float32).tiny], np.float32) / np.float32(4))[0] > 0\n"
+        "assert np.array([tiny / 4]) * 1.0 != 0  # a subnormal input is not read as 0\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
