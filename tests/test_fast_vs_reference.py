@@ -110,6 +110,33 @@ def test_converted_dtypes_match_reference(rng, dtype, call):
     assert result.dtype == (np.float16 if dtype is np.float16 else np.float64)
 
 
+@pytest.mark.parametrize("layout", ["C", "strided"], ids=["tiles", "element-by-element"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_block_path_every_class_count_and_row_position(kernel_build, rng, dtype, layout):
+    """The few-class block path moves a block between its rows and the transposed scratch
+    in 8 x 8 (float) or 4 x 4 (double) tiles when the rows are contiguous (AVX2), the
+    short last tile padded, else element by element: every class count (1..24, across
+    the block threshold), 75 rows (a short last tile and block), an ignored row, with
+    weights and smoothing, out of place and in place. Each row has the bits it has when
+    computed alone: its place in its tile or block does not matter."""
+    n_rows = 75
+    for n_classes in range(1, 25):
+        x = with_layout((rng.standard_normal((n_rows, n_classes)) * 4).astype(dtype), layout)
+        target = rng.integers(0, n_classes, n_rows)
+        target[5] = -100
+        options = dict(reduction="none", weight=rng.uniform(0.5, 2, n_classes), label_smoothing=0.1)
+        loss, grad = sml.cross_entropy_with_grad(x, target, **options)
+        what = f"{n_classes} classes"
+        assert_close((loss, grad), ref.cross_entropy_with_grad(x, target, **options), dtype, what)
+        in_place = x.copy()
+        sml.cross_entropy_with_grad(in_place, target, out=in_place, **options)
+        assert in_place.tobytes() == grad.tobytes(), what
+        for row in (0, 5, 7, 8, 63, 64, 74):
+            alone = sml.cross_entropy_with_grad(x[row : row + 1], target[row : row + 1], **options)
+            assert alone[0].tobytes() == loss[row : row + 1].tobytes(), f"{what}, row {row}"
+            assert alone[1].tobytes() == grad[row : row + 1].tobytes(), f"{what}, row {row}"
+
+
 def test_results_are_bitwise_identical_for_every_thread_count(kernel_build, rng):
     """No reduction crosses rows, so the thread count cannot change a single bit."""
     x = rng.standard_normal((700, 300)).astype(np.float32) * 5

@@ -248,7 +248,7 @@ BAD_LABELS = bad_labels(3)
 @pytest.mark.parametrize("class_stride", [1, 2], ids=["contiguous", "strided"])
 @pytest.mark.parametrize("with_grad", [True, False], ids=["loss-and-grad", "loss-only"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n_classes", [3, 40], ids=["block-path", "row-path"])
+@pytest.mark.parametrize("n_classes", [3, 8, 13, 40], ids=["block-path-3", "block-path-8", "block-path-13", "row-path"])
 def test_kernel_cross_entropy_index_refuses_bad_labels_without_writing(
     kernel_build, n_classes, dtype, with_grad, class_stride
 ):
@@ -319,7 +319,7 @@ def test_kernel_gradient_hessian_makes_bad_label_rows_nan_and_stays_in_bounds(ke
     np.testing.assert_allclose(hess[0, :2], expected_hess, rtol=1e-6)
 
 
-@pytest.mark.parametrize("n_classes", [3, 40], ids=["block-path", "row-path"])
+@pytest.mark.parametrize("n_classes", [3, 8, 13, 40], ids=["block-path-3", "block-path-8", "block-path-13", "row-path"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_bad_labels_at_both_ends_of_exact_allocations(kernel_build, dtype, n_classes):
     """Label -1 in the first row and C in the last, arrays of exactly their size (over 1 KiB,

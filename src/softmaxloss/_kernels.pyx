@@ -31,7 +31,7 @@ everything it needs from a logit before it writes the gradient over it.
 
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, NAN, fabs, isfinite
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 
@@ -50,6 +50,21 @@ cdef extern from "_rowops.h" nogil:
     double sml_row_expsum_d(const double *x, double *e, Py_ssize_t n, double m, double *excess)
     double sml_row_gapsum_f(const float *x, const double *w, Py_ssize_t n, double m)
     double sml_row_gapsum_d(const double *x, const double *w, Py_ssize_t n, double m)
+
+
+cdef extern from "_blockops.h" nogil:
+    void sml_block_load_f(const char *const *rows, Py_ssize_t step, Py_ssize_t count,
+                          Py_ssize_t n, float *xt, Py_ssize_t ld)
+    void sml_block_load_d(const char *const *rows, Py_ssize_t step, Py_ssize_t count,
+                          Py_ssize_t n, double *xt, Py_ssize_t ld)
+    void sml_block_store_grad_f(char *const *rows, Py_ssize_t step, Py_ssize_t count,
+                                Py_ssize_t n, const float *et, Py_ssize_t ld,
+                                const double *p_scale, const double *smooth_scale,
+                                const double *w)
+    void sml_block_store_grad_d(char *const *rows, Py_ssize_t step, Py_ssize_t count,
+                                Py_ssize_t n, const double *et, Py_ssize_t ld,
+                                const double *p_scale, const double *smooth_scale,
+                                const double *w)
 
 
 ctypedef fused floating:
@@ -316,6 +331,7 @@ cdef inline void block_loss_grad_index(
     max, exp and sums run along the rows (vectorised), not along short rows; the
     gradient is formed as it is transposed back (one pass fewer: 1.2x in float32)."""
     cdef const char *x_rows[BLOCK_ROWS]
+    cdef char *g_rows[BLOCK_ROWS]
     cdef floating m[BLOCK_ROWS]
     cdef double rest[BLOCK_ROWS]
     cdef floating ties[BLOCK_ROWS]   # a count (<= 23): exact in either precision
@@ -330,14 +346,14 @@ cdef inline void block_loss_grad_index(
     cdef Py_ssize_t i, c, y
     cdef floating v
     cdef double w_c
-    cdef char *g_row
     cdef IndexRowTerms terms
 
     for i in range(count):
         x_rows[i] = row_at(x, first + i)
-    for c in range(n):  # transpose in: xt[c, i] = x[i, c]
-        for i in range(count):
-            xt[c * BLOCK_ROWS + i] = (<const floating *>(x_rows[i] + c * x.step))[0]
+    if floating is float:  # transpose in: xt[c, i] = x[i, c]
+        sml_block_load_f(x_rows, x.step, count, n, xt, BLOCK_ROWS)
+    else:
+        sml_block_load_d(x_rows, x.step, count, n, xt, BLOCK_ROWS)
     for i in range(count):
         m[i] = xt[i]
     for c in range(1, n):
@@ -403,17 +419,18 @@ cdef inline void block_loss_grad_index(
     if g.base == NULL:
         return
 
-    for i in range(count):  # the gradient, transposed out as it is formed
-        g_row = row_at(g, first + i)
+    for i in range(count):
+        g_rows[i] = row_at(g, first + i)
+    if floating is float:  # the gradient, transposed out as it is formed
+        sml_block_store_grad_f(g_rows, g.step, count, n, xt, BLOCK_ROWS, p_scale, smooth_scale, w)
+    else:
+        sml_block_store_grad_d(g_rows, g.step, count, n, xt, BLOCK_ROWS, p_scale, smooth_scale, w)
+    for i in range(count):  # then the label's entry, or the whole row if it is left out
         if label[i] < 0:
             for c in range(n):
-                (<floating *>(g_row + c * g.step))[0] = <floating>fill[i]
+                (<floating *>(g_rows[i] + c * g.step))[0] = <floating>fill[i]
         else:
-            for c in range(n):
-                (<floating *>(g_row + c * g.step))[0] = <floating>(
-                    p_scale[i] * <double>xt[c * BLOCK_ROWS + i]
-                    - smooth_scale[i] * (w[c] if w != NULL else 1.0))
-            (<floating *>(g_row + label[i] * g.step))[0] = <floating>label_grad[i]
+            (<floating *>(g_rows[i] + label[i] * g.step))[0] = <floating>label_grad[i]
 
 
 cdef inline double smoothed_target(target_floating t, double eps, double smooth) noexcept nogil:
@@ -599,6 +616,34 @@ cdef double sum_in_order(const double *values, Py_ssize_t count) noexcept nogil:
     return total + compensation if isfinite(total) else total
 
 
+cdef double kept_row_count(Rows target, Py_ssize_t n_rows, Py_ssize_t n, int64_t ignore_index,
+                           Py_ssize_t *invalid_row) noexcept nogil:
+    """row_weight_total without weights: the number of rows whose class is not
+    ignore_index, an integer (exact in double up to 2^53 rows), counted in a loop without
+    branches; a second pass finds the first invalid class only when there is one."""
+    cdef Py_ssize_t r, kept = 0, invalid = 0
+    cdef int64_t y
+    cdef const int64_t *labels = <const int64_t *>target.base
+    if target.n_b == 1 and target.stride_a == sizeof(int64_t):  # contiguous: vectorised
+        for r in range(n_rows):
+            y = labels[r]
+            kept += y != ignore_index
+            invalid += (y != ignore_index) & (<uint64_t>y >= <uint64_t>n)
+    else:
+        for r in range(n_rows):
+            y = (<const int64_t *>row_at(target, r))[0]
+            kept += y != ignore_index
+            invalid += (y != ignore_index) & (<uint64_t>y >= <uint64_t>n)
+    if invalid == 0:
+        return <double>kept
+    for r in range(n_rows):
+        y = (<const int64_t *>row_at(target, r))[0]
+        if y != ignore_index and <uint64_t>y >= <uint64_t>n:
+            invalid_row[0] = r
+            break
+    return NAN
+
+
 cdef double row_weight_total(Rows target, Rows sample_weight, const double *w,
                              Py_ssize_t n_rows, Py_ssize_t n, bint index_target,
                              int64_t ignore_index, double *scratch,
@@ -612,6 +657,8 @@ cdef double row_weight_total(Rows target, Rows sample_weight, const double *w,
     invalid_row[0] = -1
     if not index_target and sample_weight.base == NULL:
         return <double>n_rows
+    if sample_weight.base == NULL and w == NULL:
+        return kept_row_count(target, n_rows, n, ignore_index, invalid_row)
     for r in range(n_rows):
         weight = (<const double *>row_at(sample_weight, r))[0] if sample_weight.base != NULL else 1.0
         if index_target:

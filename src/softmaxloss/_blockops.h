@@ -1,0 +1,350 @@
+/*
+ * Block primitives of the softmaxloss kernels: moving a block of rows with few classes
+ * between its memory layout (rows of n classes) and the transposed scratch the block
+ * path computes on (n lines of rows, line c holding class c of every row, `ld` apart).
+ *
+ *   sml_block_load_*(rows, step, count, n, xt, ld):
+ *       xt[c * ld + i] = element c of rows[i]   (i < count, c < n; elements `step`
+ *       bytes apart), and xt[c * ld + i] = 0 for count <= i < count rounded up to
+ *       the tile height (8 floats, 4 doubles; ld must be a multiple of 8).
+ *   sml_block_store_grad_*(rows, step, count, n, et, ld, p_scale, smooth_scale, w):
+ *       element c of rows[i] = (T)(p_scale[i] * et[c * ld + i] - smooth_scale[i] * w[c])
+ *       in double (w NULL: all ones), for i < count, c < n: the gradient off the label.
+ *
+ * Why C: with AVX2 and contiguous rows both run on 8 x 8 (float) or 4 x 4 (double)
+ * tiles transposed in registers, the rows loaded and stored whole (masked at the end
+ * of a row: nothing outside a row is read or written), instead of one scalar load and
+ * store per element, which was most of the block path's time at ten classes. Every
+ * row of a block goes through the same vector arithmetic (a short last tile is padded
+ * with zeros, not finished by scalar code), so a row's bits do not depend on where it
+ * lies in its block. Elsewhere (other layouts, other instruction sets) the plain loops.
+ */
+#ifndef SOFTMAXLOSS_BLOCKOPS_H
+#define SOFTMAXLOSS_BLOCKOPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__AVX2__) && (defined(__FMA__) || defined(_MSC_VER)) /* MSVC's /arch:AVX2 has FMA */
+#include <immintrin.h>
+#define SML_BLOCK_SIMD 1
+#else
+#define SML_BLOCK_SIMD 0
+#endif
+
+/* The plain loads pad each line of xt with zeros up to a multiple of this many rows
+ * (the tallest tile), so that a tiled store may follow them. */
+#define SML_BLOCK_PAD 8
+
+/* ---- plain loops: any layout, any instruction set -------------------------- */
+
+#define SML_BLOCK_LOAD_LOOP(T)                                                         \
+    for (ptrdiff_t c = 0; c < n; c++) {                                                \
+        for (ptrdiff_t i = 0; i < count; i++)                                          \
+            xt[c * ld + i] = *(const T *)(rows[i] + c * step);                         \
+        for (ptrdiff_t i = count; i < ld && i % SML_BLOCK_PAD != 0; i++)               \
+            xt[c * ld + i] = 0;                                                        \
+    }
+
+#define SML_BLOCK_STORE_LOOP(T)                                                        \
+    for (ptrdiff_t i = 0; i < count; i++)                                              \
+        for (ptrdiff_t c = 0; c < n; c++)                                              \
+            *(T *)(rows[i] + c * step) =                                               \
+                (T)(p_scale[i] * (double)et[c * ld + i]                                \
+                    - smooth_scale[i] * (w != NULL ? w[c] : 1.0));
+
+#if SML_BLOCK_SIMD
+
+/* ---- AVX2 tiles -------------------------------------------------------------- */
+
+/* Lanes [0, k) set: the mask of a load or store of the first k elements. */
+static inline __m256i sml__first_lanes32(ptrdiff_t k)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __m256i sml__first_lanes64(ptrdiff_t k)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)k), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+/* r[k][j] <-> r[j][k] for an 8 x 8 tile of floats. */
+static inline void sml__transpose8_ps(__m256 r[8])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* The same for an 8 x 4 tile (at most 4 classes) held as r[k] = (row k, row k + 4),
+ * k < 4: a 4 x 4 transpose within each 128-bit half gives r[c] = class c of rows 0..7,
+ * and the inverse is the same operation. A third of the full tile's shuffles. */
+static inline void sml__transpose8x4_ps(__m256 r[4])
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    r[0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    r[1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    r[2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    r[3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+}
+
+/* Stores of the first k < 4 (float) or k < 2 (double) lanes of a 128-bit vector, by
+ * plain narrower stores: masked stores are microcoded and slow on AMD CPUs. */
+static inline void sml__store_first_ps128(float *dst, __m128 v, ptrdiff_t k)
+{
+    if (k >= 2) {
+        _mm_storel_pi((__m64 *)dst, v);
+        v = _mm_movehl_ps(v, v);
+        dst += 2;
+        k -= 2;
+    }
+    if (k >= 1) _mm_store_ss(dst, v);
+}
+
+static inline void sml__store_first_ps(float *dst, __m256 v, ptrdiff_t k)
+{
+    __m128 part = _mm256_castps256_ps128(v);
+    if (k >= 4) {
+        _mm_storeu_ps(dst, part);
+        part = _mm256_extractf128_ps(v, 1);
+        dst += 4;
+        k -= 4;
+    }
+    sml__store_first_ps128(dst, part, k);
+}
+
+static inline void sml__store_first_pd(double *dst, __m256d v, ptrdiff_t k)
+{
+    __m128d part = _mm256_castpd256_pd128(v);
+    if (k >= 2) {
+        _mm_storeu_pd(dst, part);
+        part = _mm256_extractf128_pd(v, 1);
+        dst += 2;
+        k -= 2;
+    }
+    if (k >= 1) _mm_store_sd(dst, part);
+}
+
+/* r[k][j] <-> r[j][k] for a 4 x 4 tile of doubles. */
+static inline void sml__transpose4_pd(__m256d r[4])
+{
+    __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+/* The first `width` doubles of v, the rest 0 (the coefficients of a short last tile:
+ * never read past the caller's arrays). */
+static inline __m256d sml__load_first_pd(const double *v, ptrdiff_t width)
+{
+    return width >= 4 ? _mm256_loadu_pd(v) : _mm256_maskload_pd(v, sml__first_lanes64(width));
+}
+
+static inline void sml__block_load_tiles_f(const char *const *rows, ptrdiff_t count, ptrdiff_t n,
+                                           float *xt, ptrdiff_t ld)
+{
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += 8) {
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += 8) {
+            ptrdiff_t cols = n - c0 < 8 ? n - c0 : 8;
+            if (cols <= 4) {
+                __m128i mask = _mm256_castsi256_si128(sml__first_lanes32(cols));
+                __m128 half[8];
+                __m256 r[4];
+                for (int k = 0; k < 8; k++) {
+                    const float *src = (const float *)rows[i0 + k < count ? i0 + k : 0] + c0;
+                    half[k] = i0 + k >= count ? _mm_setzero_ps()
+                            : cols == 4       ? _mm_loadu_ps(src)
+                                              : _mm_maskload_ps(src, mask);
+                }
+                for (int k = 0; k < 4; k++) r[k] = _mm256_set_m128(half[k + 4], half[k]);
+                sml__transpose8x4_ps(r);
+                for (ptrdiff_t c = 0; c < cols; c++) _mm256_storeu_ps(xt + (c0 + c) * ld + i0, r[c]);
+                continue;
+            }
+            __m256i mask = sml__first_lanes32(cols);
+            __m256 r[8];
+            for (int k = 0; k < 8; k++) {
+                const float *src = (const float *)rows[i0 + k < count ? i0 + k : 0] + c0;
+                r[k] = i0 + k >= count ? _mm256_setzero_ps()
+                     : cols == 8       ? _mm256_loadu_ps(src)
+                                       : _mm256_maskload_ps(src, mask);
+            }
+            sml__transpose8_ps(r);
+            for (ptrdiff_t c = 0; c < cols; c++) _mm256_storeu_ps(xt + (c0 + c) * ld + i0, r[c]);
+        }
+    }
+}
+
+static inline void sml__block_load_tiles_d(const char *const *rows, ptrdiff_t count, ptrdiff_t n,
+                                           double *xt, ptrdiff_t ld)
+{
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += 4) {
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += 4) {
+            ptrdiff_t cols = n - c0 < 4 ? n - c0 : 4;
+            __m256i mask = sml__first_lanes64(cols);
+            __m256d r[4];
+            for (int k = 0; k < 4; k++) {
+                const double *src = (const double *)rows[i0 + k < count ? i0 + k : 0] + c0;
+                r[k] = i0 + k >= count ? _mm256_setzero_pd()
+                     : cols == 4       ? _mm256_loadu_pd(src)
+                                       : _mm256_maskload_pd(src, mask);
+            }
+            sml__transpose4_pd(r);
+            for (ptrdiff_t c = 0; c < cols; c++) _mm256_storeu_pd(xt + (c0 + c) * ld + i0, r[c]);
+        }
+    }
+}
+
+static inline void sml__block_store_tiles_f(char *const *rows, ptrdiff_t count, ptrdiff_t n,
+                                            const float *et, ptrdiff_t ld, const double *p_scale,
+                                            const double *smooth_scale, const double *w)
+{
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += 8) {
+        ptrdiff_t tile_rows = count - i0 < 8 ? count - i0 : 8;
+        __m256d p_lo = sml__load_first_pd(p_scale + i0, tile_rows);
+        __m256d p_hi = sml__load_first_pd(p_scale + i0 + 4, tile_rows - 4);
+        __m256d s_lo = sml__load_first_pd(smooth_scale + i0, tile_rows);
+        __m256d s_hi = sml__load_first_pd(smooth_scale + i0 + 4, tile_rows - 4);
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += 8) {
+            ptrdiff_t cols = n - c0 < 8 ? n - c0 : 8;
+            __m256 r[8];
+            for (ptrdiff_t c = 0; c < 8; c++) {
+                if (c >= cols) {
+                    r[c] = _mm256_setzero_ps();
+                    continue;
+                }
+                __m256 e = _mm256_loadu_ps(et + (c0 + c) * ld + i0);
+                __m256d w_c = _mm256_set1_pd(w != NULL ? w[c0 + c] : 1.0);
+                __m256d g_lo = _mm256_fmsub_pd(p_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)),
+                                               _mm256_mul_pd(s_lo, w_c));
+                __m256d g_hi = _mm256_fmsub_pd(p_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)),
+                                               _mm256_mul_pd(s_hi, w_c));
+                r[c] = _mm256_set_m128(_mm256_cvtpd_ps(g_hi), _mm256_cvtpd_ps(g_lo));
+            }
+            if (cols <= 4) {
+                sml__transpose8x4_ps(r);
+                for (ptrdiff_t k = 0; k < tile_rows; k++) {
+                    __m128 part = k < 4 ? _mm256_castps256_ps128(r[k]) : _mm256_extractf128_ps(r[k - 4], 1);
+                    float *dst = (float *)rows[i0 + k] + c0;
+                    if (cols == 4) _mm_storeu_ps(dst, part);
+                    else sml__store_first_ps128(dst, part, cols);
+                }
+                continue;
+            }
+            sml__transpose8_ps(r);
+            for (ptrdiff_t k = 0; k < tile_rows; k++) {
+                float *dst = (float *)rows[i0 + k] + c0;
+                if (cols == 8) _mm256_storeu_ps(dst, r[k]);
+                else sml__store_first_ps(dst, r[k], cols);
+            }
+        }
+    }
+}
+
+static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, ptrdiff_t n,
+                                            const double *et, ptrdiff_t ld, const double *p_scale,
+                                            const double *smooth_scale, const double *w)
+{
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += 4) {
+        ptrdiff_t tile_rows = count - i0 < 4 ? count - i0 : 4;
+        __m256d p = sml__load_first_pd(p_scale + i0, tile_rows);
+        __m256d s = sml__load_first_pd(smooth_scale + i0, tile_rows);
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += 4) {
+            ptrdiff_t cols = n - c0 < 4 ? n - c0 : 4;
+            __m256d r[4];
+            for (ptrdiff_t c = 0; c < 4; c++) {
+                if (c >= cols) {
+                    r[c] = _mm256_setzero_pd();
+                    continue;
+                }
+                __m256d w_c = _mm256_set1_pd(w != NULL ? w[c0 + c] : 1.0);
+                r[c] = _mm256_fmsub_pd(p, _mm256_loadu_pd(et + (c0 + c) * ld + i0), _mm256_mul_pd(s, w_c));
+            }
+            sml__transpose4_pd(r);
+            for (ptrdiff_t k = 0; k < tile_rows; k++) {
+                double *dst = (double *)rows[i0 + k] + c0;
+                if (cols == 4) _mm256_storeu_pd(dst, r[k]);
+                else sml__store_first_pd(dst, r[k], cols);
+            }
+        }
+    }
+}
+
+#endif /* SML_BLOCK_SIMD */
+
+/* ---- the primitives ------------------------------------------------------------ */
+
+static inline void sml_block_load_f(const char *const *rows, ptrdiff_t step, ptrdiff_t count,
+                                    ptrdiff_t n, float *xt, ptrdiff_t ld)
+{
+#if SML_BLOCK_SIMD
+    if (step == (ptrdiff_t)sizeof(float)) {
+        sml__block_load_tiles_f(rows, count, n, xt, ld);
+        return;
+    }
+#endif
+    SML_BLOCK_LOAD_LOOP(float)
+}
+
+static inline void sml_block_load_d(const char *const *rows, ptrdiff_t step, ptrdiff_t count,
+                                    ptrdiff_t n, double *xt, ptrdiff_t ld)
+{
+#if SML_BLOCK_SIMD
+    if (step == (ptrdiff_t)sizeof(double)) {
+        sml__block_load_tiles_d(rows, count, n, xt, ld);
+        return;
+    }
+#endif
+    SML_BLOCK_LOAD_LOOP(double)
+}
+
+static inline void sml_block_store_grad_f(char *const *rows, ptrdiff_t step, ptrdiff_t count,
+                                          ptrdiff_t n, const float *et, ptrdiff_t ld,
+                                          const double *p_scale, const double *smooth_scale,
+                                          const double *w)
+{
+#if SML_BLOCK_SIMD
+    if (step == (ptrdiff_t)sizeof(float)) {
+        sml__block_store_tiles_f(rows, count, n, et, ld, p_scale, smooth_scale, w);
+        return;
+    }
+#endif
+    SML_BLOCK_STORE_LOOP(float)
+}
+
+static inline void sml_block_store_grad_d(char *const *rows, ptrdiff_t step, ptrdiff_t count,
+                                          ptrdiff_t n, const double *et, ptrdiff_t ld,
+                                          const double *p_scale, const double *smooth_scale,
+                                          const double *w)
+{
+#if SML_BLOCK_SIMD
+    if (step == (ptrdiff_t)sizeof(double)) {
+        sml__block_store_tiles_d(rows, count, n, et, ld, p_scale, smooth_scale, w);
+        return;
+    }
+#endif
+    SML_BLOCK_STORE_LOOP(double)
+}
+
+#endif /* SOFTMAXLOSS_BLOCKOPS_H */
