@@ -309,6 +309,26 @@ cdef inline double row_loss_grad_index(
     return terms.loss
 
 
+cdef inline void block_terms(
+    Py_ssize_t count, const double *m, const double *x_y, const double *gap,
+    const double *total, const double *excess, const double *log_total, const double *e_y,
+    Py_ssize_t n, const double *w_y, double w_sum, const double *s, double eps, double z,
+    double divisor, double *loss, double *p_scale, double *smooth_scale, double *label_grad,
+) noexcept nogil:
+    """index_row_terms of `count` rows, their inputs and outputs in arrays. gcc 12
+    vectorises the loop only when eps and z are compile-time constants (its branches on
+    them are then gone): the caller passes literal zeros for the common case."""
+    cdef Py_ssize_t i
+    cdef IndexRowTerms terms
+    for i in range(count):
+        terms = index_row_terms(m[i], x_y[i], gap[i], total[i], excess[i], log_total[i],
+                                e_y[i], n, w_y[i], w_sum, s[i], eps, z, divisor)
+        loss[i] = terms.loss
+        p_scale[i] = terms.p_scale
+        smooth_scale[i] = terms.smooth_scale
+        label_grad[i] = terms.label_grad
+
+
 cdef inline void block_loss_grad_index(
     Rows x,                    # IN  logits
     Rows g,                    # OUT gradient (base NULL: the loss only); may be x's memory
@@ -343,6 +363,13 @@ cdef inline void block_loss_grad_index(
     cdef double p_scale[BLOCK_ROWS]
     cdef double smooth_scale[BLOCK_ROWS]
     cdef double label_grad[BLOCK_ROWS]
+    cdef double x_y[BLOCK_ROWS]
+    cdef double e_y[BLOCK_ROWS]
+    cdef double w_y[BLOCK_ROWS]
+    cdef double s_row[BLOCK_ROWS]
+    cdef double loss[BLOCK_ROWS]
+    cdef double m_row[BLOCK_ROWS]
+    cdef double total[BLOCK_ROWS]
     cdef Py_ssize_t i, c, y
     cdef floating v
     cdef double w_c
@@ -382,37 +409,47 @@ cdef inline void block_loss_grad_index(
         excess[i] = (<double>ties[i] - 1.0) + rest[i]
         log_total[i] = sml_log1p(excess[i])
 
-    for i in range(count):  # the formula, row by row; the gradient's coefficients kept
+    for i in range(count):  # each row's class, and the formula's inputs that depend on it
         y = (<const int64_t *>row_at(target, first + i))[0]
         if y == ignore_index or y < 0 or y >= n:
             # Ignored rows contribute nothing. An index the facade should have refused
-            # is never used to address memory: its row becomes NaN.
-            row_loss[first + i] = 0.0 if y == ignore_index else NAN
+            # is never used to address memory: its row becomes NaN. Class 0 stands in
+            # for the formula below, whose result for the row is then dropped.
             fill[i] = 0.0 if y == ignore_index else NAN
             label[i] = -1
-            p_scale[i] = 0.0
-            smooth_scale[i] = 0.0
-            continue
+            y = 0
+        else:
+            label[i] = y
+        # Row i's logits are still intact here, also in place: the gradient is
+        # written only after the formula.
+        x_y[i] = (<const floating *>(x_rows[i] + y * x.step))[0]
+        e_y[i] = xt[y * BLOCK_ROWS + i]
+        w_y[i] = w[y] if w != NULL else 1.0
+        s_row[i] = (<const double *>row_at(sample_weight, first + i))[0] if sample_weight.base != NULL else 1.0
+        m_row[i] = m[i]
+        total[i] = <double>ties[i] + rest[i]
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             excess[i] = NAN
             log_total[i] = NAN
-            ties[i] = NAN
-        # Row i's logits are still intact here, also in place: the gradient is
-        # written only after this loop.
-        terms = index_row_terms(
-            m[i], (<const floating *>(x_rows[i] + y * x.step))[0], gap[i],
-            ties[i] + rest[i], excess[i], log_total[i], xt[y * BLOCK_ROWS + i], n,
-            w[y] if w != NULL else 1.0, w_sum,
-            (<const double *>row_at(sample_weight, first + i))[0]
-            if sample_weight.base != NULL else 1.0,
-            eps, z, divisor)
-        row_loss[first + i] = terms.loss
-        label[i] = y
-        p_scale[i] = terms.p_scale
-        smooth_scale[i] = terms.smooth_scale
-        label_grad[i] = terms.label_grad
-        if g.base != NULL and eps != 0.0 and not isfinite(terms.smooth_scale):
-            # Its gradient now, by the division per term; the loop below keeps it.
+            total[i] = NAN
+    if eps == 0.0 and z == 0.0:  # the formula along the rows; constant options vectorise
+        block_terms(count, m_row, x_y, gap, total, excess, log_total, e_y, n, w_y, w_sum,
+                    s_row, 0.0, 0.0, divisor, loss, p_scale, smooth_scale, label_grad)
+    else:
+        block_terms(count, m_row, x_y, gap, total, excess, log_total, e_y, n, w_y, w_sum,
+                    s_row, eps, z, divisor, loss, p_scale, smooth_scale, label_grad)
+    for i in range(count):  # then what the vector loop cannot do
+        if label[i] < 0:
+            row_loss[first + i] = fill[i]
+            p_scale[i] = 0.0
+            smooth_scale[i] = 0.0
+            continue
+        row_loss[first + i] = loss[i]
+        if g.base != NULL and eps != 0.0 and not isfinite(smooth_scale[i]):
+            # Its gradient now, by the division per term; the store below keeps it.
+            terms = index_row_terms(
+                m_row[i], x_y[i], gap[i], total[i], excess[i], log_total[i], e_y[i], n,
+                w_y[i], w_sum, s_row[i], eps, z, divisor)
             smoothed_grad_divided(&xt[i], BLOCK_ROWS, n, terms, w, divisor)
             p_scale[i] = 1.0
             smooth_scale[i] = 0.0
