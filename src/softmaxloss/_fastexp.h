@@ -83,6 +83,55 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
 /* ------------------------------------------------------------------------ */
 /* float                                                                     */
 /* ------------------------------------------------------------------------ */
+/* The reduction and the polynomial, from x (already in [lo, hi]) to t (the
+ * magic constant plus n, n = round(x/ln2)) and p = exp(x - n*ln2) in
+ * [0.70, 1.42].  A macro, shared by sml_expf and by the vector version below
+ * (TYPE float or a GNU vector of floats; a scalar operand is broadcast), so
+ * that every version is the same expression: the same roundings and the same
+ * FMA contractions, hence the same bits. */
+#define SML__EXPF_CORE(TYPE, x, t, p)                                          \
+    do {                                                                       \
+        /* 1.5*2^23: adding it pushes the fraction bits out, leaving          \
+         * round-to-nearest(x*log2e) as an integer in the low mantissa bits   \
+         * of t (valid for |x*log2e| < 2^22). */                               \
+        const float magic_ = 12582912.0f;                                      \
+        const float log2e_ = 1.44269502f;           /* 0x1.715476p+0 */        \
+        /* ln2 = ln2_hi + ln2_lo.  ln2_hi = 0x1.62e4p-1 has 16 significant    \
+         * bits, so n*ln2_hi is exact for |n| < 2^8 and x - n*ln2_hi is exact \
+         * (Sterbenz); ln2_lo is ln2 - ln2_hi rounded to float. */             \
+        const float ln2_hi_ = 0.693145751953125f;                              \
+        const float ln2_lo_ = 1.42860677e-06f;      /* 0x1.7f7d1cp-20 */       \
+        /* exp(r) ~ 1 + r + r^2*(c2 + c3 r + ... + c6 r^4): degree-6 minimax  \
+         * for the relative error on |r| <= 1.0001*ln2/2 (Remez, with 1 and r \
+         * fixed exactly, coefficients rounded to float and refitted one by   \
+         * one): 2^-28.2, i.e. < 0.05 ulp. */                                  \
+        const float c2_ = 0.49999994f;              /* 0x1.fffffcp-2  */       \
+        const float c3_ = 0.166665167f;             /* 0x1.55548cp-3  */       \
+        const float c4_ = 0.0416681021f;            /* 0x1.555858p-5  */       \
+        const float c5_ = 0.00836919248f;           /* 0x1.123de0p-7  */       \
+        const float c6_ = 0.00138389028f;           /* 0x1.6ac74ep-10 */       \
+        TYPE n_, rh_, nl_, r_, re_, r2_, q_, s_, e_;                           \
+        (t) = (x) * log2e_ + magic_;                                           \
+        n_ = (t) - magic_;                          /* exact */                \
+        rh_ = (x) - n_ * ln2_hi_;                   /* exact */                \
+        nl_ = n_ * ln2_lo_;                                                    \
+        r_ = rh_ - nl_;                                                        \
+        /* rounding error of r (Fast2Sum; exact when |rh| >= |nl|, and when   \
+         * not, r is so small that re does not matter) */                      \
+        re_ = (rh_ - r_) - nl_;                                                \
+        /* Estrin's scheme: shorter dependency chain than Horner, which lets  \
+         * more loop iterations overlap */                                     \
+        r2_ = r_ * r_;                                                         \
+        q_ = (c2_ + r_ * c3_) + r2_ * ((c4_ + r_ * c5_) + r2_ * c6_);          \
+        /* 1 + r as an exact sum s + e (Fast2Sum, |r| < 1), so the only large \
+         * rounding left is the final add: max error 0.67 ulp instead of 0.99 \
+         * (measured) for the plain 1 + (r + r^2 q).  re*s is the first-order \
+         * effect of the rounding error of r. */                               \
+        s_ = 1.0f + r_;                                                        \
+        e_ = (1.0f - s_) + r_;                      /* exact */                \
+        (p) = s_ + ((e_ + re_ * s_) + r2_ * q_);    /* in [0.70, 1.42] */      \
+    } while (0)
+
 static SML_INLINE float sml_expf(float x)
 {
     /* Clamp bounds: exp(x) overflows for x > 88.7228 and rounds to +0 for
@@ -92,51 +141,13 @@ static SML_INLINE float sml_expf(float x)
      * passes through unchanged (then p, and the result, are NaN). */
     const float lo = -104.0f;
     const float hi = 89.0f;
-    /* 1.5*2^23: adding it pushes the fraction bits out, leaving
-     * round-to-nearest(x*log2e) as an integer in the low mantissa bits of t
-     * (valid for |x*log2e| < 2^22). */
-    const float magic = 12582912.0f;
-    const float log2e = 1.44269502f;               /* 0x1.715476p+0 */
-    /* ln2 = ln2_hi + ln2_lo.  ln2_hi = 0x1.62e4p-1 has 16 significant bits,
-     * so n*ln2_hi is exact for |n| < 2^8 and x - n*ln2_hi is exact
-     * (Sterbenz); ln2_lo is ln2 - ln2_hi rounded to float. */
-    const float ln2_hi = 0.693145751953125f;
-    const float ln2_lo = 1.42860677e-06f;          /* 0x1.7f7d1cp-20 */
-    /* exp(r) ~ 1 + r + r^2*(c2 + c3 r + ... + c6 r^4): degree-6 minimax for
-     * the relative error on |r| <= 1.0001*ln2/2 (Remez, with 1 and r fixed
-     * exactly, coefficients rounded to float and refitted one by one):
-     * 2^-28.2, i.e. < 0.05 ulp. */
-    const float c2 = 0.49999994f;                  /* 0x1.fffffcp-2  */
-    const float c3 = 0.166665167f;                 /* 0x1.55548cp-3  */
-    const float c4 = 0.0416681021f;                /* 0x1.555858p-5  */
-    const float c5 = 0.00836919248f;               /* 0x1.123de0p-7  */
-    const float c6 = 0.00138389028f;               /* 0x1.6ac74ep-10 */
-    float t, n, rh, nl, r, re, r2, q, s, e, p, s1, s2;
+    float t, p, s1, s2;
     uint32_t m, m1;
 
     x = x < lo ? lo : x;
     x = x > hi ? hi : x;
 
-    t = x * log2e + magic;
-    n = t - magic;                                 /* exact */
-    rh = x - n * ln2_hi;                           /* exact */
-    nl = n * ln2_lo;
-    r = rh - nl;
-    /* rounding error of r (Fast2Sum; exact when |rh| >= |nl|, and when not,
-     * r is so small that re does not matter) */
-    re = (rh - r) - nl;
-
-    /* Estrin's scheme: shorter dependency chain than Horner, which lets
-     * more loop iterations overlap */
-    r2 = r * r;
-    q = (c2 + r * c3) + r2 * ((c4 + r * c5) + r2 * c6);
-    /* 1 + r as an exact sum s + e (Fast2Sum, |r| < 1), so the only large
-     * rounding left is the final add: max error 0.67 ulp instead of 0.99
-     * (measured) for the plain 1 + (r + r^2 q).  re*s is the first-order
-     * effect of the rounding error of r. */
-    s = 1.0f + r;
-    e = (1.0f - s) + r;                            /* exact */
-    p = s + ((e + re * s) + r2 * q);               /* in [0.70, 1.42] */
+    SML__EXPF_CORE(float, x, t, p);
 
     /* m = n + 150 in [0, 278], read straight from the bits of t (the low
      * mantissa bits of t hold n in two's complement).  Split as n = n1 + n2
@@ -156,6 +167,53 @@ static SML_INLINE float sml_expf(float x)
 /* ------------------------------------------------------------------------ */
 /* double                                                                    */
 /* ------------------------------------------------------------------------ */
+/* As SML__EXPF_CORE, for double (TYPE double or a GNU vector of doubles). */
+#define SML__EXP_CORE(TYPE, x, t, p)                                           \
+    do {                                                                       \
+        const double magic_ = 6755399441055744.0;   /* 1.5*2^52 */             \
+        const double log2e_ = 1.4426950408889634;   /* 0x1.71547652b82fep+0 */ \
+        /* fdlibm's split: ln2_hi = 0x1.62e42feep-1 has 32 significant bits,  \
+         * so n*ln2_hi is exact for |n| < 2^21; ln2_lo = ln2 - ln2_hi         \
+         * rounded. */                                                         \
+        const double ln2_hi_ = 0.69314718036912381649;                         \
+        const double ln2_lo_ = 1.9082149292705877e-10; /* 0x1.a39ef35793c76p-33 */ \
+        /* exp(r) ~ 1 + r + r^2*(c2 + c3 r + ... + c11 r^9): degree-11        \
+         * minimax for the relative error on |r| <= 1.0001*ln2/2 (Remez, 1    \
+         * and r fixed, c2..c4 rounded to double one by one with the rest     \
+         * refitted): 2^-57.9.  Degree 10 would only reach 2^-51.6. */         \
+        const double c2_  = 0.5000000000000011;                                \
+        const double c3_  = 0.16666666666666438;                               \
+        const double c4_  = 0.041666666666525805;                              \
+        const double c5_  = 0.00833333333347377;                               \
+        const double c6_  = 0.0013888888944851715;                             \
+        const double c7_  = 0.00019841269560196123;                            \
+        const double c8_  = 2.4801491768616096e-05;                            \
+        const double c9_  = 2.7557531081565415e-06;                            \
+        const double c10_ = 2.7630740643776153e-07;                            \
+        const double c11_ = 2.5019735724878723e-08;                            \
+        TYPE n_, rh_, nl_, r_, re_, r2_, r4_, q_, s_, e_;                      \
+        (t) = (x) * log2e_ + magic_;                                           \
+        n_ = (t) - magic_;                          /* exact */                \
+        rh_ = (x) - n_ * ln2_hi_;                   /* exact */                \
+        nl_ = n_ * ln2_lo_;                                                    \
+        r_ = rh_ - nl_;                                                        \
+        /* rounding error of r (Fast2Sum; exact when |rh| >= |nl|, and when   \
+         * not, r is so small that re does not matter) */                      \
+        re_ = (rh_ - r_) - nl_;                                                \
+        r2_ = r_ * r_;                              /* Estrin */               \
+        r4_ = r2_ * r2_;                                                       \
+        q_ = ((c2_ + r_ * c3_) + r2_ * (c4_ + r_ * c5_))                       \
+           + r4_ * (((c6_ + r_ * c7_) + r2_ * (c8_ + r_ * c9_))                \
+                    + r4_ * (c10_ + r_ * c11_));                               \
+        /* 1 + r as an exact sum s + e (Fast2Sum, |r| < 1): the only large    \
+         * rounding left is the final add: max error 0.69 ulp instead of 0.99 \
+         * (measured) for the plain 1 + (r + r^2 q).  re*s adds the           \
+         * first-order effect of the rounding error of r. */                   \
+        s_ = 1.0 + r_;                                                         \
+        e_ = (1.0 - s_) + r_;                       /* exact */                \
+        (p) = s_ + ((e_ + re_ * s_) + r2_ * q_);    /* in [0.70, 1.42] */      \
+    } while (0)
+
 static SML_INLINE double sml_exp(double x)
 {
     /* exp(x) overflows for x > 709.7827 and rounds to +0 for
@@ -163,52 +221,13 @@ static SML_INLINE double sml_exp(double x)
      * results and bounds n to [-1076, 1024].  NaN passes through. */
     const double lo = -746.0;
     const double hi = 710.0;
-    const double magic = 6755399441055744.0;       /* 1.5*2^52 */
-    const double log2e = 1.4426950408889634;       /* 0x1.71547652b82fep+0 */
-    /* fdlibm's split: ln2_hi = 0x1.62e42feep-1 has 32 significant bits, so
-     * n*ln2_hi is exact for |n| < 2^21; ln2_lo = ln2 - ln2_hi rounded. */
-    const double ln2_hi = 0.69314718036912381649;
-    const double ln2_lo = 1.9082149292705877e-10;  /* 0x1.a39ef35793c76p-33 */
-    /* exp(r) ~ 1 + r + r^2*(c2 + c3 r + ... + c11 r^9): degree-11 minimax
-     * for the relative error on |r| <= 1.0001*ln2/2 (Remez, 1 and r fixed,
-     * c2..c4 rounded to double one by one with the rest refitted): 2^-57.9.
-     * Degree 10 would only reach 2^-51.6. */
-    const double c2  = 0.5000000000000011;
-    const double c3  = 0.16666666666666438;
-    const double c4  = 0.041666666666525805;
-    const double c5  = 0.00833333333347377;
-    const double c6  = 0.0013888888944851715;
-    const double c7  = 0.00019841269560196123;
-    const double c8  = 2.4801491768616096e-05;
-    const double c9  = 2.7557531081565415e-06;
-    const double c10 = 2.7630740643776153e-07;
-    const double c11 = 2.5019735724878723e-08;
-    double t, n, rh, nl, r, re, r2, r4, q, s, e, p, s1, s2;
+    double t, p, s1, s2;
     uint64_t m, m1;
 
     x = x < lo ? lo : x;
     x = x > hi ? hi : x;
 
-    t = x * log2e + magic;
-    n = t - magic;                                 /* exact */
-    rh = x - n * ln2_hi;                           /* exact */
-    nl = n * ln2_lo;
-    r = rh - nl;
-    /* rounding error of r (Fast2Sum; exact when |rh| >= |nl|, and when not,
-     * r is so small that re does not matter) */
-    re = (rh - r) - nl;
-
-    r2 = r * r;                                    /* Estrin, see sml_expf */
-    r4 = r2 * r2;
-    q = ((c2 + r * c3) + r2 * (c4 + r * c5))
-      + r4 * (((c6 + r * c7) + r2 * (c8 + r * c9)) + r4 * (c10 + r * c11));
-    /* 1 + r as an exact sum s + e (Fast2Sum, |r| < 1): the only large
-     * rounding left is the final add: max error 0.69 ulp instead of 0.99
-     * (measured) for the plain 1 + (r + r^2 q).  re*s adds the
-     * first-order effect of the rounding error of r. */
-    s = 1.0 + r;
-    e = (1.0 - s) + r;                             /* exact */
-    p = s + ((e + re * s) + r2 * q);               /* in [0.70, 1.42] */
+    SML__EXP_CORE(double, x, t, p);
 
     /* m = n + 1076 in [0, 2100]; n1 = m/2 - 538, n2 = n - n1, both in
      * [-538, 512], so 2^n1, 2^n2 are normal doubles: (n_i + 1023) << 52.
@@ -220,5 +239,51 @@ static SML_INLINE double sml_exp(double x)
     s2 = sml__f64_from_bits((m - m1 + 485u) << 52); /* 2^(m - m1 - 538)      */
     return (p * s1) * s2;
 }
+
+/* ------------------------------------------------------------------------ */
+/* vectors of 8, for arguments in the normal-result range (gcc, clang)      */
+/* ------------------------------------------------------------------------ */
+/* SML_EXPF_X8_INRANGE(x, y): y = exp(x) for a vector x of 8 floats, each
+ * |x| <= SML_EXPF_INRANGE (87); SML_EXP_X4_INRANGE(x, y) for 4 doubles, each
+ * |x| <= SML_EXP_INRANGE (708).  Bitwise the same as sml_expf / sml_exp of
+ * each element (the same SML__EXP*_CORE), without the clamps and with 2^n as
+ * one factor: there n = round(x/ln2) is within [-126, 126] ([-1021, 1021]),
+ * so 2^n is a normal number, and p * 2^n is the exact product rounded once,
+ * exactly what (p * 2^n1) * 2^n2 gives (p * 2^n1 is exact).  Outside that
+ * range the result is unspecified: callers test the range.  GNU vector
+ * extensions (gcc, clang; SML_HAVE_VEXP says whether they are used): the
+ * compiler maps them onto what the target has (one AVX register, two SSE2
+ * ones).  Macros, not functions: gcc warns (-Wpsabi) about passing
+ * 32/64-byte vectors by value without AVX/AVX-512. */
+#define SML_EXPF_INRANGE 87.0f
+#define SML_EXP_INRANGE 708.0
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(SML_NO_VECTOR_EXTENSIONS)
+#define SML_HAVE_VEXP 1
+typedef float sml_f32x8 __attribute__((vector_size(32)));
+typedef int32_t sml_i32x8 __attribute__((vector_size(32)));
+typedef uint32_t sml_u32x8 __attribute__((vector_size(32)));
+typedef float sml_f32x4 __attribute__((vector_size(16)));
+typedef double sml_f64x4 __attribute__((vector_size(32)));
+typedef int64_t sml_i64x4 __attribute__((vector_size(32)));
+typedef uint64_t sml_u64x4 __attribute__((vector_size(32)));
+
+/* t's bits are 0x4B400000 + n, so (bits + 127) << 23 is 2^n */
+#define SML_EXPF_X8_INRANGE(x, y)                                              \
+    do {                                                                       \
+        sml_f32x8 t_x8_, p_x8_;                                                \
+        SML__EXPF_CORE(sml_f32x8, x, t_x8_, p_x8_);                            \
+        (y) = p_x8_ * (sml_f32x8)(((sml_u32x8)t_x8_ + 127u) << 23);            \
+    } while (0)
+
+/* t's bits are 0x4338000000000000 + n, so (bits + 1023) << 52 is 2^n */
+#define SML_EXP_X4_INRANGE(x, y)                                               \
+    do {                                                                       \
+        sml_f64x4 t_x4_, p_x4_;                                                \
+        SML__EXP_CORE(sml_f64x4, x, t_x4_, p_x4_);                             \
+        (y) = p_x4_ * (sml_f64x4)(((sml_u64x4)t_x4_ + 1023u) << 52);           \
+    } while (0)
+#else
+#define SML_HAVE_VEXP 0
+#endif
 
 #endif /* SOFTMAXLOSS_FASTEXP_H */

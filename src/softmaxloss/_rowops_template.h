@@ -70,6 +70,35 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
     for (; i < n; i++) *tail += (double)v[i];
 }
 
+#if SML_VEXP_ON
+/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES) in one pass, on
+ * vectors, with the exp of normal results (SML_VEXP_GROUP, from _rowops.h): the same
+ * values e[c], the same additions to the same lanes in the same order, so the same bits.
+ * Stops at the first group of SML_LANES entries with an x[c] - m out of the range of that
+ * exp (or NaN), before writing anything of it (e may be x), and returns how many entries
+ * it did: the caller takes the general path from there. */
+static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, ptrdiff_t n,
+                                                     SML_T m, double *lanes, ptrdiff_t *ties)
+{
+    sml_f64x4 lo, hi; /* lanes 0-3, 4-7 */
+    SML_VMASK ones = {0};
+    ptrdiff_t i = 0;
+    memcpy(&lo, lanes, sizeof lo);
+    memcpy(&hi, lanes + 4, sizeof hi);
+    for (; i < n; i += SML_LANES) {
+        SML_VGROUP_T v;
+        SML_VMASK out;
+        SML_VEXP_GROUP(x + i, m, v, out);
+        if (SML_VANY(out)) break;
+        SML_VSUM_GROUP(e + i, v, lo, hi, ones);
+    }
+    memcpy(lanes, &lo, sizeof lo);
+    memcpy(lanes + 4, &hi, sizeof hi);
+    for (int k = 0; k < (int)(sizeof ones / sizeof ones[0]); k++) *ties -= ones[k];
+    return i;
+}
+#endif
+
 static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
                                               double *excess)
 {
@@ -77,10 +106,34 @@ static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     double tail = 0;
     ptrdiff_t ties = 0;
+#if SML_VEXP_ON
+    ptrdiff_t run = SML_VBLOCK;
+#endif
     for (ptrdiff_t start = 0; start < n; start += SML_CHUNK) {
         ptrdiff_t len = n - start < SML_CHUNK ? n - start : SML_CHUNK;
-        ties += SML_NAME(sml_exp_split)(x + start, e != NULL ? e + start : exps, rest, len, m);
-        SML_NAME(sml_lanes_add)(rest, len, lanes, &tail);
+        SML_T *ec = e != NULL ? e + start : exps;
+        ptrdiff_t done = 0;
+#if SML_VEXP_ON
+        ptrdiff_t full = len - len % SML_LANES;
+        while (done < full) {
+            ptrdiff_t did = SML_NAME(sml_expsum_inrange)(x + start + done, ec + done,
+                                                         full - done, m, lanes, &ties);
+            done += did;
+            /* out of range at done: the next `run` entries take the general path (a
+             * multiple of SML_LANES, so the lanes stay in step); run doubles while the
+             * vector path fails straight away (most entries out of range), up to
+             * SML_CHUNK, so that its attempts cost little */
+            run = did > 0 ? SML_VBLOCK : run < SML_CHUNK ? 2 * run : SML_CHUNK;
+            ptrdiff_t stop = full - done > run ? done + run : full;
+            ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, stop - done, m);
+            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, &tail);
+            done = stop;
+        }
+#endif
+        if (done < len) { /* the rest; tail takes the row's last len % SML_LANES */
+            ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, len - done, m);
+            SML_NAME(sml_lanes_add)(rest, len - done, lanes, &tail);
+        }
     }
     double rest_sum = SML_LANE_TOTAL(lanes) + tail;
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
