@@ -293,29 +293,29 @@ static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, 
 
 #endif /* SML_BLOCK_SIMD */
 
-/* ---- the primitives ------------------------------------------------------------ */
+/* ---- the primitives: tiles where they apply, else the plain loops ----------------- */
+
+#if SML_BLOCK_SIMD
+#define SML_BLOCK_TILES_IF_CONTIGUOUS(T, call)                                         \
+    if (step == (ptrdiff_t)sizeof(T)) {                                                \
+        call;                                                                          \
+        return;                                                                        \
+    }
+#else
+#define SML_BLOCK_TILES_IF_CONTIGUOUS(T, call)
+#endif
 
 static inline void sml_block_load_f(const char *const *rows, ptrdiff_t step, ptrdiff_t count,
                                     ptrdiff_t n, float *xt, ptrdiff_t ld)
 {
-#if SML_BLOCK_SIMD
-    if (step == (ptrdiff_t)sizeof(float)) {
-        sml__block_load_tiles_f(rows, count, n, xt, ld);
-        return;
-    }
-#endif
+    SML_BLOCK_TILES_IF_CONTIGUOUS(float, sml__block_load_tiles_f(rows, count, n, xt, ld))
     SML_BLOCK_LOAD_LOOP(float)
 }
 
 static inline void sml_block_load_d(const char *const *rows, ptrdiff_t step, ptrdiff_t count,
                                     ptrdiff_t n, double *xt, ptrdiff_t ld)
 {
-#if SML_BLOCK_SIMD
-    if (step == (ptrdiff_t)sizeof(double)) {
-        sml__block_load_tiles_d(rows, count, n, xt, ld);
-        return;
-    }
-#endif
+    SML_BLOCK_TILES_IF_CONTIGUOUS(double, sml__block_load_tiles_d(rows, count, n, xt, ld))
     SML_BLOCK_LOAD_LOOP(double)
 }
 
@@ -324,12 +324,8 @@ static inline void sml_block_store_grad_f(char *const *rows, ptrdiff_t step, ptr
                                           const double *p_scale, const double *smooth_scale,
                                           const double *w)
 {
-#if SML_BLOCK_SIMD
-    if (step == (ptrdiff_t)sizeof(float)) {
-        sml__block_store_tiles_f(rows, count, n, et, ld, p_scale, smooth_scale, w);
-        return;
-    }
-#endif
+    SML_BLOCK_TILES_IF_CONTIGUOUS(
+        float, sml__block_store_tiles_f(rows, count, n, et, ld, p_scale, smooth_scale, w))
     SML_BLOCK_STORE_LOOP(float)
 }
 
@@ -338,12 +334,8 @@ static inline void sml_block_store_grad_d(char *const *rows, ptrdiff_t step, ptr
                                           const double *p_scale, const double *smooth_scale,
                                           const double *w)
 {
-#if SML_BLOCK_SIMD
-    if (step == (ptrdiff_t)sizeof(double)) {
-        sml__block_store_tiles_d(rows, count, n, et, ld, p_scale, smooth_scale, w);
-        return;
-    }
-#endif
+    SML_BLOCK_TILES_IF_CONTIGUOUS(
+        double, sml__block_store_tiles_d(rows, count, n, et, ld, p_scale, smooth_scale, w))
     SML_BLOCK_STORE_LOOP(double)
 }
 

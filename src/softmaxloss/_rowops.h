@@ -212,18 +212,7 @@ typedef struct { sml_f64x4 v[2]; } sml_f64x4x2;
 #define SML_VEXP_GROUP SML_VEXP_GROUP_F
 #define SML_VSUM_GROUP SML_VSUM_GROUP_F
 #endif
-#include "_rowops_template.h"
-#undef SML_T
-#undef SML_SUFFIX
-#undef SML_EXP
-#undef SML_COUNT
-#undef SML_VEXP_ON
-#if SML_HAVE_VEXP
-#undef SML_VMASK
-#undef SML_VGROUP_T
-#undef SML_VEXP_GROUP
-#undef SML_VSUM_GROUP
-#endif
+#include "_rowops_template.h" /* which #undefs its parameters */
 
 #define SML_T double
 #define SML_SUFFIX d
@@ -236,17 +225,6 @@ typedef struct { sml_f64x4 v[2]; } sml_f64x4x2;
 #define SML_VEXP_GROUP SML_VEXP_GROUP_D
 #define SML_VSUM_GROUP SML_VSUM_GROUP_D
 #endif
-#include "_rowops_template.h"
-#undef SML_T
-#undef SML_SUFFIX
-#undef SML_EXP
-#undef SML_COUNT
-#undef SML_VEXP_ON
-#if SML_HAVE_VEXP
-#undef SML_VMASK
-#undef SML_VGROUP_T
-#undef SML_VEXP_GROUP
-#undef SML_VSUM_GROUP
-#endif
+#include "_rowops_template.h" /* which #undefs its parameters */
 
 #endif /* SOFTMAXLOSS_ROWOPS_H */

@@ -1,7 +1,10 @@
 /*
  * Row primitives for one element type, included twice by _rowops.h with
  * SML_T (float or double), SML_SUFFIX (f or d), SML_EXP (sml_expf or sml_exp) and
- * SML_COUNT (an integer as wide as SML_T, for counts inside vector loops) defined; SML_NAME(name) gives name_f or name_d. No include guard on purpose.
+ * SML_COUNT (an integer as wide as SML_T, for counts inside vector loops) and SML_VEXP_ON
+ * (with SML_VMASK, SML_VGROUP_T, SML_VEXP_GROUP, SML_VSUM_GROUP when 1: the fused vector
+ * path of sml_row_expsum) defined; SML_NAME(name) gives name_f or name_d. No include
+ * guard on purpose; the parameters are #undef'd at the end.
  *
  * sml_row_max_*(x, n):           max_c x[c] (n >= 1). With a NaN in the row the
  *                                result is unspecified, but the exp-sum that
@@ -161,3 +164,16 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
     }
     return SML_LANE_TOTAL(acc) + tail;
 }
+
+/* The parameters, undefined for the next instantiation. */
+#undef SML_T
+#undef SML_SUFFIX
+#undef SML_EXP
+#undef SML_COUNT
+#undef SML_VEXP_ON
+#if SML_HAVE_VEXP
+#undef SML_VMASK
+#undef SML_VGROUP_T
+#undef SML_VEXP_GROUP
+#undef SML_VSUM_GROUP
+#endif
