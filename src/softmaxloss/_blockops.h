@@ -11,10 +11,11 @@
  *       element c of rows[i] = (T)(p_scale[i] * et[c * ld + i] - smooth_scale[i] * w[c])
  *       in double (w NULL: all ones), for i < count, c < n: the gradient off the label.
  *
- * Why C: with AVX2 and contiguous rows both run on 8 x 8 (float) or 4 x 4 (double)
- * tiles transposed in registers, the rows loaded and stored whole (masked at the end
- * of a row: nothing outside a row is read or written), instead of one scalar load and
- * store per element, which was most of the block path's time at ten classes. Every
+ * Why C: with AVX2 and contiguous rows both run on 8 x 8 (float; 8 x 4 for at most
+ * 4 classes) or 4 x 4 (double) tiles transposed in registers, the rows loaded and
+ * stored whole (a row's end by a masked load and narrower plain stores: nothing outside
+ * a row is read or written), instead of one scalar load and store per element: 1.1-1.2x
+ * for the whole block path at 4-16 classes (interleaved A/B). Every
  * row of a block goes through the same vector arithmetic (a short last tile is padded
  * with zeros, not finished by scalar code), so a row's bits do not depend on where it
  * lies in its block. Elsewhere (other layouts, other instruction sets) the plain loops.
