@@ -81,6 +81,37 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
 { double d; memcpy(&d, &u, sizeof d); return d; }
 
 /* ------------------------------------------------------------------------ */
+/* the steps shared by float and double                                      */
+/* ------------------------------------------------------------------------ */
+/* Cody-Waite reduction: t = x*log2e + magic (magic = 1.5*2^p: t holds
+ * n = round(x/ln2) in its low mantissa bits), and x - n*ln2 as r plus its
+ * rounding error re: n*ln2_hi is exact and x - n*ln2_hi too (Sterbenz); re is
+ * from Fast2Sum, exact when |rh| >= |nl|, and when not, r is so small that re
+ * does not matter. */
+#define SML__EXP_REDUCE(TYPE, x, t, r, re, magic, log2e, ln2_hi, ln2_lo)      \
+    do {                                                                       \
+        TYPE n__, rh__, nl__;                                                  \
+        (t) = (x) * (log2e) + (magic);                                         \
+        n__ = (t) - (magic);                        /* exact */                \
+        rh__ = (x) - n__ * (ln2_hi);                /* exact */                \
+        nl__ = n__ * (ln2_lo);                                                 \
+        (r) = rh__ - nl__;                                                     \
+        (re) = (rh__ - (r)) - nl__;                                            \
+    } while (0)
+
+/* p = exp(r) ~ 1 + r + r^2 q, with 1 + r as an exact sum s + e (Fast2Sum,
+ * |r| < 1), so that the only large rounding left is the final add (max error
+ * 0.67 / 0.69 ulp instead of 0.99, measured, for the plain 1 + (r + r^2 q));
+ * re*s is the first-order effect of the rounding error of r.  p is in
+ * [0.70, 1.42]. */
+#define SML__EXP_RECONSTRUCT(TYPE, one, r, re, r2, q, p)                       \
+    do {                                                                       \
+        TYPE s__ = (one) + (r);                                                \
+        TYPE e__ = ((one) - s__) + (r);             /* exact */                \
+        (p) = s__ + ((e__ + (re) * s__) + (r2) * (q));                         \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
 /* float                                                                     */
 /* ------------------------------------------------------------------------ */
 /* The reduction and the polynomial, from x (already in [lo, hi]) to t (the
@@ -110,26 +141,13 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
         const float c4_ = 0.0416681021f;            /* 0x1.555858p-5  */       \
         const float c5_ = 0.00836919248f;           /* 0x1.123de0p-7  */       \
         const float c6_ = 0.00138389028f;           /* 0x1.6ac74ep-10 */       \
-        TYPE n_, rh_, nl_, r_, re_, r2_, q_, s_, e_;                           \
-        (t) = (x) * log2e_ + magic_;                                           \
-        n_ = (t) - magic_;                          /* exact */                \
-        rh_ = (x) - n_ * ln2_hi_;                   /* exact */                \
-        nl_ = n_ * ln2_lo_;                                                    \
-        r_ = rh_ - nl_;                                                        \
-        /* rounding error of r (Fast2Sum; exact when |rh| >= |nl|, and when   \
-         * not, r is so small that re does not matter) */                      \
-        re_ = (rh_ - r_) - nl_;                                                \
+        TYPE r_, re_, r2_, q_;                                                 \
+        SML__EXP_REDUCE(TYPE, x, t, r_, re_, magic_, log2e_, ln2_hi_, ln2_lo_); \
         /* Estrin's scheme: shorter dependency chain than Horner, which lets  \
          * more loop iterations overlap */                                     \
         r2_ = r_ * r_;                                                         \
         q_ = (c2_ + r_ * c3_) + r2_ * ((c4_ + r_ * c5_) + r2_ * c6_);          \
-        /* 1 + r as an exact sum s + e (Fast2Sum, |r| < 1), so the only large \
-         * rounding left is the final add: max error 0.67 ulp instead of 0.99 \
-         * (measured) for the plain 1 + (r + r^2 q).  re*s is the first-order \
-         * effect of the rounding error of r. */                               \
-        s_ = 1.0f + r_;                                                        \
-        e_ = (1.0f - s_) + r_;                      /* exact */                \
-        (p) = s_ + ((e_ + re_ * s_) + r2_ * q_);    /* in [0.70, 1.42] */      \
+        SML__EXP_RECONSTRUCT(TYPE, 1.0f, r_, re_, r2_, q_, p);                 \
     } while (0)
 
 static SML_INLINE float sml_expf(float x)
@@ -191,27 +209,14 @@ static SML_INLINE float sml_expf(float x)
         const double c9_  = 2.7557531081565415e-06;                            \
         const double c10_ = 2.7630740643776153e-07;                            \
         const double c11_ = 2.5019735724878723e-08;                            \
-        TYPE n_, rh_, nl_, r_, re_, r2_, r4_, q_, s_, e_;                      \
-        (t) = (x) * log2e_ + magic_;                                           \
-        n_ = (t) - magic_;                          /* exact */                \
-        rh_ = (x) - n_ * ln2_hi_;                   /* exact */                \
-        nl_ = n_ * ln2_lo_;                                                    \
-        r_ = rh_ - nl_;                                                        \
-        /* rounding error of r (Fast2Sum; exact when |rh| >= |nl|, and when   \
-         * not, r is so small that re does not matter) */                      \
-        re_ = (rh_ - r_) - nl_;                                                \
+        TYPE r_, re_, r2_, r4_, q_;                                            \
+        SML__EXP_REDUCE(TYPE, x, t, r_, re_, magic_, log2e_, ln2_hi_, ln2_lo_); \
         r2_ = r_ * r_;                              /* Estrin */               \
         r4_ = r2_ * r2_;                                                       \
         q_ = ((c2_ + r_ * c3_) + r2_ * (c4_ + r_ * c5_))                       \
            + r4_ * (((c6_ + r_ * c7_) + r2_ * (c8_ + r_ * c9_))                \
                     + r4_ * (c10_ + r_ * c11_));                               \
-        /* 1 + r as an exact sum s + e (Fast2Sum, |r| < 1): the only large    \
-         * rounding left is the final add: max error 0.69 ulp instead of 0.99 \
-         * (measured) for the plain 1 + (r + r^2 q).  re*s adds the           \
-         * first-order effect of the rounding error of r. */                   \
-        s_ = 1.0 + r_;                                                         \
-        e_ = (1.0 - s_) + r_;                       /* exact */                \
-        (p) = s_ + ((e_ + re_ * s_) + r2_ * q_);    /* in [0.70, 1.42] */      \
+        SML__EXP_RECONSTRUCT(TYPE, 1.0, r_, re_, r2_, q_, p);                  \
     } while (0)
 
 static SML_INLINE double sml_exp(double x)

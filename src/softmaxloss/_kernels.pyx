@@ -310,7 +310,7 @@ cdef inline double row_loss_grad_index(
 
 
 cdef inline void block_terms(
-    Py_ssize_t count, const double *m, const double *x_y, const double *gap,
+    Py_ssize_t count, const floating *m, const double *x_y, const double *gap,
     const double *total, const double *excess, const double *log_total, const double *e_y,
     Py_ssize_t n, const double *w_y, double w_sum, const double *s, double eps, double z,
     double divisor, double *loss, double *p_scale, double *smooth_scale, double *label_grad,
@@ -368,7 +368,6 @@ cdef inline void block_loss_grad_index(
     cdef double w_y[BLOCK_ROWS]
     cdef double s_row[BLOCK_ROWS]
     cdef double loss[BLOCK_ROWS]
-    cdef double m_row[BLOCK_ROWS]
     cdef double total[BLOCK_ROWS]
     cdef Py_ssize_t i, c, y
     cdef floating v
@@ -426,17 +425,16 @@ cdef inline void block_loss_grad_index(
         e_y[i] = xt[y * BLOCK_ROWS + i]
         w_y[i] = w[y] if w != NULL else 1.0
         s_row[i] = (<const double *>row_at(sample_weight, first + i))[0] if sample_weight.base != NULL else 1.0
-        m_row[i] = m[i]
         total[i] = <double>ties[i] + rest[i]
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             excess[i] = NAN
             log_total[i] = NAN
             total[i] = NAN
     if eps == 0.0 and z == 0.0:  # the formula along the rows; constant options vectorise
-        block_terms(count, m_row, x_y, gap, total, excess, log_total, e_y, n, w_y, w_sum,
+        block_terms(count, m, x_y, gap, total, excess, log_total, e_y, n, w_y, w_sum,
                     s_row, 0.0, 0.0, divisor, loss, p_scale, smooth_scale, label_grad)
     else:
-        block_terms(count, m_row, x_y, gap, total, excess, log_total, e_y, n, w_y, w_sum,
+        block_terms(count, m, x_y, gap, total, excess, log_total, e_y, n, w_y, w_sum,
                     s_row, eps, z, divisor, loss, p_scale, smooth_scale, label_grad)
     for i in range(count):  # then what the vector loop cannot do
         if label[i] < 0:
@@ -448,7 +446,7 @@ cdef inline void block_loss_grad_index(
         if g.base != NULL and eps != 0.0 and not isfinite(smooth_scale[i]):
             # Its gradient now, by the division per term; the store below keeps it.
             terms = index_row_terms(
-                m_row[i], x_y[i], gap[i], total[i], excess[i], log_total[i], e_y[i], n,
+                m[i], x_y[i], gap[i], total[i], excess[i], log_total[i], e_y[i], n,
                 w_y[i], w_sum, s_row[i], eps, z, divisor)
             smoothed_grad_divided(&xt[i], BLOCK_ROWS, n, terms, w, divisor)
             p_scale[i] = 1.0
@@ -653,29 +651,27 @@ cdef double sum_in_order(const double *values, Py_ssize_t count) noexcept nogil:
     return total + compensation if isfinite(total) else total
 
 
+cdef inline bint bad_class(int64_t y, Py_ssize_t n, int64_t ignore_index) noexcept nogil:
+    """A class out of [0, n) that is not ignore_index (the unsigned compare covers y < 0)."""
+    return (y != ignore_index) & (<uint64_t>y >= <uint64_t>n)
+
+
 cdef double kept_row_count(Rows target, Py_ssize_t n_rows, Py_ssize_t n, int64_t ignore_index,
                            Py_ssize_t *invalid_row) noexcept nogil:
     """row_weight_total without weights: the number of rows whose class is not
     ignore_index, an integer (exact in double up to 2^53 rows), counted in a loop without
-    branches; a second pass finds the first invalid class only when there is one."""
+    branches (vectorised); a second pass finds the first invalid class only when there
+    is one."""
     cdef Py_ssize_t r, kept = 0, invalid = 0
     cdef int64_t y
-    cdef const int64_t *labels = <const int64_t *>target.base
-    if target.n_b == 1 and target.stride_a == sizeof(int64_t):  # contiguous: vectorised
-        for r in range(n_rows):
-            y = labels[r]
-            kept += y != ignore_index
-            invalid += (y != ignore_index) & (<uint64_t>y >= <uint64_t>n)
-    else:
-        for r in range(n_rows):
-            y = (<const int64_t *>row_at(target, r))[0]
-            kept += y != ignore_index
-            invalid += (y != ignore_index) & (<uint64_t>y >= <uint64_t>n)
+    for r in range(n_rows):
+        y = (<const int64_t *>row_at(target, r))[0]
+        kept += y != ignore_index
+        invalid += bad_class(y, n, ignore_index)
     if invalid == 0:
         return <double>kept
     for r in range(n_rows):
-        y = (<const int64_t *>row_at(target, r))[0]
-        if y != ignore_index and <uint64_t>y >= <uint64_t>n:
+        if bad_class((<const int64_t *>row_at(target, r))[0], n, ignore_index):
             invalid_row[0] = r
             break
     return NAN
