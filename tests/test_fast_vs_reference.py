@@ -162,7 +162,7 @@ def _general_path_refused(*args, **kwargs):
 @pytest.mark.parametrize("n_rows,n_classes", [(1, 1), (70, 10), (5, 1000)])
 def test_common_case_shortcut_gives_the_general_paths_bits(monkeypatch, dtype, reduction, n_rows, n_classes):
     """(N, C) C-contiguous logits, int64 labels, no options, no `out` or a plain one (or
-    the logits, in place): answered without the general validation (check_loss_args is
+    the logits, in place): answered without the general validation (check_cross_entropy_call is
     never called), with the very bits of the general path (taken here for an axis given
     as a NumPy integer)."""
     rng = np.random.default_rng(n_rows * n_classes)
@@ -170,7 +170,7 @@ def test_common_case_shortcut_gives_the_general_paths_bits(monkeypatch, dtype, r
     t = rng.integers(0, n_classes, n_rows)
     general_loss, general_grad = sml.cross_entropy_with_grad(x, t, reduction=reduction, axis=np.int64(1))
     general_loss_only = sml.cross_entropy(x, t, reduction=reduction, axis=np.int64(1))
-    monkeypatch.setattr("softmaxloss._facade.check_loss_args", _general_path_refused)
+    monkeypatch.setattr("softmaxloss._facade.check_cross_entropy_call", _general_path_refused)
     out = np.empty_like(x)
     in_place = x.copy()
     results = [

@@ -26,12 +26,12 @@ from ._validation import (
     Dtypes,
     LossArgs,
     as_real_array,
+    check_cross_entropy_call,
     check_gradient_hessian_args,
+    check_gradient_hessian_out,
     check_in_place,
     check_index_target,
-    check_loss_args,
     check_n_threads,
-    check_no_overlap,
     check_out,
     normalize_axis,
 )
@@ -211,7 +211,7 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
         buffer, grad_rows = layout.output(out, args.dtypes.compute)
     x_rows = layout.readable(x, args.dtypes.compute)
     if x_rows is None:
-        if out is not None and not args.probabilities:
+        if out is not None and not args.probabilities and not args.values_checked:
             # The logits are about to be copied into `out`, before the kernel checks
             # the classes: refuse bad ones first, so that `out` is left as it was.
             check_index_target(args.target, args.n_classes, args.ignore_index)
@@ -229,7 +229,7 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
         )
     else:
         totals = _dispatch.specialised("cross_entropy_index", args.dtypes.compute)(
-            x_rows, layout.rows(args.target), weight, sample_weight, args.ignore_index,
+            x_rows, layout.rows(args.target), weight, sample_weight, args.target_ignore_index,
             args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
         )
         if totals is None:  # a class out of range: nothing was written; say which
@@ -269,10 +269,10 @@ def cross_entropy(
                           label_smoothing, z_loss, n_threads, with_grad=False)
     if common is not None:
         return common[0]
-    args = check_loss_args(
+    args = check_cross_entropy_call(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, check_range=False,
+        z_loss=z_loss, n_threads=n_threads, check_range=False,
     )
     loss, _ = _cross_entropy(args, _threads(n_threads), None, with_grad=False)
     return loss
@@ -303,18 +303,12 @@ def cross_entropy_with_grad(
                           label_smoothing, z_loss, n_threads, with_grad=True, out=out)
     if common is not None and common[1] is not None:
         return common[0], common[1]
-    args = check_loss_args(
+    args = check_cross_entropy_call(
         logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
         ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, check_range=False,
+        z_loss=z_loss, n_threads=n_threads, out=out, check_range=False,
     )
-    threads = _threads(n_threads)
-    if out is not None:
-        check_out(out, args.logits.shape, args.dtypes.result, args.axis)
-        check_in_place(out, args.logits)
-        check_no_overlap(out, "out", target=np.asarray(target), weight=args.weight,
-                         sample_weight=args.sample_weight)
-    loss, grad = _cross_entropy(args, threads, out, with_grad=True)
+    loss, grad = _cross_entropy(args, _threads(n_threads), out, with_grad=True)
     assert grad is not None
     return loss, grad
 
@@ -336,17 +330,7 @@ def gradient_hessian(
     """
     x, dtypes, labels_checked, sample_weights = check_gradient_hessian_args(logits, labels, sample_weight)
     threads = _threads(n_threads)
-    grad_out = hess_out = None
-    if out is not None:
-        if not isinstance(out, tuple) or len(out) != 2:
-            raise TypeError("out must be None or a tuple (grad_out, hess_out)")
-        grad_out, hess_out = out
-        check_out(grad_out, x.shape, dtypes.result, 1, "out[0]")
-        check_out(hess_out, x.shape, dtypes.result, 1, "out[1]")
-        check_in_place(grad_out, x, "out[0]")
-        check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
-        for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
-            check_no_overlap(array, name, labels=np.asarray(labels), sample_weight=sample_weights)
+    grad_out, hess_out = check_gradient_hessian_out(out, x, dtypes, labels, sample_weights)
     layout = RowsLayout.of(x if grad_out is None else grad_out, 1)
     grad_buffer, grad_rows = layout.output(grad_out, dtypes.compute, "out[0]")
     hess_buffer, hess_rows = layout.output(hess_out, dtypes.compute, "out[1]")

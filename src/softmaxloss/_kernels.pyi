@@ -125,3 +125,6 @@ def build_info() -> _BuildInfo:
     """How this module was compiled: {"isa": instruction set, "compiler": compiler and
     version, "openmp": whether OpenMP was compiled in (the compiler defined _OPENMP),
     "max_threads": OpenMP's default thread count (1 without OpenMP)}."""
+
+def runs_single_threaded_after_fork() -> bool:
+    """Whether this process is a forked child, in which every kernel runs on one thread."""

@@ -29,6 +29,8 @@ An OUT array may be the same memory as the logits (in place): each row kernel re
 everything it needs from a logit before it writes the gradient over it.
 """
 
+import os as _os
+
 from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, NAN, fabs, isfinite
 from libc.stdint cimport int64_t, uint64_t
@@ -189,8 +191,12 @@ cdef struct IndexRowTerms:
     double loss           # loss_n
     double p_scale        # grad_c = p_scale * e_c - smooth_scale * w_c   (c != y)
     double smooth_scale   # s (eps/n) / W
-    double smooth_numerator  # s (eps/n): for the rows whose smooth_scale overflows
     double label_grad     # grad_y
+    # The factors of p_scale and smooth_scale, for the rows where those overflow:
+    double s              # the sample weight
+    double p_coef         # (1-eps) w_y + (eps/n) w_sum + 2 z lse
+    double inv_total      # 1 / S
+    double smooth         # eps / n
 
 
 cdef inline IndexRowTerms index_row_terms(
@@ -243,13 +249,16 @@ cdef inline IndexRowTerms index_row_terms(
     # tiny W (whose 1/W would overflow) still gives a finite gradient.
     terms.loss = s * loss
     terms.p_scale = (s * p_coef * inv_total) / divisor
-    terms.smooth_numerator = s * smooth
-    terms.smooth_scale = terms.smooth_numerator / divisor
+    terms.smooth_scale = (s * smooth) / divisor
     terms.label_grad = (s * label_grad) / divisor
+    terms.s = s
+    terms.p_coef = p_coef
+    terms.inv_total = inv_total
+    terms.smooth = smooth
     return terms
 
 
-cdef inline void smoothed_grad_divided(
+cdef inline void grad_divided(
     floating *g,               # IN e_c, OUT grad_c, element c at g[c * step]
     Py_ssize_t step,
     Py_ssize_t n,
@@ -257,13 +266,18 @@ cdef inline void smoothed_grad_divided(
     const double *w,           # IN  (n,) class weights, or NULL for all ones
     double divisor,
 ) noexcept nogil:
-    """grad_c = p_scale e_c - (s (eps/n) w_c) / W, each term divided by W: for a row
-    whose s (eps/n) / W overflows (W tiny) while every gradient entry is finite. The
-    label's entry is left to the caller."""
+    """grad_c = s (p_coef p_c - (eps/n) w_c) / W, p_c = e_c / S, grouped as the formula
+    (and the reference) and divided last: for a row whose p_scale or smooth_scale
+    overflows (a tiny W, whose 1/W overflows; huge weights or z lse), where e_c = 0
+    would give 0 * inf = NaN. Each entry is then what the formula gives: 0 where p_c
+    and eps are 0, +-inf only where the entry itself overflows. The label's entry is
+    left to the caller."""
     cdef Py_ssize_t c
+    cdef double smooth_term
     for c in range(n):
-        g[c * step] = <floating>(terms.p_scale * <double>g[c * step]
-                                 - (terms.smooth_numerator * (w[c] if w != NULL else 1.0)) / divisor)
+        smooth_term = terms.smooth * (w[c] if w != NULL else 1.0)
+        g[c * step] = <floating>((terms.s * (terms.p_coef * (<double>g[c * step] * terms.inv_total)
+                                             - smooth_term)) / divisor)
 
 
 cdef inline double row_loss_grad_index(
@@ -294,11 +308,13 @@ cdef inline double row_loss_grad_index(
     cdef floating p_scale = <floating>terms.p_scale
     cdef floating smooth_scale = <floating>terms.smooth_scale
     cdef Py_ssize_t c
-    if eps == 0.0:
+    if not (isfinite(p_scale) and isfinite(smooth_scale)):
+        # In the logits' precision, as the loops below compute: a float32 scale may
+        # overflow where its double does not (inf - inf would then be NaN, not +-inf).
+        grad_divided(g, 1, n, terms, w, divisor)
+    elif eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
-    elif not isfinite(terms.smooth_scale):
-        smoothed_grad_divided(g, 1, n, terms, w, divisor)
     elif w == NULL:
         for c in range(n):
             g[c] = g[c] * p_scale - smooth_scale
@@ -443,12 +459,12 @@ cdef inline void block_loss_grad_index(
             smooth_scale[i] = 0.0
             continue
         row_loss[first + i] = loss[i]
-        if g.base != NULL and eps != 0.0 and not isfinite(smooth_scale[i]):
-            # Its gradient now, by the division per term; the store below keeps it.
+        if g.base != NULL and not (isfinite(p_scale[i]) and isfinite(smooth_scale[i])):
+            # Its gradient now, divided last (see grad_divided); the store below keeps it.
             terms = index_row_terms(
                 m[i], x_y[i], gap[i], total[i], excess[i], log_total[i], e_y[i], n,
                 w_y[i], w_sum, s_row[i], eps, z, divisor)
-            smoothed_grad_divided(&xt[i], BLOCK_ROWS, n, terms, w, divisor)
+            grad_divided(&xt[i], BLOCK_ROWS, n, terms, w, divisor)
             p_scale[i] = 1.0
             smooth_scale[i] = 0.0
     if g.base == NULL:
@@ -518,13 +534,18 @@ cdef inline double row_loss_grad_probs(
     if g == NULL:
         return s * loss
 
-    # Times s, then divided by W, as in index_row_terms.
+    # Times s, then divided by W, as in index_row_terms; where that overflows, grouped
+    # as the formula and divided last (as in grad_divided): e_c = 0 gives 0, not 0 * inf.
     cdef double p_scale = (s * p_coef / total) / divisor
+    cdef bint divide_last = not isfinite(p_scale)
     for c in range(n):
         wy = smoothed_target(t[c * t_step], eps, smooth)
         if w != NULL:
             wy = wy * w[c]
-        g[c] = <floating>(<double>g[c] * p_scale - (s * wy) / divisor)
+        if divide_last:
+            g[c] = <floating>((s * (p_coef * (<double>g[c] / total) - wy)) / divisor)
+        else:
+            g[c] = <floating>(<double>g[c] * p_scale - (s * wy) / divisor)
     return s * loss
 
 
@@ -559,8 +580,33 @@ cdef inline void row_grad_hess(
 
 # ---- layer 3: array loops over rows views -------------------------------------------
 
+# OpenMP runtimes are not fork-safe (libgomp's worker threads are not copied into a
+# forked child, and its next parallel region waits for them forever; PyTorch's CPU ops
+# hang alike). A forked child therefore runs every kernel on its own thread only, which
+# never starts a parallel team: correct results, never a hang, whatever n_threads.
+cdef bint in_forked_child = False
+
+
+def _mark_forked_child():
+    """os.register_at_fork's after_in_child hook: from now on, one thread."""
+    global in_forked_child
+    in_forked_child = True
+
+
+if hasattr(_os, "register_at_fork"):  # POSIX; Windows has no fork
+    _os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+def runs_single_threaded_after_fork():
+    """Whether this process is a forked child, in which every kernel runs on one thread."""
+    return bool(in_forked_child)
+
+
 cdef inline int thread_count(int n_threads, Py_ssize_t n_rows, Py_ssize_t n_classes) noexcept nogil:
-    """Threads to use: n_threads (0: OpenMP's default), fewer for small inputs."""
+    """Threads to use: n_threads (0: OpenMP's default), fewer for small inputs, one in
+    a forked child (see in_forked_child)."""
+    if in_forked_child:
+        return 1
     cdef int requested = n_threads if n_threads > 0 else sml_max_threads()
     cdef Py_ssize_t useful = (n_rows * n_classes) // MIN_ELEMENTS_PER_THREAD
     if useful > n_rows:

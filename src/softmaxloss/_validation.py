@@ -182,8 +182,13 @@ class LossArgs:
     """The validated arguments of a cross-entropy call, as both implementations need them.
 
     `target` holds int64 class indices (`probabilities` False, shape `row_shape`) or
-    float64 probabilities (`probabilities` True, the logits' shape). `weight` is None
-    or float64 of shape (C,); `sample_weight` None or float64 of shape `row_shape`.
+    float64 probabilities (`probabilities` True, the logits' shape). `target_ignore_index`
+    is the int64 value that marks the ignored rows among those indices (`ignore_index`
+    itself, or its wrapped value for a uint64 target; a value no index can equal when no
+    target can equal `ignore_index`). `values_checked` says whether every index has been
+    checked to be in range or ignored (else the kernel checks them before it writes and
+    the caller reports the first bad one with `check_index_target`). `weight` is None or
+    float64 of shape (C,); `sample_weight` None or float64 of shape `row_shape`.
     """
 
     logits: np.ndarray
@@ -196,6 +201,8 @@ class LossArgs:
     weight: np.ndarray | None
     sample_weight: np.ndarray | None
     ignore_index: int
+    target_ignore_index: int
+    values_checked: bool
     reduction: str
     label_smoothing: float
     z_loss: float
@@ -208,10 +215,12 @@ def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
 def check_index_target(
     target: np.ndarray, n_classes: int, ignore_index: int | None, name: str = "target"
 ) -> np.ndarray:
-    """int64 class indices; ValueError naming the first out-of-range value and position."""
+    """int64 class indices; ValueError naming the first out-of-range value and position.
+
+    Values are compared in the target's own dtype with the exact `ignore_index` (a huge
+    uint64 must not wrap into range; an ignore_index no value can hold matches none)."""
     if target.size == 0 or (target.min() >= 0 and target.max() < n_classes):
         return target.astype(np.int64, copy=False)  # the common case, in two reductions
-    # Compare in the target's own dtype: a huge uint64 must not wrap into range.
     bad = ~((target >= 0) & (target < n_classes))
     if ignore_index is not None:
         bad &= target != ignore_index
@@ -225,8 +234,27 @@ def check_index_target(
             f"{name} value {target[position]} at position {position} is out of range "
             f"for {n_classes} classes: expected {allowed}"
         )
-    # Every value is now in [0, n_classes) or equal to ignore_index: int64 holds them.
+    # Every value is now in [0, n_classes) or equal to ignore_index; int64 holds the
+    # former, and a uint64 ignore_index past int64 wraps to `target_ignore_index`'s value.
     return target.astype(np.int64, copy=False)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# What the kernels compare int64 indices with when no row can be ignored: negative, so
+# that no index in range equals it (and then every index has been checked in range).
+_NO_IGNORED_ROW = -1
+
+
+def _target_ignore_index(ignore_index: int, target_dtype: np.dtype[Any]) -> int | None:
+    """The int64 value that marks the rows whose target equals `ignore_index` once the
+    target is converted to int64, or None when no int64 value does: `ignore_index` outside
+    the int64 range can only be held by a uint64 target (2**63 <= ignore_index < 2**64,
+    which wraps to ignore_index - 2**64), and otherwise ignores nothing."""
+    if _INT64_MIN <= ignore_index <= _INT64_MAX:
+        return ignore_index
+    if target_dtype == np.uint64 and 0 <= ignore_index < 2**64:
+        return ignore_index - 2**64
+    return None
 
 
 def _check_weight(weight: Any, n_classes: int) -> np.ndarray | None:
@@ -252,24 +280,12 @@ def _check_sample_weight(sample_weight: Any, row_shape: tuple[int, ...]) -> np.n
     return array.astype(np.float64, copy=False)
 
 
-def check_loss_args(
-    logits: Any,
-    target: Any,
-    *,
-    axis: Any = -1,
-    weight: Any = None,
-    sample_weight: Any = None,
-    ignore_index: Any = DEFAULT_IGNORE_INDEX,
-    reduction: Any = "mean",
-    label_smoothing: Any = 0.0,
-    z_loss: Any = 0.0,
-    check_range: bool = True,
+def _check_loss_options(
+    logits: Any, target: Any, axis: Any, weight: Any, sample_weight: Any, ignore_index: Any,
+    reduction: Any, label_smoothing: Any, z_loss: Any,
 ) -> LossArgs:
-    """Validate every argument of `cross_entropy`; raise before any work is done.
-
-    check_range=False leaves the range of signed integer class indices to the caller
-    (the kernel checks them in its first pass over the targets, before writing
-    anything, and the caller then calls `check_index_target` for the message)."""
+    """Every argument of a cross-entropy call but the values of its class indices: the
+    returned `target` is the caller's array as given (unconverted, unchecked)."""
     x, dtypes = as_real_array(logits, "logits")
     if x.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis); got a scalar")
@@ -295,10 +311,6 @@ def check_loss_args(
                 f"target of class indices has shape {t.shape}; logits of shape {x.shape} "
                 f"with class axis {axis} need shape {row_shape}"
             )
-        if check_range or t.dtype.kind == "u":  # a huge uint64 must be checked unwrapped
-            checked_target = check_index_target(t, n_classes, ignore_index)
-        else:
-            checked_target = t.astype(np.int64, copy=False)
         probabilities = False
     elif t.dtype.kind == "f":
         if t.shape != x.shape:
@@ -311,28 +323,110 @@ def check_loss_args(
                 "ignore_index applies to class-index targets only; got probability "
                 f"targets (dtype {t.dtype}) with ignore_index={ignore_index}"
             )
-        checked_target = t.astype(np.float64, copy=False)
         probabilities = True
     else:
         raise TypeError(
             "target must hold integer class indices or float probabilities; "
             f"got dtype {t.dtype}"
         )
+    target_ignore_index = _target_ignore_index(ignore_index, t.dtype)
     return LossArgs(
         logits=x,
         dtypes=dtypes,
         axis=axis,
         n_classes=n_classes,
         row_shape=row_shape,
-        target=checked_target,
+        target=t,
         probabilities=probabilities,
         weight=_check_weight(weight, n_classes),
         sample_weight=_check_sample_weight(sample_weight, row_shape),
         ignore_index=ignore_index,
+        target_ignore_index=_NO_IGNORED_ROW if target_ignore_index is None else target_ignore_index,
+        values_checked=False,
         reduction=reduction,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
     )
+
+
+def _check_target_values(args: LossArgs, check_range: bool) -> None:
+    """Convert `args.target` for the kernels (int64 indices, float64 probabilities),
+    checking the indices' range first when asked, and always where int64 would not
+    compare them exactly (unsigned targets, an ignore_index outside int64)."""
+    t = args.target
+    if args.probabilities:
+        args.target = t.astype(np.float64, copy=False)
+        return
+    exact_in_int64 = t.dtype.kind == "i" and _INT64_MIN <= args.ignore_index <= _INT64_MAX
+    if check_range or not exact_in_int64:
+        args.target = check_index_target(t, args.n_classes, args.ignore_index)
+        args.values_checked = True
+    else:
+        args.target = t.astype(np.int64, copy=False)
+
+
+def check_loss_args(
+    logits: Any,
+    target: Any,
+    *,
+    axis: Any = -1,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    reduction: Any = "mean",
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+    check_range: bool = True,
+) -> LossArgs:
+    """Validate every argument of `cross_entropy`; raise before any work is done.
+
+    check_range=False leaves the range of signed integer class indices to the caller
+    (the kernel checks them in its first pass over the targets, before writing
+    anything, and the caller then calls `check_index_target` for the message)."""
+    args = _check_loss_options(logits, target, axis, weight, sample_weight, ignore_index,
+                               reduction, label_smoothing, z_loss)
+    _check_target_values(args, check_range)
+    return args
+
+
+def check_cross_entropy_call(
+    logits: Any, target: Any, *, axis: Any, weight: Any, sample_weight: Any, ignore_index: Any,
+    reduction: Any, label_smoothing: Any, z_loss: Any, n_threads: Any, out: Any = None,
+    check_range: bool = True,
+) -> LossArgs:
+    """All the checks of a `cross_entropy` / `cross_entropy_with_grad` call, in the one
+    order both implementations raise them: the arguments, `n_threads`, `out`, and last
+    the values of the class indices (check_range=False: signed indices are left to the
+    kernel, which checks them before writing anything, so the first error is the same)."""
+    args = _check_loss_options(logits, target, axis, weight, sample_weight, ignore_index,
+                               reduction, label_smoothing, z_loss)
+    check_n_threads(n_threads)
+    if out is not None:
+        check_out(out, args.logits.shape, args.dtypes.result, args.axis)
+        check_in_place(out, args.logits)
+        check_no_overlap(out, "out", target=args.target, weight=args.weight,
+                         sample_weight=args.sample_weight)
+    _check_target_values(args, check_range)
+    return args
+
+
+def check_gradient_hessian_out(
+    out: Any, x: np.ndarray, dtypes: Dtypes, labels: Any, sample_weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+    """`gradient_hessian`'s `out`: None, or a pair of arrays it can write, neither sharing
+    memory with an input or the other (the first may be the logits: in place)."""
+    if out is None:
+        return None, None
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError("out must be None or a tuple (grad_out, hess_out)")
+    grad_out, hess_out = out
+    check_out(grad_out, x.shape, dtypes.result, 1, "out[0]")
+    check_out(hess_out, x.shape, dtypes.result, 1, "out[1]")
+    check_in_place(grad_out, x, "out[0]")
+    check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
+    for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
+        check_no_overlap(array, name, labels=np.asarray(labels), sample_weight=sample_weight)
+    return grad_out, hess_out
 
 
 def check_gradient_hessian_args(

@@ -40,12 +40,14 @@ class SoftmaxWithLoss:
         self.n_threads = n_threads
         self.loss: Any = None
         self.grad: np.ndarray | None = None
+        self._target: np.ndarray | None = None
 
     def forward(self, x: Any, t: Any, sample_weight: Any = None) -> Any:
         """The loss of logits `x` against targets `t`; keeps d(loss)/dx for backward."""
         self.loss, self.grad = cross_entropy_with_grad(
             x, t, sample_weight=sample_weight, n_threads=self.n_threads, **self.options
         )
+        self._target = np.asarray(t)
         return self.loss
 
     __call__ = forward
@@ -65,5 +67,11 @@ class SoftmaxWithLoss:
             scale = np.expand_dims(scale, self.options["axis"])
         elif scale.ndim:
             raise ValueError(f"dout must be a scalar for reduction={self.options['reduction']!r}")
-        dx: np.ndarray = np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")
+        with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf, as the dout says
+            dx: np.ndarray = np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")
+        target = self._target
+        if target is not None and target.dtype.kind in "iu" and not np.all(np.isfinite(scale)):
+            # Ignored rows' gradient is 0 whatever dout, as PyTorch's: 0 * NaN is not.
+            ignored = np.expand_dims(target == self.options["ignore_index"], self.options["axis"])
+            np.copyto(dx, 0, where=ignored)
         return dx

@@ -34,11 +34,11 @@ from ._validation import (
     Dtypes,
     LossArgs,
     as_real_array,
+    check_cross_entropy_call,
     check_gradient_hessian_args,
+    check_gradient_hessian_out,
     check_in_place,
-    check_loss_args,
     check_n_threads,
-    check_no_overlap,
     check_out,
     normalize_axis,
 )
@@ -263,7 +263,7 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
             grads = _probability_target_grads(_softmax(x), lse, yp, w, s, z)
         normaliser = np.float64(kept.size) if args.sample_weight is None else np.sum(s)
     else:
-        kept = args.target != args.ignore_index
+        kept = args.target != args.target_ignore_index  # int64 targets: ignore_index as int64
         y = np.where(kept, args.target, 0)  # ignored rows get class 0, then are dropped
         losses = np.where(kept, _index_target_losses(log_p, lse, y, w, s, eps, z), 0.0)
         if with_grad:
@@ -387,18 +387,11 @@ def cross_entropy(
     Returns a result-dtype scalar for "mean"/"sum", the per-row losses (shape of the rows,
     0 for ignored rows) for "none".
     """
-    args = check_loss_args(
-        logits,
-        target,
-        axis=axis,
-        weight=weight,
-        sample_weight=sample_weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
+    args = check_cross_entropy_call(
+        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss, n_threads=n_threads,
     )
-    check_n_threads(n_threads)
     with _quiet():
         loss, _ = _cross_entropy(args, with_grad=False)
     return _as_result(loss, args.dtypes)
@@ -426,28 +419,11 @@ def cross_entropy_with_grad(
     + 2 z lse_n p_n). "mean" divides by the same normaliser as the loss. `out` (logits' shape,
     result dtype; may be the logits array itself, for an in-place update) receives grad.
     """
-    args = check_loss_args(
-        logits,
-        target,
-        axis=axis,
-        weight=weight,
-        sample_weight=sample_weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
+    args = check_cross_entropy_call(
+        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        z_loss=z_loss, n_threads=n_threads, out=out,
     )
-    check_n_threads(n_threads)
-    if out is not None:
-        check_out(out, args.logits.shape, args.dtypes.result, args.axis)
-        check_in_place(out, args.logits)
-        check_no_overlap(
-            out,
-            "out",
-            target=np.asarray(target),
-            weight=args.weight,
-            sample_weight=args.sample_weight,
-        )
     with _quiet():
         loss, grad = _cross_entropy(args, with_grad=True)
     assert grad is not None
@@ -473,16 +449,7 @@ def gradient_hessian(
     """
     x, dtypes, y, s = check_gradient_hessian_args(logits, labels, sample_weight)
     check_n_threads(n_threads)
-    if out is not None:
-        if not isinstance(out, tuple) or len(out) != 2:
-            raise TypeError("out must be None or a tuple (grad_out, hess_out)")
-        grad_out, hess_out = out
-        check_out(grad_out, x.shape, dtypes.result, 1, "out[0]")
-        check_out(hess_out, x.shape, dtypes.result, 1, "out[1]")
-        check_in_place(grad_out, x, "out[0]")
-        check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
-        for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
-            check_no_overlap(array, name, labels=np.asarray(labels), sample_weight=s)
+    check_gradient_hessian_out(out, x, dtypes, labels, s)
     with _quiet():
         p = _softmax(_float64_rows(x, 1))
         rows = _float64_rows(x, 1)
