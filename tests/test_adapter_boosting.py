@@ -76,6 +76,39 @@ def test_objectives_gradient_and_hessian(rng, weighted):
             np.testing.assert_allclose(hess, np.maximum(factor * expected_h, 1e-16), rtol=2e-6, atol=1e-7)
 
 
+# Rows with non-finite raw scores (column 3 of a row, or all of it), as gradient_hessian
+# treats them: NaN or +inf anywhere, or -inf everywhere, gives NaN probabilities (so
+# NaN in both built-ins' formulas too); -inf beside finite scores is probability 0.
+NON_FINITE_ROWS = {"nan": ([3], np.nan), "+inf": ([3], np.inf), "all -inf": (slice(None), -np.inf)}
+
+
+def test_objectives_on_non_finite_raw_scores():
+    """The gradient pairs of the built-ins' formulas (XGBoost's multiclass_obj.cu,
+    LightGBM's multiclass_objective.hpp): a NaN-probability row gets NaN gradients in
+    every class; XGBoost's hessian is then its 1e-16 floor (fmaxf drops the NaN),
+    LightGBM's stays NaN. -inf beside finite scores gives p = 0 there: gradient 0 and
+    hessian 0 (XGBoost: the floor). Other rows are unaffected."""
+    k = 4
+    scores = np.zeros((5, k))
+    for row, (cols, value) in enumerate(NON_FINITE_ROWS.values()):
+        scores[row, cols] = value
+    scores[3, 1] = -np.inf  # beside finite scores
+    labels = np.array([0.0, 3.0, 1.0, 2.0, 0.0], np.float32)
+    expected_g, expected_h = ref.gradient_hessian(scores[3:], labels[3:].astype(int))
+
+    for objective, dtype, floor in [(xgboost_multiclass, np.float32, 1e-16), (lightgbm_multiclass, np.float64, None)]:
+        grad, hess = objective(scores.astype(dtype), FakeDataset(labels, None))
+        assert np.isnan(grad[:3]).all()
+        if floor is None:
+            assert np.isnan(hess[:3]).all()
+        else:
+            np.testing.assert_array_equal(hess[:3], np.float32(floor))
+        assert grad[3, 1] == 0 and hess[3, 1] == (floor or 0)
+        factor = objective.default_factor(k)
+        np.testing.assert_allclose(grad[3:], expected_g, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(hess[3:], np.maximum(factor * expected_h, floor or 0), rtol=2e-6, atol=1e-7)
+
+
 def test_objective_errors():
     with pytest.raises(ValueError, match=r"shape \(n_samples, n_classes\).*passed shape \(5,\).*num_class"):
         lightgbm_multiclass(np.zeros(5), FakeDataset(np.zeros(5), None))
@@ -143,6 +176,36 @@ def test_lgbm_classifier_with_the_objective_matches_the_builtin(digits):
     np.testing.assert_array_equal(restored.predict(x_test, raw_score=True), scores[0][1])
 
 
+@pytest.mark.parametrize("case", NON_FINITE_ROWS)
+def test_lightgbm_non_finite_init_score_in_one_row_gives_the_builtin_model(digits, case):
+    """An init_score row with NaN or +inf in a class, or -inf in all: LightGBM's
+    Dataset stores NaN as 0 and +-inf as +-1e300 (Common::AvoidInf) before either
+    objective sees the scores, so both get finite scores and grow the same finite
+    model, from lgb.train and from LGBMClassifier."""
+    lgb = pytest.importorskip("lightgbm")
+    x_train, x_test, y_train, _ = digits
+    cols, value = NON_FINITE_ROWS[case]
+    init_score = np.zeros((len(y_train), 10))
+    init_score[0, cols] = value
+    dataset = lgb.Dataset(x_train, y_train, init_score=init_score).construct()
+    stored = np.asarray(dataset.get_init_score()).reshape(len(y_train), 10, order="F")
+    np.testing.assert_array_equal(stored[0], np.nan_to_num(init_score[0], nan=0.0, posinf=1e300, neginf=-1e300))
+
+    params = dict(LGB_PARAMS, num_class=10, num_threads=1)
+    raw = [lgb.train(dict(params, **objective), lgb.Dataset(x_train, y_train, init_score=init_score),
+                     ROUNDS).predict(x_test, raw_score=True)
+           for objective in ({"objective": "multiclass", "boost_from_average": False},
+                             {"objective": lightgbm_multiclass})]
+    common = dict(LGB_PARAMS, n_estimators=ROUNDS, n_jobs=1)
+    raw += [lgb.LGBMClassifier(boost_from_average=False, **common).fit(x_train, y_train, init_score=init_score)
+            .predict(x_test, raw_score=True),
+            lgb.LGBMClassifier(objective=lightgbm_multiclass, **common).fit(x_train, y_train, init_score=init_score)
+            .predict(x_test, raw_score=True)]
+    assert np.isfinite(raw[0]).all()
+    for custom in raw[1:]:
+        np.testing.assert_allclose(custom, raw[0], rtol=0, atol=1e-6)
+
+
 XGB_PARAMS = dict(num_class=10, max_depth=4, eta=0.3, nthread=1, tree_method="hist", seed=0)
 
 
@@ -186,3 +249,30 @@ def test_xgboost_with_the_objective_matches_the_builtin(digits):
     raw = classifier.predict(x_train, output_margin=True), classifier.predict(x_test, output_margin=True)
     assert_as_good(raw, builtin, y_train, y_test)
     np.testing.assert_array_equal(classifier.predict(x_test), probabilities.argmax(axis=1))
+
+
+@pytest.mark.parametrize("case", NON_FINITE_ROWS)
+def test_xgboost_non_finite_margin_in_one_row_gives_the_builtin_model(digits, case):
+    """A base_margin row with NaN or +inf in a class, or -inf in all: multi:softprob
+    gives the row NaN gradients with its 1e-16 hessian floor, and XGBoost's split
+    finder reads a NaN gradient sum as 0 (ThresholdL1), so the leaves holding the row
+    get weight 0 and the model stays finite (a NaN hessian would make them NaN). The
+    objective returns the same pairs, so from xgb.train and from XGBClassifier the
+    model is the built-in's: finite, margins equal to float32 rounding."""
+    xgb = pytest.importorskip("xgboost")
+    x_train, x_test, y_train, _ = digits
+    cols, value = NON_FINITE_ROWS[case]
+    margin = np.zeros((len(y_train), 10), np.float32)
+    margin[0, cols] = value
+    dtrain, dtest = xgb.DMatrix(x_train, label=y_train, base_margin=margin), xgb.DMatrix(x_test)
+    builtin = xgb.train(dict(XGB_PARAMS, objective="multi:softprob", base_score=0.0), dtrain, ROUNDS)
+    custom = xgb.train(dict(XGB_PARAMS, base_score=0.0, disable_default_eval_metric=True), dtrain, ROUNDS,
+                       obj=xgboost_multiclass)
+    expected = builtin.predict(dtest, output_margin=True)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(custom.predict(dtest, output_margin=True), expected, rtol=0, atol=1e-4)
+
+    common = dict(n_estimators=ROUNDS, max_depth=4, learning_rate=0.3, n_jobs=1, tree_method="hist",
+                  random_state=0, base_score=0.0)
+    classifier = xgb.XGBClassifier(objective=xgboost_multiclass, **common).fit(x_train, y_train, base_margin=margin)
+    np.testing.assert_allclose(classifier.predict(x_test, output_margin=True), expected, rtol=0, atol=1e-4)

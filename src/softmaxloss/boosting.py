@@ -28,6 +28,20 @@ built-in's: K/(K-1) for LightGBM ("multiclass"; Friedman's factor), 2 for XGBoos
 `hessian_factor=1.0` for the plain diagonal of the softmax cross-entropy's hessian
 (smaller factors take larger Newton steps).
 
+Non-finite raw scores get what the built-in objectives give them. A row with NaN or
++inf in any class, or -inf in all, has NaN probabilities, so NaN gradients in every
+class; -inf beside finite scores is an exact probability 0 there.
+- XGBoost: the hessian floor drops NaN (fmax), so such a row's hessians are 1e-16, as
+  multi:softprob's. XGBoost's split finder reads a NaN gradient sum as 0, so the
+  leaves holding the row get weight 0 and the model stays finite, the built-in's
+  model; a NaN hessian would make those leaves, and every prediction, NaN. (The
+  built-in also gives NaN to a finite row whose margins are all below about -104,
+  where its float32 exp underflows; here such a row gets its true gradients.)
+- LightGBM: its Dataset stores an init_score NaN as 0 and +-inf as +-1e300 before any
+  objective sees it, so both objectives get finite scores and grow the same trees.
+  Called directly, the objective returns NaN hessians on such rows, as the built-in's
+  formula does.
+
 Where custom objectives differ from the built-in ones (the libraries', not ours):
 - They start from raw score 0 (uniform probabilities), while the built-in objectives
   start from an estimate of the class priors (LightGBM's `boost_from_average`,
@@ -156,7 +170,8 @@ class XGBoostMulticlass(_Multiclass):
     hessian_factor: None (default) for XGBoost's built-in factor 2 (so the model is the
     one objective="multi:softprob" grows from the same base score), or a number (1.0:
     the plain diagonal hessian p(1-p)). The hessian is floored at 1e-16 as XGBoost's
-    built-in objective does. n_threads: the kernel's threads (None: OpenMP's default).
+    built-in objective does (NaN too: see the module's note on non-finite raw scores).
+    n_threads: the kernel's threads (None: OpenMP's default).
     """
 
     _library = "XGBoost"
@@ -168,7 +183,10 @@ class XGBoostMulticlass(_Multiclass):
         self, raw_scores: Any, labels: Any, sample_weight: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         grad, hess = super().gradient_hessian(raw_scores, labels, sample_weight)
-        np.maximum(hess, _XGBOOST_HESSIAN_FLOOR, out=hess)
+        # fmax, as XGBoost's fmaxf: a NaN hessian becomes the floor (np.maximum would keep
+        # it). XGBoost tolerates the row's NaN gradients (a leaf holding them gets weight
+        # 0) but not a NaN hessian, which makes the leaf weights, and the model, NaN.
+        np.fmax(hess, _XGBOOST_HESSIAN_FLOOR, out=hess)
         return grad, hess
 
     def __call__(self, first: Any, second: Any, sample_weight: Any = None) -> tuple[np.ndarray, np.ndarray]:
