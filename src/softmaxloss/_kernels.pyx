@@ -32,6 +32,7 @@ everything it needs from a logit before it writes the gradient over it.
 import os as _os
 
 from cython.parallel cimport parallel, prange
+from libc.float cimport DBL_MIN
 from libc.math cimport INFINITY, NAN, fabs, isfinite
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -258,6 +259,17 @@ cdef inline IndexRowTerms index_row_terms(
     return terms
 
 
+cdef inline bint divide_last(double p_scale, double smooth_scale, double s, double eps,
+                             const double *w) noexcept nogil:
+    """Whether a row's gradient must be formed as grad_divided does: p_scale or
+    smooth_scale overflowed (a tiny W, whose 1/W overflows; huge weights or z lse),
+    where e_c = 0 would give 0 * inf = NaN; or smooth_scale fell below the normal range
+    (a subnormal s) while class weights, which may be huge, multiply it and would
+    magnify its lost digits."""
+    return (not (isfinite(p_scale) and isfinite(smooth_scale))
+            or (w != NULL and eps != 0.0 and s != 0.0 and fabs(smooth_scale) < DBL_MIN))
+
+
 cdef inline void grad_divided(
     floating *g,               # IN e_c, OUT grad_c, element c at g[c * step]
     Py_ssize_t step,
@@ -308,9 +320,10 @@ cdef inline double row_loss_grad_index(
     cdef floating p_scale = <floating>terms.p_scale
     cdef floating smooth_scale = <floating>terms.smooth_scale
     cdef Py_ssize_t c
-    if not (isfinite(p_scale) and isfinite(smooth_scale)):
-        # In the logits' precision, as the loops below compute: a float32 scale may
-        # overflow where its double does not (inf - inf would then be NaN, not +-inf).
+    if (not (isfinite(p_scale) and isfinite(smooth_scale))
+            or divide_last(terms.p_scale, terms.smooth_scale, s, eps, w)):
+        # Overflow checked in the logits' precision too, as the loops below compute: a
+        # float32 scale may overflow where its double does not (inf - inf = NaN, not inf).
         grad_divided(g, 1, n, terms, w, divisor)
     elif eps == 0.0:
         for c in range(n):
@@ -459,7 +472,7 @@ cdef inline void block_loss_grad_index(
             smooth_scale[i] = 0.0
             continue
         row_loss[first + i] = loss[i]
-        if g.base != NULL and not (isfinite(p_scale[i]) and isfinite(smooth_scale[i])):
+        if g.base != NULL and divide_last(p_scale[i], smooth_scale[i], s_row[i], eps, w):
             # Its gradient now, divided last (see grad_divided); the store below keeps it.
             terms = index_row_terms(
                 m[i], x_y[i], gap[i], total[i], excess[i], log_total[i], e_y[i], n,
