@@ -15,7 +15,13 @@ the tensors' memory, and keeps the gradient it computed alongside the loss; the 
 pass only multiplies that gradient by the incoming `grad_output` (per row, broadcast
 along dim 1, for reduction="none"), and returns it unchanged when `grad_output` is 1, as
 it is for `loss.backward()`. When the input does not require a gradient (evaluation,
-`torch.no_grad()`) only the loss is computed.
+`torch.no_grad()`) only the loss is computed. Ignored rows (class-index targets equal to
+`ignore_index`) get a gradient of exactly 0 whatever the upstream gradient, as in
+PyTorch: when `grad_output` holds a NaN or an infinity (checked only when it is not 1:
+one number for a scalar loss, one per row for "none"), their upstream is taken as 0
+instead of multiplying their saved 0 by it. The other rows get the saved gradient times
+the upstream, NaN where PyTorch gives NaN; for an infinite upstream that product is an
+infinity of the right sign where PyTorch's log_softmax backward forms -inf + inf = NaN.
 
 Choices, where PyTorch has no twin to follow:
 - CPU tensors only: a CUDA (or any non-CPU) tensor is a ValueError; use PyTorch's loss
@@ -30,12 +36,26 @@ Choices, where PyTorch has no twin to follow:
 - Once differentiable: double backward (`create_graph=True` through this loss, e.g. for
   a gradient penalty or Hessian-vector products) is a RuntimeError saying so; use
   `torch.nn.functional.cross_entropy` there.
+- Not supported yet: forward-mode AD and torch.func transforms (grad, vjp, jacrev,
+  jacfwd, jvp, hessian, vmap, functionalize). A dual tensor (one with a
+  `torch.autograd.forward_ad` tangent) or a torch.func-wrapped tensor as input, target,
+  weight or sample_weight is a NotImplementedError (a RuntimeError subclass) naming
+  it, raised before any work, never a dropped tangent or a read of a wrapper's
+  storage; use `torch.nn.functional.cross_entropy` there.
 - `inplace_grad=True` lets the forward pass write the gradient over the logits' own
-  storage (float32/float64 contiguous logits; otherwise it is a no-op), saving an
-  N x C allocation: the logits tensor then holds the gradient, not the logits. Its
-  version counter is bumped, so an autograd node that saved the logits (e.g. a
-  preceding `exp` or `sigmoid`) raises PyTorch's "modified by an inplace operation"
-  error instead of computing garbage; a leaf tensor that requires grad is refused.
+  storage (float32/float64 contiguous logits; otherwise nothing is written), saving an
+  N x C allocation: the logits tensor then holds the gradient. To autograd it is an
+  in-place op, held to PyTorch's rules before any work: a leaf that requires grad (a
+  parameter), any view of one (`w[:]`, `w.view(...)`, views of views) and the views
+  PyTorch never modifies in place (outputs of `split`/`chunk`/`unbind`, views made
+  under `no_grad` or `inference_mode` or by a custom Function) are a RuntimeError
+  quoting PyTorch's rule, whatever the dtype or layout. Logits computed by the model,
+  or views of them, are overwritten and marked dirty as by a PyTorch in-place op: the
+  version counter they share with their base is bumped (a node that saved them, e.g.
+  a preceding `exp`, raises "modified by an inplace operation" at backward) and their
+  history is rebased (a later differentiable use of them is a RuntimeError at
+  backward, not the gradient of the old logits). With grad mode off, or an input that
+  does not require grad, only the loss is computed and nothing is written.
 - `n_threads=None` uses `torch.get_num_threads()` threads (so `torch.set_num_threads`
   governs both libraries); small inputs stay on one thread.
 - Under `torch.compile` the loss is a graph break: it runs eagerly between the compiled
@@ -44,11 +64,13 @@ Choices, where PyTorch has no twin to follow:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
@@ -64,6 +86,74 @@ _DOUBLE_BACKWARD = (
     "(create_graph=True through this loss, for a gradient penalty or Hessian-vector "
     "products) is not supported; use torch.nn.functional.cross_entropy for that"
 )
+
+_OVERWRITTEN = (
+    "these logits were overwritten with the gradient by softmaxloss.torch.cross_entropy("
+    "..., inplace_grad=True), so they cannot be differentiated as the logits any more; "
+    "use them (or the tensor they view) only before that call, or pass inplace_grad=False"
+)
+
+# PyTorch's rules for a view modified in place (autograd's handle_view_on_rebase), by how
+# the view was created; DEFAULT views follow the leaf rules in _check_inplace.
+_VIEW_RULES = {
+    "MULTI_OUTPUT_NODE": "input is a view and is being modified inplace. This view is the "
+    "output of a function that returns multiple views (split, chunk, unbind, ...). Such "
+    "functions do not allow the output views to be modified inplace.",
+    "NO_GRAD_MODE": "input is a view created in no_grad mode and is being modified inplace "
+    "with grad mode enabled. Given that this use case is ambiguous and error-prone, it is "
+    "forbidden: create the view outside no_grad.",
+    "INFERENCE_MODE": "input is a view created in inference mode and is being modified "
+    "inplace in normal mode. Given that this use case is ambiguous and error-prone, it is "
+    "forbidden: create the view outside inference_mode.",
+    "IN_CUSTOM_FUNCTION": "input is a view created inside a custom Function (or because an "
+    "input was returned as-is), and modifying it inplace would override that Function's "
+    "backward. Clone it first.",
+}
+
+
+def _check_inplace(input: torch.Tensor) -> None:
+    """Refuse to write over `input` where PyTorch refuses an in-place op (its
+    check_inplace), before any work: a leaf that requires grad (a parameter), a view of a
+    leaf (its writes reach the leaf), and views PyTorch cannot rebase (_VIEW_RULES).
+    With grad mode off, or an input that needs no gradient, nothing is written."""
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        return
+    rule = None
+    if input._is_view():
+        # private, but what PyTorch's own check reads: how the view was created
+        created = torch._C._autograd._get_creation_meta(input).name
+        if created in _VIEW_RULES:
+            rule = _VIEW_RULES[created]
+        elif input._base.is_leaf:
+            rule = "a view of a leaf Variable that requires grad is being used in an in-place operation."
+    if rule is None and input.is_leaf:
+        rule = "a leaf Variable that requires grad is being used in an in-place operation."
+    if rule is not None:
+        raise RuntimeError(
+            "softmaxloss.torch.cross_entropy(..., inplace_grad=True) would write the gradient "
+            f"over input, which PyTorch refuses for an in-place op: {rule} inplace_grad is "
+            "meant for logits computed by the model; pass inplace_grad=False here"
+        )
+
+
+def _check_untransformed(tensor: Any, name: str) -> None:
+    """Refuse tensors whose values or derivatives a NumPy view would lose: torch.func
+    wrappers (no storage, or under functionalize storage that does not hold the values)
+    and forward-AD dual tensors (the tangent would be dropped)."""
+    if not isinstance(tensor, torch.Tensor):
+        return
+    if torch._C._functorch.is_functorch_wrapped_tensor(tensor) or torch._is_functional_tensor(tensor):
+        raise NotImplementedError(
+            f"{name} is a torch.func tensor (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap or "
+            "functionalize): softmaxloss.torch.cross_entropy under torch.func transforms is "
+            "not supported yet; use torch.nn.functional.cross_entropy there"
+        )
+    if forward_ad.unpack_dual(tensor).tangent is not None:
+        raise NotImplementedError(
+            f"{name} is a dual tensor with a forward-AD tangent: softmaxloss.torch.cross_entropy "
+            "does not support forward-mode AD (torch.autograd.forward_ad) yet and would drop "
+            "the tangent; use torch.nn.functional.cross_entropy there"
+        )
 
 
 def _on_cpu(tensor: torch.Tensor, name: str) -> None:
@@ -143,22 +233,20 @@ class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignor
         ctx: Any,
         input: torch.Tensor,
         x: np.ndarray,
-        target: np.ndarray,
+        target: torch.Tensor,
+        t: np.ndarray,
         options: dict[str, Any],
         inplace: bool,
     ) -> torch.Tensor:
-        out = None
-        if inplace and input.dtype in _NATIVE and input.is_contiguous():
-            out = x  # x is a view of input's storage: the gradient overwrites the logits
-        loss, grad = _np_cross_entropy_with_grad(x, target, out=out, **options)
-        if out is not None:
-            # Autograd cannot see writes made through NumPy: tell it, so that a node
-            # that saved these logits for its own backward fails loudly.
-            torch.autograd.graph.increment_version(input)
+        # inplace: x is a view of input's storage, and the gradient overwrites the logits
+        loss, grad = _np_cross_entropy_with_grad(x, t, out=x if inplace else None, **options)
         grad_tensor = torch.from_numpy(grad)
         if grad_tensor.dtype != input.dtype:
             grad_tensor = grad_tensor.to(input.dtype)
-        ctx.save_for_backward(grad_tensor)
+        # Class indices are kept (not copied: autograd checks their version) for the
+        # rare backward that must find the ignored rows.
+        ctx.save_for_backward(grad_tensor, None if target.dtype.is_floating_point else target)
+        ctx.ignore_index = options["ignore_index"]
         ctx.per_row = options["reduction"] == "none" and input.dim() >= 2
         return torch.from_numpy(np.asarray(loss)).to(input.dtype)
 
@@ -166,15 +254,46 @@ class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignor
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override, unused-ignore]
         if torch.is_grad_enabled():
             raise RuntimeError(_DOUBLE_BACKWARD)
-        (grad,) = ctx.saved_tensors
+        grad, index_target = ctx.saved_tensors
+        none = (None,) * 5
         if ctx.per_row:
-            scaled = grad * grad_output.unsqueeze(1).to(grad.dtype)
-        elif grad_output.dim() == 0 and grad_output.item() == 1.0:
-            # loss.backward(): the saved gradient is the answer; no copy, no pass.
-            scaled = grad
+            finite = bool(torch.isfinite(grad_output).all())
         else:
-            scaled = grad * grad_output.to(grad.dtype)
-        return scaled, None, None, None, None
+            upstream = grad_output.item()
+            if upstream == 1.0:
+                # loss.backward(): the saved gradient is the answer; no copy, no pass.
+                return (grad, *none)
+            finite = math.isfinite(upstream)
+        per_row = ctx.per_row
+        if not finite and index_target is not None:
+            # Ignored rows' saved gradient is 0, and 0 * NaN or 0 * inf is NaN; PyTorch
+            # gives them 0 whatever the upstream, as if theirs were 0: make it so.
+            grad_output = torch.where(index_target == ctx.ignore_index, 0, grad_output)
+            per_row = True
+        if per_row:  # broadcast along the class axis
+            grad_output = grad_output.unsqueeze(1 if grad.dim() >= 2 else 0)
+        return (grad * grad_output.to(grad.dtype), *none)
+
+
+class _Overwritten(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
+    """Tells autograd that the logits were overwritten with the gradient, as a PyTorch
+    in-place op does (mark_dirty): their version counter, shared with their base and
+    its views, is bumped, so a node that saved them (e.g. exp's output) fails loudly at
+    backward; and their history is rebased onto this node, so a later use of them is
+    refused at backward instead of being differentiated as the old logits."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor) -> torch.Tensor:  # type: ignore[override, unused-ignore]
+        ctx.mark_dirty(input)
+        return input
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override, unused-ignore]
+        # A base used elsewhere sends zeros for the overwritten view's part: pass them on
+        # (as zeros, not None, which would drop the rest of the base's gradient too).
+        if grad.any():
+            raise RuntimeError(_OVERWRITTEN)
+        return grad
 
 
 def cross_entropy(
@@ -198,22 +317,24 @@ def cross_entropy(
     `reduction` ("mean", "sum" or "none") and `label_smoothing` as in PyTorch.
     Keyword-only extras: `z_loss` (adds z_loss * logsumexp**2 per row), `sample_weight`
     (one weight per row, the target's row shape), `inplace_grad` (the forward pass may
-    overwrite the logits with the gradient: see the module docstring), `n_threads`
-    (None: torch.get_num_threads()).
+    overwrite the logits with the gradient; a RuntimeError where PyTorch refuses an
+    in-place op on them: see the module docstring), `n_threads` (None:
+    torch.get_num_threads()).
 
     Returns the loss as a tensor of the input's dtype: a scalar, or per-row losses for
-    reduction="none". Differentiable once with respect to `input`.
+    reduction="none". Differentiable once with respect to `input` (reverse mode; forward
+    AD and torch.func transforms are a NotImplementedError, a RuntimeError subclass).
     """
+    arguments = (("input", input), ("target", target), ("weight", weight), ("sample_weight", sample_weight))
+    for name, tensor in arguments:
+        _check_untransformed(tensor, name)
+    if inplace_grad and isinstance(input, torch.Tensor):
+        _check_inplace(input)
     x = _input_numpy(input)
     t = _target_numpy(target)
-    for name, tensor in (("target", target), ("weight", weight), ("sample_weight", sample_weight)):
+    for name, tensor in arguments[1:]:
         if isinstance(tensor, torch.Tensor):
             _constant(tensor, name)
-    if inplace_grad and input.requires_grad and input.is_leaf and torch.is_grad_enabled():
-        raise ValueError(
-            "inplace_grad=True would overwrite a leaf tensor that requires grad (e.g. a "
-            "parameter) with the gradient; it is meant for logits computed by the model"
-        )
     options: dict[str, Any] = dict(
         axis=_class_axis(input),
         weight=_optional_numpy(weight, "weight"),
@@ -225,9 +346,14 @@ def cross_entropy(
         n_threads=torch.get_num_threads() if n_threads is None else n_threads,
     )
     if input.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropy.apply(input, x, t, options, bool(inplace_grad))
-    loss = _np_cross_entropy(x, t, **options)
-    return torch.from_numpy(np.asarray(loss)).to(input.dtype)
+        # In place only where x is input's own memory, as the kernel's output needs it.
+        inplace = bool(inplace_grad) and input.dtype in _NATIVE and input.is_contiguous()
+        loss: torch.Tensor = _CrossEntropy.apply(input, x, target, t, options, inplace)
+        if inplace:
+            _Overwritten.apply(input)
+        return loss
+    value = _np_cross_entropy(x, t, **options)
+    return torch.from_numpy(np.asarray(value)).to(input.dtype)
 
 
 class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
