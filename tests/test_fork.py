@@ -63,12 +63,23 @@ COMMON = textwrap.dedent(
         return n_threads, _dispatch.kernels.runs_single_threaded_after_fork(), results(n_threads)
 
     THREADS = [None, 1, 2, 8]
+
+    def wait_for(pid, seconds=60):
+        """The forked child's exit code, or a message when it has not exited in time."""
+        import time
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(pid, 9)
+        return "the forked child hung"
     """
 )
 
 OS_FORK = COMMON + textwrap.dedent(
     """
-    import time
     expected = results(2)                      # the parent uses its 2 OpenMP threads
     assert not _dispatch.kernels.runs_single_threaded_after_fork()
     pid = os.fork()
@@ -76,14 +87,7 @@ OS_FORK = COMMON + textwrap.dedent(
         ok = _dispatch.kernels.runs_single_threaded_after_fork()
         ok = ok and all(same(results(n), expected) for n in THREADS)
         os._exit(0 if ok else 1)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            sys.exit(os.waitstatus_to_exitcode(status))
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    sys.exit("the forked child hung")
+    sys.exit(wait_for(pid))
     """
 )
 
@@ -106,7 +110,6 @@ POOL = COMMON + textwrap.dedent(
 
 TORCH = COMMON + textwrap.dedent(
     """
-    import time
     import torch
     import softmaxloss.torch as smt
     torch.set_num_threads(2)
@@ -123,14 +126,7 @@ TORCH = COMMON + textwrap.dedent(
     pid = os.fork()
     if pid == 0:
         os._exit(0 if same(torch_results(), expected) else 1)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            sys.exit(os.waitstatus_to_exitcode(status))
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    sys.exit("the forked child hung")
+    sys.exit(wait_for(pid))
     """
 )
 
