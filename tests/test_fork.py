@@ -65,7 +65,7 @@ COMMON = textwrap.dedent(
     THREADS = [None, 1, 2, 8]
 
     def wait_for(pid, seconds=60):
-        """The forked child's exit code, or a message when it has not exited in time."""
+        # The forked child's exit code, or a message when it has not exited in time.
         import time
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
