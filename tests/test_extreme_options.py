@@ -306,3 +306,13 @@ def test_layer_backward_keeps_ignored_rows_zero_whatever_dout(dout, reduction):
     # entry is -inf - p (-inf) = NaN; here it is (p - 1) inf = -inf), the same values.
     defined = ~np.isnan(expected) | np.isnan(dout)
     np.testing.assert_allclose(dx[defined], expected[defined], rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+def test_torch_backward_under_a_nan_upstream_with_an_ignore_index_past_int64():
+    """No row is ignored, so no row is masked: every row's gradient is NaN, as the upstream."""
+    torch = pytest.importorskip("torch")
+    import softmaxloss.torch as smt
+
+    x = torch.from_numpy(X.copy()).requires_grad_()
+    smt.cross_entropy(x, torch.from_numpy(T), ignore_index=2**70).backward(torch.tensor(np.nan, dtype=torch.float64))
+    assert torch.isnan(x.grad).all()

@@ -149,10 +149,10 @@ def _reduced_total(total: float, normaliser: float, reduction: str, dtype: np.dt
 
 def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsLayout, args: LossArgs) -> Any:
     """The returned loss: per-row losses ("none"), else `_reduced_total`."""
-    if args.reduction == "none":
+    if args.options.reduction == "none":
         with np.errstate(over="ignore"):
             return layout.per_row(row_loss).astype(args.dtypes.result)[()]
-    return _reduced_total(total, normaliser, args.reduction, args.dtypes.result)
+    return _reduced_total(total, normaliser, args.options.reduction, args.dtypes.result)
 
 
 _INT64 = np.dtype(np.int64)
@@ -214,26 +214,26 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
         if out is not None and not args.probabilities and not args.values_checked:
             # The logits are about to be copied into `out`, before the kernel checks
             # the classes: refuse bad ones first, so that `out` is left as it was.
-            check_index_target(args.target, args.n_classes, args.ignore_index)
+            check_index_target(args.target, args.n_classes, args.options.ignore_index)
         x_rows = layout.input(x, args.dtypes.compute, into=buffer)
     weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
     row_loss = np.empty(layout.rows_shape[:2])
-    mean = args.reduction == "mean"
+    mean = args.options.reduction == "mean"
 
     if args.probabilities:
         target_dtype = args.target.dtype if args.target.dtype in KERNEL_DTYPES else np.dtype(np.float64)
         total, normaliser = _dispatch.specialised("cross_entropy_probs", args.dtypes.compute, target_dtype)(
             x_rows, layout.input(args.target, target_dtype), weight, sample_weight,
-            args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
+            args.options.label_smoothing, args.options.z_loss, mean, row_loss, grad_rows, threads,
         )
     else:
         totals = _dispatch.specialised("cross_entropy_index", args.dtypes.compute)(
             x_rows, layout.rows(args.target), weight, sample_weight, args.target_ignore_index,
-            args.label_smoothing, args.z_loss, mean, row_loss, grad_rows, threads,
+            args.options.label_smoothing, args.options.z_loss, mean, row_loss, grad_rows, threads,
         )
         if totals is None:  # a class out of range: nothing was written; say which
-            check_index_target(args.target, args.n_classes, args.ignore_index)
+            check_index_target(args.target, args.n_classes, args.options.ignore_index)
             raise RuntimeError("the targets changed while softmaxloss was reading them")
         total, normaliser = totals
     loss = _reduce(total, normaliser, row_loss, layout, args)
@@ -270,9 +270,9 @@ def cross_entropy(
     if common is not None:
         return common[0]
     args = check_cross_entropy_call(
-        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, n_threads=n_threads, check_range=False,
+        logits, target,
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, check_range=False,
     )
     loss, _ = _cross_entropy(args, _threads(n_threads), None, with_grad=False)
     return loss
@@ -304,9 +304,9 @@ def cross_entropy_with_grad(
     if common is not None and common[1] is not None:
         return common[0], common[1]
     args = check_cross_entropy_call(
-        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, n_threads=n_threads, out=out, check_range=False,
+        logits, target,
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out, check_range=False,
     )
     loss, grad = _cross_entropy(args, _threads(n_threads), out, with_grad=True)
     assert grad is not None

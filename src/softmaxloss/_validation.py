@@ -177,6 +177,48 @@ def check_in_place(out: np.ndarray, logits: np.ndarray, name: str = "out") -> bo
     return True
 
 
+def _check_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, (bool, np.bool_)):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    try:
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class LossOptions:
+    """The scalar options of a cross-entropy, checked once and then carried as one
+    hashable value (a JAX static argument, the layer's settings) to the kernel call.
+
+    A new option is one field here (its check in `checked`, in the order of the fields),
+    its term in the formulas (the kernel and `reference`), and one keyword in each public
+    signature, passed on to `LossOptions.checked`.
+    """
+
+    reduction: str = "mean"
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+
+    @classmethod
+    def checked(
+        cls,
+        reduction: Any = "mean",
+        label_smoothing: Any = 0.0,
+        z_loss: Any = 0.0,
+        ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    ) -> LossOptions:
+        """The options from a public call's keywords; TypeError/ValueError naming the
+        first bad one."""
+        return cls(
+            reduction=check_reduction(reduction),
+            label_smoothing=_check_float_scalar(label_smoothing, "label_smoothing", 0.0, 1.0),
+            z_loss=_check_float_scalar(z_loss, "z_loss", 0.0, np.inf),
+            ignore_index=_check_ignore_index(ignore_index),
+        )
+
+
 @dataclass(slots=True)
 class LossArgs:
     """The validated arguments of a cross-entropy call, as both implementations need them.
@@ -189,6 +231,7 @@ class LossArgs:
     checked to be in range or ignored (else the kernel checks them before it writes and
     the caller reports the first bad one with `check_index_target`). `weight` is None or
     float64 of shape (C,); `sample_weight` None or float64 of shape `row_shape`.
+    `options`: the checked scalar options.
     """
 
     logits: np.ndarray
@@ -200,12 +243,9 @@ class LossArgs:
     probabilities: bool
     weight: np.ndarray | None
     sample_weight: np.ndarray | None
-    ignore_index: int
+    options: LossOptions
     target_ignore_index: int
     values_checked: bool
-    reduction: str
-    label_smoothing: float
-    z_loss: float
 
 
 def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
@@ -280,12 +320,16 @@ def _check_sample_weight(sample_weight: Any, row_shape: tuple[int, ...]) -> np.n
     return array.astype(np.float64, copy=False)
 
 
-def _check_loss_options(
-    logits: Any, target: Any, axis: Any, weight: Any, sample_weight: Any, ignore_index: Any,
-    reduction: Any, label_smoothing: Any, z_loss: Any,
+# What a call passes as its options: checked ones, or its option keywords as given.
+OptionsGiven = LossOptions | dict[str, Any]
+
+
+def _check_loss_arguments(
+    logits: Any, target: Any, axis: Any, weight: Any, sample_weight: Any, options: OptionsGiven,
 ) -> LossArgs:
     """Every argument of a cross-entropy call but the values of its class indices: the
-    returned `target` is the caller's array as given (unconverted, unchecked)."""
+    returned `target` is the caller's array as given (unconverted, unchecked). Option
+    keywords are checked after the logits and axis, as LossOptions.checked."""
     x, dtypes = as_real_array(logits, "logits")
     if x.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis); got a scalar")
@@ -293,15 +337,9 @@ def _check_loss_options(
     n_classes = x.shape[axis]
     if n_classes == 0:
         raise ValueError(f"logits has zero classes (shape {x.shape}, class axis {axis})")
-    reduction = check_reduction(reduction)
-    label_smoothing = _check_float_scalar(label_smoothing, "label_smoothing", 0.0, 1.0)
-    z_loss = _check_float_scalar(z_loss, "z_loss", 0.0, np.inf)
-    if isinstance(ignore_index, (bool, np.bool_)):
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
-    try:
-        ignore_index = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}") from None
+    if not isinstance(options, LossOptions):
+        options = LossOptions.checked(**options)
+    ignore_index = options.ignore_index
 
     row_shape = _row_shape(x.shape, axis)
     t = np.asarray(target)
@@ -340,12 +378,9 @@ def _check_loss_options(
         probabilities=probabilities,
         weight=_check_weight(weight, n_classes),
         sample_weight=_check_sample_weight(sample_weight, row_shape),
-        ignore_index=ignore_index,
+        options=options,
         target_ignore_index=_NO_IGNORED_ROW if target_ignore_index is None else target_ignore_index,
         values_checked=False,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
     )
 
 
@@ -357,9 +392,10 @@ def _check_target_values(args: LossArgs, check_range: bool) -> None:
     if args.probabilities:
         args.target = t.astype(np.float64, copy=False)
         return
-    exact_in_int64 = t.dtype.kind == "i" and _INT64_MIN <= args.ignore_index <= _INT64_MAX
+    ignore_index = args.options.ignore_index
+    exact_in_int64 = t.dtype.kind == "i" and _INT64_MIN <= ignore_index <= _INT64_MAX
     if check_range or not exact_in_int64:
-        args.target = check_index_target(t, args.n_classes, args.ignore_index)
+        args.target = check_index_target(t, args.n_classes, ignore_index)
         args.values_checked = True
     else:
         args.target = t.astype(np.int64, copy=False)
@@ -368,38 +404,32 @@ def _check_target_values(args: LossArgs, check_range: bool) -> None:
 def check_loss_args(
     logits: Any,
     target: Any,
+    options: OptionsGiven,
     *,
     axis: Any = -1,
     weight: Any = None,
     sample_weight: Any = None,
-    ignore_index: Any = DEFAULT_IGNORE_INDEX,
-    reduction: Any = "mean",
-    label_smoothing: Any = 0.0,
-    z_loss: Any = 0.0,
     check_range: bool = True,
 ) -> LossArgs:
-    """Validate every argument of `cross_entropy`; raise before any work is done.
+    """Validate every argument of `cross_entropy` but n_threads; raise before any work.
 
     check_range=False leaves the range of signed integer class indices to the caller
     (the kernel checks them in its first pass over the targets, before writing
     anything, and the caller then calls `check_index_target` for the message)."""
-    args = _check_loss_options(logits, target, axis, weight, sample_weight, ignore_index,
-                               reduction, label_smoothing, z_loss)
+    args = _check_loss_arguments(logits, target, axis, weight, sample_weight, options)
     _check_target_values(args, check_range)
     return args
 
 
 def check_cross_entropy_call(
-    logits: Any, target: Any, *, axis: Any, weight: Any, sample_weight: Any, ignore_index: Any,
-    reduction: Any, label_smoothing: Any, z_loss: Any, n_threads: Any, out: Any = None,
-    check_range: bool = True,
+    logits: Any, target: Any, options: OptionsGiven, *, axis: Any, weight: Any,
+    sample_weight: Any, n_threads: Any, out: Any = None, check_range: bool = True,
 ) -> LossArgs:
     """All the checks of a `cross_entropy` / `cross_entropy_with_grad` call, in the one
     order both implementations raise them: the arguments, `n_threads`, `out`, and last
     the values of the class indices (check_range=False: signed indices are left to the
     kernel, which checks them before writing anything, so the first error is the same)."""
-    args = _check_loss_options(logits, target, axis, weight, sample_weight, ignore_index,
-                               reduction, label_smoothing, z_loss)
+    args = _check_loss_arguments(logits, target, axis, weight, sample_weight, options)
     check_n_threads(n_threads)
     if out is not None:
         check_out(out, args.logits.shape, args.dtypes.result, args.axis)

@@ -47,6 +47,7 @@ Choices:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import asdict
 import functools
 import math
 from typing import Any, Callable, NamedTuple
@@ -58,7 +59,7 @@ import numpy as np
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._facade import log_softmax as _np_log_softmax
-from ._validation import DEFAULT_IGNORE_INDEX, check_loss_args, check_n_threads
+from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, check_n_threads
 
 __all__ = ["cross_entropy"]
 
@@ -67,25 +68,18 @@ class _Options(NamedTuple):
     """The static (hashable) arguments of one call."""
 
     axis: int
-    ignore_index: int
-    reduction: str
-    label_smoothing: float
-    z_loss: float
+    loss: LossOptions
     n_threads: int | None
     probabilities: bool
 
 
 def _keywords(options: _Options, weight: Any, sample_weight: Any) -> dict[str, Any]:
-    return dict(
-        axis=options.axis, weight=weight, sample_weight=sample_weight,
-        ignore_index=options.ignore_index, reduction=options.reduction,
-        label_smoothing=options.label_smoothing, z_loss=options.z_loss,
-        n_threads=options.n_threads,
-    )
+    return dict(axis=options.axis, weight=weight, sample_weight=sample_weight,
+                n_threads=options.n_threads, **asdict(options.loss))
 
 
 def _loss_shape(options: _Options, logits: Any) -> jax.ShapeDtypeStruct:
-    shape = () if options.reduction != "none" else tuple(
+    shape = () if options.loss.reduction != "none" else tuple(
         n for i, n in enumerate(logits.shape) if i != options.axis
     )
     return jax.ShapeDtypeStruct(shape, logits.dtype)
@@ -177,20 +171,20 @@ def _kept_rows(options: _Options, target: Any) -> Any:
     """target != ignore_index (an ignore_index outside the dtype's range matches nothing,
     where jnp's comparison would wrap it)."""
     info = jnp.iinfo(target.dtype)
-    if not info.min <= options.ignore_index <= info.max:
+    if not info.min <= options.loss.ignore_index <= info.max:
         return jnp.ones(target.shape, bool)
-    return target != jnp.asarray(options.ignore_index, target.dtype)
+    return target != jnp.asarray(options.loss.ignore_index, target.dtype)
 
 
 def _backward(options: _Options, res: _Residuals, cotangent: Any) -> tuple[Any, ...]:
     keep = None if options.probabilities else _kept_rows(options, res.target)
-    if options.reduction == "none" and keep is not None:
+    if options.loss.reduction == "none" and keep is not None:
         # An ignored row's gradient is 0 whatever its cotangent (0 * NaN would be NaN): drop
         # its cotangent, N values, rather than mask the N x C product.
         cotangent = jnp.where(keep, cotangent, 0)
     dx = None
     if res.wants[0]:
-        if options.reduction == "none":
+        if options.loss.reduction == "none":
             dx = res.grad * jnp.expand_dims(cotangent, options.axis).astype(res.grad.dtype)
         else:
             dx = res.grad * cotangent.astype(res.grad.dtype)
@@ -216,7 +210,7 @@ def _other_gradients(options: _Options, res: _Residuals, cotangent: Any, keep: A
     and dD/ds_n = w[y_n] (index targets) or 1 (probabilities)."""
     _, want_t, want_w, want_s = res.wants
     x, t, w, s = res.logits, res.target, res.weight, res.sample_weight
-    axis, eps, dtype = options.axis, options.label_smoothing, x.dtype
+    axis, eps, dtype = options.axis, options.loss.label_smoothing, x.dtype
     n_classes = x.shape[axis]
     w_ = jnp.ones(n_classes, dtype) if w is None else w.astype(dtype)
     s_ = jnp.ones(t.shape if keep is not None else x.shape[:axis] + x.shape[axis + 1:], dtype) \
@@ -227,7 +221,7 @@ def _other_gradients(options: _Options, res: _Residuals, cotangent: Any, keep: A
         normaliser = math.prod(s_.shape) if s is None else s_.sum()
     else:
         normaliser = jnp.where(keep, s_ * w_[y], 0).sum()
-    mean = options.reduction == "mean"
+    mean = options.loss.reduction == "mean"
     c = cotangent / normaliser if mean else cotangent
     u = c * s_ if keep is None else jnp.where(keep, c * s_, 0)
     m = -cotangent * res.loss / normaliser if mean else 0.0  # d (cotangent . mean) / d D
@@ -254,7 +248,7 @@ def _other_gradients(options: _Options, res: _Residuals, cotangent: Any, keep: A
                 dw = dw + (eps / n_classes) * jnp.where(keep[..., None], u[..., None] * nl, 0).sum(rows)
         dw = dw.astype(w.dtype)
     if want_s:
-        row_options = options._replace(reduction="none")
+        row_options = options._replace(loss=dataclasses.replace(options.loss, reduction="none"))
         r = _host(functools.partial(_host_loss, row_options), _loss_shape(row_options, x), x, t, w, None)
         ds = c * r + m * (1.0 if keep is None else w_[y])
         ds = (ds if keep is None else jnp.where(keep, ds, 0)).astype(s.dtype)
@@ -321,11 +315,10 @@ def cross_entropy(
     sample_weight = _as_input(sample_weight)
     # Everything but the values is checked now, while tracing, with softmaxloss's messages.
     args = check_loss_args(
-        _abstract(compute), _abstract(target), axis=axis, weight=_abstract(weight),
-        sample_weight=_abstract(sample_weight), ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss,
+        _abstract(compute), _abstract(target),
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        axis=axis, weight=_abstract(weight), sample_weight=_abstract(sample_weight),
     )
-    options = _Options(args.axis, args.ignore_index, args.reduction, args.label_smoothing,
-                       args.z_loss, check_n_threads(n_threads), args.probabilities)
+    options = _Options(args.axis, args.options, check_n_threads(n_threads), args.probabilities)
     loss = _cross_entropy(options, compute, target, weight, sample_weight)
     return loss.astype(result_dtype)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from ._facade import cross_entropy_with_grad
-from ._validation import DEFAULT_IGNORE_INDEX, check_loss_args
+from ._validation import DEFAULT_IGNORE_INDEX, LossOptions
 
 
 class SoftmaxWithLoss:
@@ -30,13 +31,11 @@ class SoftmaxWithLoss:
         z_loss: float = 0.0,
         n_threads: int | None = None,
     ) -> None:
-        self.options: dict[str, Any] = dict(
-            axis=axis, weight=weight, ignore_index=ignore_index, reduction=reduction,
-            label_smoothing=label_smoothing, z_loss=z_loss,
-        )
-        # Refuse bad options now rather than at the first forward.
-        check_loss_args(np.zeros((1, 1)), np.zeros((1, 1)), **{**self.options, "axis": -1,
-                        "weight": None, "ignore_index": DEFAULT_IGNORE_INDEX})
+        # Checked now rather than at the first forward (the arrays are checked there).
+        self.loss_options = LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing,
+                                                z_loss=z_loss, ignore_index=ignore_index)
+        self.axis = axis
+        self.weight = weight
         self.n_threads = n_threads
         self.loss: Any = None
         self.grad: np.ndarray | None = None
@@ -45,7 +44,8 @@ class SoftmaxWithLoss:
     def forward(self, x: Any, t: Any, sample_weight: Any = None) -> Any:
         """The loss of logits `x` against targets `t`; keeps d(loss)/dx for backward."""
         self.loss, self.grad = cross_entropy_with_grad(
-            x, t, sample_weight=sample_weight, n_threads=self.n_threads, **self.options
+            x, t, axis=self.axis, weight=self.weight, sample_weight=sample_weight,
+            n_threads=self.n_threads, **asdict(self.loss_options),
         )
         self._target = np.asarray(t)
         return self.loss
@@ -57,21 +57,22 @@ class SoftmaxWithLoss:
         if self.grad is None:
             raise RuntimeError("SoftmaxWithLoss.backward() called before forward()")
         scale = np.asarray(dout)
-        if self.options["reduction"] == "none" and scale.ndim:
+        reduction = self.loss_options.reduction
+        if reduction == "none" and scale.ndim:
             row_shape = np.shape(self.loss)
             if scale.shape != row_shape:
                 raise ValueError(
                     f"dout has shape {scale.shape}; reduction='none' needs one value per "
                     f"row, shape {row_shape}"
                 )
-            scale = np.expand_dims(scale, self.options["axis"])
+            scale = np.expand_dims(scale, self.axis)
         elif scale.ndim:
-            raise ValueError(f"dout must be a scalar for reduction={self.options['reduction']!r}")
+            raise ValueError(f"dout must be a scalar for reduction={reduction!r}")
         with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf, as the dout says
             dx: np.ndarray = np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")
         target = self._target
         if target is not None and target.dtype.kind in "iu" and not np.all(np.isfinite(scale)):
             # Ignored rows' gradient is 0 whatever dout, as PyTorch's: 0 * NaN is not.
-            ignored = np.expand_dims(target == self.options["ignore_index"], self.options["axis"])
+            ignored = np.expand_dims(target == self.loss_options.ignore_index, self.axis)
             np.copyto(dx, 0, where=ignored)
         return dx

@@ -251,7 +251,7 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
     n_classes = args.n_classes
     w = np.ones(n_classes) if args.weight is None else args.weight
     s = np.ones(args.row_shape) if args.sample_weight is None else args.sample_weight
-    eps, z = args.label_smoothing, args.z_loss
+    eps, z = args.options.label_smoothing, args.options.z_loss
     log_p, lse = _log_softmax(x), _logsumexp(x)
     grads: np.ndarray | None = None
 
@@ -271,10 +271,10 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
             grads = np.where(kept[..., None], grads, 0.0)
         normaliser = np.sum(s * w[y], where=kept)
 
-    if args.reduction == "none":  # the gradient is that of sum(losses)
+    if args.options.reduction == "none":  # the gradient is that of sum(losses)
         return losses, grads
     total = np.sum(losses)
-    if args.reduction == "sum":
+    if args.options.reduction == "sum":
         return total, grads
     if normaliser == 0:  # nothing to average over: the mean and its gradient are undefined
         normaliser = np.float64(np.nan)
@@ -388,9 +388,9 @@ def cross_entropy(
     0 for ignored rows) for "none".
     """
     args = check_cross_entropy_call(
-        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, n_threads=n_threads,
+        logits, target,
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads,
     )
     with _quiet():
         loss, _ = _cross_entropy(args, with_grad=False)
@@ -420,9 +420,9 @@ def cross_entropy_with_grad(
     result dtype; may be the logits array itself, for an in-place update) receives grad.
     """
     args = check_cross_entropy_call(
-        logits, target, axis=axis, weight=weight, sample_weight=sample_weight,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        z_loss=z_loss, n_threads=n_threads, out=out,
+        logits, target,
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out,
     )
     with _quiet():
         loss, grad = _cross_entropy(args, with_grad=True)

@@ -74,7 +74,7 @@ from torch.autograd import forward_ad
 
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
-from ._validation import DEFAULT_IGNORE_INDEX, check_reduction
+from ._validation import DEFAULT_IGNORE_INDEX, LossOptions
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
@@ -268,7 +268,9 @@ class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignor
         if not finite and index_target is not None:
             # Ignored rows' saved gradient is 0, and 0 * NaN or 0 * inf is NaN; PyTorch
             # gives them 0 whatever the upstream, as if theirs were 0: make it so.
-            grad_output = torch.where(index_target == ctx.ignore_index, 0, grad_output)
+            ignored = (index_target == ctx.ignore_index if -(2**63) <= ctx.ignore_index < 2**63
+                       else torch.zeros_like(index_target, dtype=torch.bool))  # no int64 equals it
+            grad_output = torch.where(ignored, 0, grad_output)
             per_row = True
         if per_row:  # broadcast along the class axis
             grad_output = grad_output.unsqueeze(1 if grad.dim() >= 2 else 0)
@@ -378,7 +380,8 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
         n_threads: int | None = None,
     ) -> None:
         super().__init__()
-        check_reduction(reduction)
+        LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                            ignore_index=ignore_index)  # refuse bad options now, as PyTorch does
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
