@@ -25,6 +25,7 @@ from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
     LossArgs,
+    LossOptions,
     as_real_array,
     check_cross_entropy_call,
     check_gradient_hessian_args,
@@ -155,7 +156,32 @@ def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsL
     return _reduced_total(total, normaliser, args.options.reduction, args.dtypes.result)
 
 
+def _kernel_totals(
+    x_rows: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
+    sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
+    options: LossOptions, row_loss: np.ndarray, grad_rows: np.ndarray | None, threads: int,
+) -> tuple[float, float] | None:
+    """Run the cross-entropy kernel, the one place that does, on rows views laid out by
+    the caller: (sum of the per-row losses, the mean's W), or None when a class index is
+    out of range and not ignored (the kernel checks before it writes anything)."""
+    mean = options.reduction == "mean"
+    totals: tuple[float, float] | None
+    if probabilities:
+        totals = _dispatch.specialised("cross_entropy_probs", x_rows.dtype, target_rows.dtype)(
+            x_rows, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
+            mean, row_loss, grad_rows, threads,
+        )
+    else:
+        totals = _dispatch.specialised("cross_entropy_index", x_rows.dtype)(
+            x_rows, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
+            options.z_loss, mean, row_loss, grad_rows, threads,
+        )
+    return totals
+
+
 _INT64 = np.dtype(np.int64)
+# The options of a common-case call (below), by reduction.
+_PLAIN_OPTIONS = {"mean": LossOptions(reduction="mean"), "sum": LossOptions(reduction="sum")}
 
 
 def _common_case(
@@ -163,14 +189,16 @@ def _common_case(
     reduction: Any, label_smoothing: Any, z_loss: Any, n_threads: Any, with_grad: bool,
     out: Any = None,
 ) -> tuple[Any, np.ndarray | None] | None:
-    """The most common call, without the general validation and layout machinery (a
-    small call's cost is mostly Python): (N, C) C-contiguous float32/float64 logits,
+    """A plan for the most common call, without the general validation and layout
+    machinery (a small call's cost is mostly Python): (N, C) C-contiguous float32/float64 logits,
     int64 class indices of shape (N,), class axis last, no weights, the default
     ignore_index, no smoothing or z-loss, reduction "mean" or "sum", and no `out` or one
     that is the logits or a C-contiguous array of their shape and dtype sharing no memory
     with the inputs. Such a call is valid exactly when its classes are in range, which
-    the kernel checks before it writes anything. Returns (loss, grad or None), or None for any other call (and for
-    a class out of range), which then takes the general path and its error messages."""
+    the kernel checks before it writes anything: their rows views are the arrays
+    themselves, and `_kernel_totals` runs them. Returns (loss, grad or None), or None for
+    any other call (and for a class out of range), which then takes the general path and
+    its error messages."""
     if not (
         type(logits) is np.ndarray and type(target) is np.ndarray
         and logits.ndim == 2 and target.ndim == 1 and type(axis) is int and axis in (-1, 1)
@@ -194,9 +222,9 @@ def _common_case(
     threads = _threads(n_threads)
     grad = out if out is not None else np.empty_like(logits) if with_grad else None
     row_loss = np.empty((logits.shape[0], 1))
-    totals = _dispatch.specialised("cross_entropy_index", logits.dtype)(
-        logits[:, None, :], target[:, None], None, None, ignore_index, 0.0, 0.0,
-        reduction == "mean", row_loss, None if grad is None else grad[:, None, :], threads,
+    totals = _kernel_totals(
+        logits[:, None, :], target[:, None], None, None, DEFAULT_IGNORE_INDEX, False,
+        _PLAIN_OPTIONS[reduction], row_loss, None if grad is None else grad[:, None, :], threads,
     )
     if totals is None:
         return None
@@ -219,24 +247,17 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
     weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
     row_loss = np.empty(layout.rows_shape[:2])
-    mean = args.options.reduction == "mean"
-
     if args.probabilities:
         target_dtype = args.target.dtype if args.target.dtype in KERNEL_DTYPES else np.dtype(np.float64)
-        total, normaliser = _dispatch.specialised("cross_entropy_probs", args.dtypes.compute, target_dtype)(
-            x_rows, layout.input(args.target, target_dtype), weight, sample_weight,
-            args.options.label_smoothing, args.options.z_loss, mean, row_loss, grad_rows, threads,
-        )
+        target_rows = layout.input(args.target, target_dtype)
     else:
-        totals = _dispatch.specialised("cross_entropy_index", args.dtypes.compute)(
-            x_rows, layout.rows(args.target), weight, sample_weight, args.target_ignore_index,
-            args.options.label_smoothing, args.options.z_loss, mean, row_loss, grad_rows, threads,
-        )
-        if totals is None:  # a class out of range: nothing was written; say which
-            check_index_target(args.target, args.n_classes, args.options.ignore_index)
-            raise RuntimeError("the targets changed while softmaxloss was reading them")
-        total, normaliser = totals
-    loss = _reduce(total, normaliser, row_loss, layout, args)
+        target_rows = layout.rows(args.target)
+    totals = _kernel_totals(x_rows, target_rows, weight, sample_weight, args.target_ignore_index,
+                            args.probabilities, args.options, row_loss, grad_rows, threads)
+    if totals is None:  # a class out of range: nothing was written; say which
+        check_index_target(args.target, args.n_classes, args.options.ignore_index)
+        raise RuntimeError("the targets changed while softmaxloss was reading them")
+    loss = _reduce(totals[0], totals[1], row_loss, layout, args)
     grad = None if buffer is None else _result(buffer, out, args.dtypes)
     return loss, grad
 

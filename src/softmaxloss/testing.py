@@ -63,6 +63,7 @@ import numpy as np
 __all__ = [
     "DTYPES",
     "LAYOUTS",
+    "TOLERANCES",
     "PATTERNS",
     "SHAPES",
     "HostileCase",
@@ -91,10 +92,10 @@ LAYOUTS: tuple[str, ...] = (
 #: array with axis -1 (every function must refuse it), made from the "random" pattern only.
 SHAPES: tuple[str, ...] = ("rows", "columns", "nchw", "vector", "scalar")
 
-# Default tolerances by result dtype: (rtol, atol as a multiple of the largest finite
-# reference value of the result). A float16 result is rounded from float32 by one
+#: Default tolerances by result dtype: (rtol, atol as a multiple of the largest finite
+#: reference value of the result). A float16 result is rounded from float32 by one
 # implementation and from float64 by the other: up to one float16 ulp (2**-10) apart.
-_TOLERANCES = {
+TOLERANCES: dict[np.dtype[Any], tuple[float, float]] = {
     np.dtype(np.float16): (2e-3, 2e-3),
     np.dtype(np.float32): (1e-6, 1e-6),
     np.dtype(np.float64): (1e-12, 1e-12),
@@ -622,7 +623,7 @@ def hostile_cases(
 
 
 def _tolerance(dtype: np.dtype[Any], rtol: float | None, atol_factor: float | None) -> tuple[float, float]:
-    default = _TOLERANCES.get(np.dtype(dtype).newbyteorder("="), (1e-12, 1e-12))
+    default = TOLERANCES.get(np.dtype(dtype).newbyteorder("="), (1e-12, 1e-12))
     return (default[0] if rtol is None else rtol, default[1] if atol_factor is None else atol_factor)
 
 
