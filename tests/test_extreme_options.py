@@ -246,7 +246,7 @@ PROBLEMS = {
     "label out of range": lambda a, k: ((a[0], np.where(np.arange(a[1].size) == 1, 99, a[1])), k),
     "n_threads 0": lambda a, k: (a, {**k, "n_threads": 0}),
     "n_threads float": lambda a, k: (a, {**k, "n_threads": 2.0}),
-    "out dtype": lambda a, k: (a, {**k, "out": np.empty(a[0].shape, np.float16)}),
+    "out dtype": lambda a, k: (a, {**k, "out": np.empty(a[0].shape, np.int32)}),
     "out shape": lambda a, k: (a, {**k, "out": np.empty(a[0].shape[::-1])}),
     "out read-only": lambda a, k: (a, {**k, "out": np.broadcast_to(np.zeros((), a[0].dtype), a[0].shape)}),
     "label_smoothing": lambda a, k: (a, {**k, "label_smoothing": 2.0}),

@@ -5,7 +5,9 @@ kernel, with PyTorch's semantics; `softmaxloss.reference` holds the pure-NumPy t
 of every function.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from ._config import show_config
 from ._facade import (
@@ -22,6 +24,21 @@ try:
     __version__ = version("softmaxloss")
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
+
+# Submodules reachable as attributes (`sml.reference`, `sml.torch`, ...), imported on first
+# use: `import softmaxloss` imports neither the adapters' frameworks nor the test tools.
+_SUBMODULES = ("boosting", "jax", "reference", "testing", "torch")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULES])
+
 
 __all__ = [
     "SoftmaxWithLoss",

@@ -20,21 +20,22 @@ from typing import Any
 import numpy as np
 
 from . import _dispatch
-from ._layout import KERNEL_DTYPES, RowsLayout
+from ._layout import KERNEL_DTYPES, MergedAxes, RowsLayout
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
     LossArgs,
     LossOptions,
     as_real_array,
+    check_axes,
     check_cross_entropy_call,
     check_gradient_hessian_args,
     check_gradient_hessian_out,
     check_in_place,
     check_index_target,
+    check_logsumexp_args,
     check_n_threads,
     check_out,
-    normalize_axis,
 )
 
 _LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
@@ -73,59 +74,114 @@ def _threads(n_threads: Any) -> int:
 # ---- softmax family -----------------------------------------------------------------
 
 
-def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_output: bool) -> np.ndarray:
-    array, dtypes = as_real_array(x, "x")
-    axis = normalize_axis(axis, array.ndim)
+def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_output: bool,
+             dtype: Any = None) -> np.ndarray:
+    array, dtypes = as_real_array(x, "x", dtype)
+    axes = check_axes(axis, array.ndim)
     threads = _threads(n_threads)
+    if isinstance(axes, tuple):  # several axes, or a 0-d array: as one merged class axis
+        if out is not None:
+            check_out(out, array.shape, dtypes, None)
+        merged = MergedAxes(array.shape, axes)
+        result = merged.unmerge(_softmax(merged.merge(array), -1, None, threads or None, log_output))
+        if out is None:
+            return result
+        np.copyto(out, result, casting="unsafe")
+        return out
     if out is not None:
-        check_out(out, array.shape, dtypes.result, axis)
+        check_out(out, array.shape, dtypes, axes)
         check_in_place(out, array)
-    layout = RowsLayout.of(array if out is None else out, axis)
+    layout = RowsLayout.of(array if out is None else out, axes)
     buffer, result_rows = layout.output(out, dtypes.compute)
     x_rows = layout.input(array, dtypes.compute, into=buffer)
     _dispatch.specialised("softmax", dtypes.compute)(x_rows, result_rows, log_output, threads)
     return _result(buffer, out, dtypes)
 
 
-def softmax(x: Any, axis: int = -1, *, out: np.ndarray | None = None, n_threads: int | None = None) -> np.ndarray:
+def softmax(x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None,
+            n_threads: int | None = None) -> np.ndarray:
     """Softmax along `axis`: exp(x_c - max(x)) / sum_k exp(x_k - max(x)).
 
-    A row with NaN or +inf, or of all -inf, gives NaN; -inf beside finite values gives
-    an exact 0. `out` may be `x` itself (in place). Returns an array of x's dtype
-    (float16 computed in float32, integers and bools in float64).
+    `axis` may also be None (all axes) or a tuple of axes, as in SciPy; a 0-d x is one
+    element (softmax 1). A row with NaN or +inf, or of all -inf, gives NaN; -inf beside
+    finite values gives an exact 0. `out` may be `x` itself (in place), or an array of
+    another float dtype (the result is cast to it). `dtype`: x is cast to it first (as
+    torch.softmax's). Returns an array of x's dtype (float16 computed in float32,
+    integers and bools in float64).
     """
-    return _softmax(x, axis, out, n_threads, log_output=False)
+    return _softmax(x, axis, out, n_threads, False, dtype)
 
 
-def log_softmax(x: Any, axis: int = -1, *, out: np.ndarray | None = None, n_threads: int | None = None) -> np.ndarray:
+def log_softmax(x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None,
+                n_threads: int | None = None) -> np.ndarray:
     """Log-softmax along `axis`: x_c - max(x) - log(sum_k exp(x_k - max(x))).
 
     Same conventions as `softmax` (-inf beside finite values stays -inf).
     """
-    return _softmax(x, axis, out, n_threads, log_output=True)
+    return _softmax(x, axis, out, n_threads, True, dtype)
 
 
-def logsumexp(x: Any, axis: int = -1, *, keepdims: bool = False, n_threads: int | None = None) -> Any:
-    """log(sum_c exp(x_c)) along `axis`, computed as max + log(sum_c exp(x_c - max)).
-
-    As in PyTorch and SciPy: an empty axis or a row of all -inf gives -inf, a row with
-    +inf gives +inf, a row with NaN gives NaN.
-    """
-    array, dtypes = as_real_array(x, "x")
-    axis = normalize_axis(axis, array.ndim)
-    threads = _threads(n_threads)
-    layout = RowsLayout.of(array, axis)
+def _row_logsumexp(rows: np.ndarray, dtypes: Dtypes, threads: int) -> np.ndarray:
+    """log(sum_c exp(x_c)) of each row of `rows` (class axis last), in float64."""
+    layout = RowsLayout.of(rows, rows.ndim - 1)
     n_a, n_b, n_classes = layout.rows_shape
     row_values = np.full((n_a, n_b), -np.inf)
     if n_classes:
         _dispatch.specialised("logsumexp", dtypes.compute)(
-            layout.input(array, dtypes.compute), row_values, threads)
-    result = layout.per_row(row_values)
+            layout.input(rows, dtypes.compute), row_values, threads)
+    per_row: np.ndarray = layout.per_row(row_values)
+    return per_row
+
+
+def _signed_log_difference(positive: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log|P - N|, sign(P - N)) from log P and log N: the larger minus the smaller, as
+    larger + log1p(-exp(smaller - larger)); -inf with sign 0 where they are equal."""
+    larger = np.maximum(positive, negative)
+    smaller = np.minimum(positive, negative)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        gap = np.where(larger == -np.inf, 0.0, smaller - larger)  # both -inf: an empty sum
+        lse = np.where(positive == negative, -np.inf, larger + np.log1p(-np.exp(gap)))
+    sign = np.where(positive > negative, 1.0, np.where(positive < negative, -1.0, 0.0))
+    both_infinite = (positive == np.inf) & (negative == np.inf)  # inf - inf
+    return np.where(both_infinite, np.nan, lse), np.where(both_infinite, np.nan, sign)
+
+
+def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
+              return_sign: bool = False, dtype: Any = None, n_threads: int | None = None) -> Any:
+    """log(sum_c b_c exp(x_c)) along `axis`, computed as max + log(sum_c exp(x_c - max)).
+
+    SciPy's call forms: `axis` None (all axes), an int or a tuple; `b` weights broadcast
+    against x (the result then has their promoted dtype); `return_sign=True` returns
+    (log|sum|, sign of the sum: 1, -1, or 0 for a zero sum), else a negative sum gives
+    NaN. Weights are folded in as x + log|b| (b = 0 leaves an entry out, also at +inf).
+    As in PyTorch and SciPy: an empty axis or a row of all -inf gives -inf, a row with
+    +inf gives +inf, a row with NaN gives NaN. `dtype`: x is cast to it first.
+    """
+    array, dtypes, weights = check_logsumexp_args(x, b, dtype)
+    axes = check_axes(axis, array.ndim)
+    threads = _threads(n_threads)
+    merged = MergedAxes(array.shape, axes if isinstance(axes, tuple) else (axes,))
+    rows = merged.merge(array)
+    if weights is None:
+        lse = _row_logsumexp(rows, dtypes, threads)
+        sign = None if not return_sign else np.where(lse == -np.inf, 0.0, np.where(np.isnan(lse), np.nan, 1.0))
+    else:
+        w = merged.merge(weights)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_w = np.log(np.abs(w))
+            # each sign's part, the other entries (and b = 0) left out as -inf
+            positive = _row_logsumexp(np.where(w > 0, rows + log_w, -np.inf), dtypes, threads)
+            negative = _row_logsumexp(np.where(w < 0, rows + log_w, -np.inf), dtypes, threads)
+            lse, sign = _signed_log_difference(positive, negative)
+            lse = np.where(np.isnan(w).any(axis=-1), np.nan, lse)
+            sign = np.where(np.isnan(lse), np.nan, sign)
+            if not return_sign:
+                lse = np.where(sign < 0, np.nan, lse)
     with np.errstate(over="ignore"):
-        result = result.astype(dtypes.result, copy=False)
-    if keepdims:
-        result = np.expand_dims(result, axis)
-    return result[()]
+        result = merged.reduced(lse, keepdims).astype(dtypes.result, copy=False)[()]
+        if not return_sign:
+            return result
+        return result, merged.reduced(np.asarray(sign), keepdims).astype(dtypes.result, copy=False)[()]
 
 
 # ---- cross-entropy ------------------------------------------------------------------

@@ -136,3 +136,38 @@ class RowsLayout:
         """The inverse of `rows`: an (A, B) array as a per-row array."""
         permuted = rows.reshape(tuple(self.shape[i] for i in self.row_axes))
         return permuted.transpose(_inverse(self._row_order))
+
+
+class MergedAxes:
+    """A softmax or log-sum-exp over several axes (SciPy's `axis=None` or a tuple) or of a
+    0-d array, as one over a single class axis: the reduced axes moved last and merged
+    into one (a copy where they cannot be viewed so), the kept axes in their order before
+    it. `merge` presents an array so; `unmerge` undoes it for a result of the merged
+    shape; `reduced` gives a per-row result (the merged shape without the class axis)
+    the shape of the input without the reduced axes (with them as 1 for `keepdims`)."""
+
+    __slots__ = ("shape", "axes", "_moved_shape")
+
+    def __init__(self, shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
+        self.shape = shape
+        self.axes = axes
+        kept = tuple(n for i, n in enumerate(shape) if i not in axes)
+        self._moved_shape = kept + tuple(shape[i] for i in axes)
+
+    def merge(self, array: np.ndarray) -> np.ndarray:
+        """`array` (of `shape`) with the reduced axes as its last, single axis."""
+        n_kept = array.ndim - len(self.axes)
+        moved = np.moveaxis(array, self.axes, range(n_kept, array.ndim))
+        return moved.reshape(self._moved_shape[:n_kept] + (math.prod(self._moved_shape[n_kept:]),))
+
+    def unmerge(self, merged: np.ndarray) -> np.ndarray:
+        """The inverse of `merge`."""
+        ndim = len(self.shape)
+        moved = merged.reshape(self._moved_shape)
+        return np.moveaxis(moved, range(ndim - len(self.axes), ndim), self.axes)
+
+    def reduced(self, per_row: np.ndarray, keepdims: bool) -> np.ndarray:
+        """A per-row result in the input's shape without the reduced axes (kept as 1)."""
+        if keepdims:
+            return per_row.reshape(tuple(1 if i in self.axes else n for i, n in enumerate(self.shape)))
+        return per_row

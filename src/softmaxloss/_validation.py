@@ -64,10 +64,33 @@ def float_dtypes(dtype: np.dtype[Any], name: str = "logits") -> Dtypes:
     )
 
 
-def as_real_array(x: Any, name: str = "logits") -> tuple[np.ndarray, Dtypes]:
-    """`np.asarray(x)` (no copy) and its dtypes; TypeError for complex/object/str."""
+def as_real_array(x: Any, name: str = "logits", dtype: Any = None) -> tuple[np.ndarray, Dtypes]:
+    """`np.asarray(x)` (no copy) and its dtypes; TypeError for complex/object/str.
+    `dtype` (float16/32/64): x converted to it first, as torch.softmax's dtype=."""
     arr = np.asarray(x)
+    float_dtypes(arr.dtype, name)
+    if dtype is not None:
+        target = np.dtype(dtype)
+        if target not in _OUT_DTYPES:
+            raise TypeError(f"dtype must be float16, float32 or float64; got {dtype!r}")
+        arr = arr.astype(target, copy=False)
     return arr, float_dtypes(arr.dtype, name)
+
+
+def check_logsumexp_args(x: Any, b: Any, dtype: Any) -> tuple[np.ndarray, Dtypes, np.ndarray | None]:
+    """`logsumexp`'s x (converted to `dtype` if given) and weights `b`, broadcast against
+    each other (ValueError naming both shapes), in the dtypes of their promotion (SciPy's:
+    integers give float64, a Python scalar b keeps x's dtype)."""
+    array, dtypes = as_real_array(x, "x", dtype)
+    if b is None:
+        return array, dtypes, None
+    weights, _ = as_real_array(b, "b")
+    try:
+        array, weights = np.broadcast_arrays(array, weights)
+    except ValueError:
+        raise ValueError(f"b has shape {weights.shape}, which does not broadcast with x's {array.shape}") from None
+    promoted = float_dtypes(np.result_type(array.dtype, b if np.isscalar(b) else weights.dtype), "x")
+    return array.astype(promoted.result, copy=False), promoted, weights.astype(np.float64, copy=False)
 
 
 def normalize_axis(axis: Any, ndim: int) -> int:
@@ -81,6 +104,23 @@ def normalize_axis(axis: Any, ndim: int) -> int:
     if not -ndim <= index < ndim:
         raise AxisError(index, ndim)
     return index % ndim
+
+
+def check_axes(axis: Any, ndim: int) -> int | tuple[int, ...]:
+    """`axis` of a softmax or log-sum-exp: a non-negative int, or for SciPy's call forms
+    (None: every axis; a tuple of axes; a 0-d array, which has one element and so is its
+    own row: axis None, 0 or -1) the tuple of axes to reduce over. numpy's AxisError when
+    out of range, ValueError for a repeated axis."""
+    if ndim == 0 and (axis is None or (not isinstance(axis, tuple) and normalize_axis(axis, 1) == 0)):
+        return ()
+    if axis is None:
+        return tuple(range(ndim))
+    if not isinstance(axis, tuple):
+        return normalize_axis(axis, ndim)
+    axes = tuple(normalize_axis(a, ndim) for a in axis)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis {axis} repeats an axis")
+    return axes
 
 
 def check_reduction(reduction: Any) -> str:
@@ -121,20 +161,29 @@ def _check_float_scalar(value: Any, name: str, low: float, high: float) -> float
     return number
 
 
+_OUT_DTYPES = (_FLOAT16, _FLOAT32, _FLOAT64)
+
+
 def check_out(
-    out: Any, shape: tuple[int, ...], dtype: np.dtype[Any], axis: int, name: str = "out"
+    out: Any, shape: tuple[int, ...], dtypes: Dtypes, axis: int | None, name: str = "out"
 ) -> np.ndarray:
-    """`out` must be a writable ndarray of exactly `shape` and `dtype`, with a layout the
-    kernels can write (`check_out_layout`; class axis `axis`)."""
+    """`out` must be a writable ndarray of exactly `shape` and a float dtype (float16, 32
+    or 64, native byte order: the result is cast to it, as NumPy's `out=` casts). One of
+    the compute dtype is written by the kernels directly and must have a layout they can
+    address (`check_out_layout`; class axis `axis`, None when a temporary is written)."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
         raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"{name} has dtype {out.dtype}, expected {dtype}")
+    if out.dtype not in _OUT_DTYPES or not out.dtype.isnative:
+        raise TypeError(
+            f"{name} has dtype {out.dtype}, expected {dtypes.result} (or float16, float32 "
+            "or float64 in native byte order: the result is cast to it)"
+        )
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    check_out_layout(out, axis, name)
+    if axis is not None and out.dtype == dtypes.compute:
+        check_out_layout(out, axis, name)
     return out
 
 
@@ -297,6 +346,15 @@ def _target_ignore_index(ignore_index: int, target_dtype: np.dtype[Any]) -> int 
     return None
 
 
+def _check_whole_numbers(labels: np.ndarray, name: str) -> np.ndarray:
+    """Class indices given as floats (scikit-learn passes labels so): exact whole numbers
+    only. No cast here: check_index_target range-checks in float first, so 1e300 is
+    reported as itself instead of as an invalid cast's garbage."""
+    if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
+        raise ValueError(f"{name} given as floats must hold whole class numbers")
+    return labels
+
+
 def _check_weight(weight: Any, n_classes: int) -> np.ndarray | None:
     if weight is None:
         return None
@@ -343,14 +401,18 @@ def _check_loss_arguments(
 
     row_shape = _row_shape(x.shape, axis)
     t = np.asarray(target)
-    if t.dtype.kind in "iu":
+    float_indices = t.dtype.kind == "f" and t.shape == row_shape
+    if float_indices:
+        # Class indices given as floats (scikit-learn's labels), as gradient_hessian takes them.
+        t = _check_whole_numbers(t, "target")
+    if t.dtype.kind in "iu" or float_indices:
         if t.shape != row_shape:
             raise ValueError(
                 f"target of class indices has shape {t.shape}; logits of shape {x.shape} "
                 f"with class axis {axis} need shape {row_shape}"
             )
         probabilities = False
-    elif t.dtype.kind == "f":
+    elif t.dtype.kind == "f":  # not of the rows' shape: probabilities
         if t.shape != x.shape:
             raise ValueError(
                 f"target of probabilities has shape {t.shape}; it must have the logits' "
@@ -394,7 +456,11 @@ def _check_target_values(args: LossArgs, check_range: bool) -> None:
         return
     ignore_index = args.options.ignore_index
     exact_in_int64 = t.dtype.kind == "i" and _INT64_MIN <= ignore_index <= _INT64_MAX
-    if check_range or not exact_in_int64:
+    if t.dtype.kind == "f":  # whole numbers: checked, the ignored ones marked in int64
+        check_index_target(t, args.n_classes, ignore_index)
+        args.target = np.where(t == ignore_index, args.target_ignore_index, t).astype(np.int64)
+        args.values_checked = True
+    elif check_range or not exact_in_int64:
         args.target = check_index_target(t, args.n_classes, ignore_index)
         args.values_checked = True
     else:
@@ -432,7 +498,7 @@ def check_cross_entropy_call(
     args = _check_loss_arguments(logits, target, axis, weight, sample_weight, options)
     check_n_threads(n_threads)
     if out is not None:
-        check_out(out, args.logits.shape, args.dtypes.result, args.axis)
+        check_out(out, args.logits.shape, args.dtypes, args.axis)
         check_in_place(out, args.logits)
         check_no_overlap(out, "out", target=args.target, weight=args.weight,
                          sample_weight=args.sample_weight)
@@ -450,8 +516,8 @@ def check_gradient_hessian_out(
     if not isinstance(out, tuple) or len(out) != 2:
         raise TypeError("out must be None or a tuple (grad_out, hess_out)")
     grad_out, hess_out = out
-    check_out(grad_out, x.shape, dtypes.result, 1, "out[0]")
-    check_out(hess_out, x.shape, dtypes.result, 1, "out[1]")
+    check_out(grad_out, x.shape, dtypes, 1, "out[0]")
+    check_out(hess_out, x.shape, dtypes, 1, "out[1]")
     check_in_place(grad_out, x, "out[0]")
     check_no_overlap(hess_out, "out[1]", logits=x, grad=grad_out)
     for name, array in (("out[0]", grad_out), ("out[1]", hess_out)):
@@ -477,11 +543,7 @@ def check_gradient_hessian_args(
             f"labels has shape {y.shape}; logits of shape {x.shape} need shape ({n_rows},)"
         )
     if y.dtype.kind == "f":
-        # scikit-learn passes labels as floats holding integers: accept exact integers only.
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError("labels given as floats must hold whole class numbers")
-        # No cast here: check_index_target range-checks in float first, so 1e300
-        # is reported as itself instead of as an invalid cast's garbage.
+        y = _check_whole_numbers(y, "labels")
     labels_checked = check_index_target(y, n_classes, ignore_index=None, name="labels")
     return x, dtypes, labels_checked, _check_sample_weight(sample_weight, (n_rows,))
 

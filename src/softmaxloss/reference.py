@@ -29,18 +29,20 @@ from typing import Any
 
 import numpy as np
 
+from ._layout import MergedAxes
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
     LossArgs,
     as_real_array,
+    check_axes,
     check_cross_entropy_call,
     check_gradient_hessian_args,
     check_gradient_hessian_out,
     check_in_place,
+    check_logsumexp_args,
     check_n_threads,
     check_out,
-    normalize_axis,
 )
 
 __all__ = [
@@ -297,71 +299,95 @@ def _as_result(value: Any, dtypes: Dtypes) -> Any:
 
 
 def _write(result: np.ndarray, dtypes: Dtypes, out: np.ndarray | None) -> np.ndarray:
-    """`result` (already in the caller's axis order) as a new result-dtype array, or into `out`."""
+    """`result` (already in the caller's axis order) as a new result-dtype array, or into `out`
+    (rounded to the result dtype first, then cast to out's: an `out` of another float dtype
+    gets the result's value, not more digits of it)."""
     with _quiet():
         if out is None:
             return result.astype(dtypes.result)
-        out[...] = result
+        out[...] = result.astype(dtypes.result)
     return out
 
 
 # -- public functions --------------------------------------------------------------------------
 
 
+def _over_axes(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, dtype: Any,
+               formula: Any) -> np.ndarray:
+    """`formula` (softmax or log-softmax of float64 rows, class axis last) along `axis`:
+    an int, None (all axes) or a tuple (the axes merged into one class axis); into `out`."""
+    array, dtypes = as_real_array(x, "x", dtype)
+    axes = check_axes(axis, array.ndim)
+    check_n_threads(n_threads)
+    merged = MergedAxes(array.shape, axes if isinstance(axes, tuple) else (axes,))
+    if out is not None:
+        check_out(out, array.shape, dtypes, None if isinstance(axes, tuple) else axes)
+        if not isinstance(axes, tuple):
+            check_in_place(out, array)
+    with _quiet():
+        result = merged.unmerge(formula(_float64_rows(merged.merge(array), -1)))
+    return _write(result, dtypes, out)
+
+
 def softmax(
-    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, n_threads: Any = None
+    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None, n_threads: Any = None
 ) -> np.ndarray:
     """p = exp(x - max) / sum(exp(x - max)) along `axis`; x's shape, result dtype.
 
-    -inf entries next to finite ones give exact zeros; a row with a NaN, a +inf, or only
-    -inf gives a NaN row (as PyTorch). `out` (x's shape, result dtype; may be x) is filled
-    and returned.
+    `axis`: an int, None (all axes) or a tuple of axes (merged into one); a 0-d x is one
+    element. -inf entries next to finite ones give exact zeros; a row with a NaN, a +inf,
+    or only -inf gives a NaN row (as PyTorch). `out` (x's shape, a float dtype the result
+    is cast to; may be x) is filled and returned. `dtype`: x is converted to it first.
     """
-    array, dtypes = as_real_array(x, "x")
-    axis = normalize_axis(axis, array.ndim)
-    check_n_threads(n_threads)
-    if out is not None:
-        check_out(out, array.shape, dtypes.result, axis)
-        check_in_place(out, array)
-    with _quiet():
-        p = _softmax(_float64_rows(array, axis))
-    return _write(np.moveaxis(p, -1, axis), dtypes, out)
+    return _over_axes(x, axis, out, n_threads, dtype, _softmax)
 
 
 def log_softmax(
-    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, n_threads: Any = None
+    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None, n_threads: Any = None
 ) -> np.ndarray:
     """l = (x - max) - log(sum(exp(x - max))) along `axis`; x's shape, result dtype.
 
-    -inf entries next to finite ones give -inf; a row with a NaN, a +inf, or only -inf gives
-    a NaN row (as PyTorch). `out` (x's shape, result dtype; may be x) is filled and returned.
+    As `softmax`: -inf entries next to finite ones give -inf; a row with a NaN, a +inf, or
+    only -inf gives a NaN row (as PyTorch).
     """
-    array, dtypes = as_real_array(x, "x")
-    axis = normalize_axis(axis, array.ndim)
-    check_n_threads(n_threads)
-    if out is not None:
-        check_out(out, array.shape, dtypes.result, axis)
-        check_in_place(out, array)
-    with _quiet():
-        log_p = _log_softmax(_float64_rows(array, axis))
-    return _write(np.moveaxis(log_p, -1, axis), dtypes, out)
+    return _over_axes(x, axis, out, n_threads, dtype, _log_softmax)
 
 
-def logsumexp(x: Any, axis: Any = -1, *, keepdims: bool = False, n_threads: Any = None) -> Any:
-    """lse = log(sum(exp(x - m))) + m along `axis` (m the max, or 0 where it is infinite).
+def logsumexp(
+    x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False, return_sign: bool = False,
+    dtype: Any = None, n_threads: Any = None,
+) -> Any:
+    """lse = log(sum(b exp(x - m))) + m along `axis` (m the max over the entries with b != 0,
+    or 0 where it is infinite); b = 1 when None.
 
-    Shape: x's without `axis` (kept with length 1 if `keepdims`); result dtype; a NumPy scalar
-    for 1-D x. As torch.logsumexp and scipy.special.logsumexp: +inf in a row gives +inf, a row
-    of all -inf or a length-0 axis gives -inf, a NaN gives NaN.
+    `axis`: an int, None or a tuple (SciPy's forms). Shape: x's (broadcast with b's) without
+    the reduced axes (kept with length 1 if `keepdims`); a NumPy scalar for a 0-d result.
+    With `return_sign`, (log|sum|, sign(sum)); without it a negative sum gives NaN. As
+    torch.logsumexp and scipy.special.logsumexp: +inf in a row gives +inf, a row of all -inf
+    or a length-0 axis gives -inf (sign 0), a NaN gives NaN.
     """
-    array, dtypes = as_real_array(x, "x")
-    axis = normalize_axis(axis, array.ndim)
+    array, dtypes, weights = check_logsumexp_args(x, b, dtype)
+    axes = check_axes(axis, array.ndim)
     check_n_threads(n_threads)
+    merged = MergedAxes(array.shape, axes if isinstance(axes, tuple) else (axes,))
+    rows = _float64_rows(merged.merge(array), -1)
     with _quiet():
-        lse = _logsumexp(_float64_rows(array, axis))
-    if keepdims:
-        lse = np.expand_dims(lse, axis)
-    return _as_result(lse, dtypes)
+        if weights is None:
+            lse = _logsumexp(rows)
+            sign = np.where(np.isnan(lse), np.nan, np.where(lse == -np.inf, 0.0, 1.0))
+        else:
+            w = _float64_rows(merged.merge(weights), -1)
+            m = _row_max(np.where(w != 0, rows, -np.inf))
+            m = np.where(np.isinf(m), 0.0, m)
+            total = np.sum(np.where(w != 0, w * np.exp(rows - m), 0.0), axis=-1)
+            lse = np.log(np.abs(total)) + m[..., 0]
+            sign = np.sign(total)
+            if not return_sign:
+                lse = np.where(sign < 0, np.nan, lse)
+    lse = merged.reduced(lse, keepdims)
+    if not return_sign:
+        return _as_result(lse, dtypes)
+    return _as_result(lse, dtypes), _as_result(merged.reduced(sign, keepdims), dtypes)
 
 
 def cross_entropy(
