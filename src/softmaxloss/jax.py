@@ -1,5 +1,6 @@
 """softmaxloss as the cross-entropy of JAX programs, usable inside `jax.jit`,
-`jax.grad`, `jax.value_and_grad` and `jax.vmap` on the CPU.
+`jax.vmap` and JAX's derivatives, forward (`jax.jvp`, `jax.jacfwd`, `jax.linearize`)
+and reverse (`jax.grad`, `jax.value_and_grad`, `jax.vjp`, `jax.jacrev`), on the CPU.
 
     import softmaxloss.jax as smj
     loss = smj.cross_entropy(logits, labels)   # optax.softmax_cross_entropy_with_integer_labels(...).mean()
@@ -11,22 +12,29 @@ the class axis) or class probabilities (the logits' shape), `weight`, `sample_we
 losses), `label_smoothing`, `z_loss`.
 
 How it works: the kernel runs on the host through `jax.pure_callback`, and the function
-is a `jax.custom_vjp`: its forward pass computes loss and gradient in one fused call and
-keeps the gradient as the residual; its backward pass only multiplies that gradient by
-the cotangent (per row for reduction="none"). Without differentiation only the loss is
-computed. The gradients with respect to the other inputs are computed in the backward
-pass only for those being differentiated (the forward pass is told which, custom_vjp's
-`symbolic_zeros`): one more host pass, log_softmax, for the target's and weight's, and
-one of per-row losses for sample_weight's. The arguments are checked when the function
-is traced (shapes, dtypes, options; the same messages as `softmaxloss.cross_entropy`);
-an out-of-range label can only be found when the callback runs, and surfaces as JAX's
-callback error.
+is a `jax.custom_jvp` with one rule for both modes. The rule computes the loss and the
+gradient with respect to the logits in one fused call, and returns a tangent that is
+linear in the input tangents: sum(grad * dlogits) (per row for reduction="none"), plus
+the terms of the target's, weight's and sample_weight's tangents. Forward mode
+evaluates it; reverse mode is JAX's transpose of it, so jax.grad multiplies the fused
+gradient by the cotangent, which folds away for its cotangent 1 under jit (the gradient
+is the callback's output). Without differentiation only the loss is computed. Inputs
+without a tangent are symbolic zeros (`symbolic_zeros=True`) and cost nothing: the
+logits' tangent takes the fused pass instead of the loss-only one; the target's and
+weight's take one more host pass, log_softmax, and sample_weight's one of per-row
+losses. The logits' term, grad * dlogits, is a linear map with its own transpose
+(`lax.custom_linear_solve` with the identity as the matrix; `linear_call` would do
+but has no vmap rule) so that ignored rows stay exactly 0 under a non-finite cotangent
+without an N x C pass for the cotangent 1 (see `_scaled_by_grad`). The arguments are
+checked when the function is traced (shapes, dtypes, options; the same messages as
+`softmaxloss.cross_entropy`); an out-of-range label can only be found when the
+callback runs, and surfaces as JAX's callback error.
 
 Choices:
 - Differentiable with respect to the logits, probability targets, `weight` and
   `sample_weight`, exactly (each row's loss is linear in the last three), the mean's
   normaliser included (sum over kept rows of s_n w[y_n] for index targets, sum(s) for
-  probabilities). Index targets have no gradient (float0). The target's is
+  probabilities). Index targets have no tangent (float0). The target's gradient is
   s_n (1-eps) w_c -l[n,c] over the normaliser: +inf at a -inf logit, as jax.grad of
   optax.softmax_cross_entropy gives, and exactly 0 at label_smoothing=1; products are
   the formula's (NaN for 0 * inf, e.g. a zero w_c or s_n at a -inf logit, as jax.grad of
@@ -34,13 +42,14 @@ Choices:
 - Ignored rows get exactly 0 gradient (logits and sample_weight) whatever the upstream
   cotangent, NaN or inf included, as in PyTorch; other rows get the gradient times the
   cotangent (so +-inf where PyTorch's unfused backward may give NaN from inf - inf).
-  jax.grad's cotangent 1 stays a pass-through of the fused gradient under jit.
-- Once differentiable, in reverse mode: `jax.hessian`, a gradient of a gradient or
-  forward mode (`jax.jvp`, `jax.jacfwd`) through this loss raise an error saying so
-  (NotImplementedError; JAX's own TypeError for forward mode).
+  Likewise in forward mode a NaN or inf tangent in an ignored row adds nothing.
+- Once differentiable, in either mode: `jax.hessian`, or any derivative of a derivative
+  (grad of grad, jvp of grad, jacfwd of jacrev, ...) raises NotImplementedError saying
+  so; the callbacks' results are constants to JAX.
 - float32 and float64 (with `jax_enable_x64`) are computed natively; float16 and
   bfloat16 logits in float32, the loss and gradient coming back in the logits' dtype.
-- Under `jax.vmap` the callback runs once per batch element ("sequential").
+- Under `jax.vmap` (also jacfwd's and jacrev's) the callback runs once per batch element
+  ("sequential").
 - A host callback: CPU backends only, no `jax.export` serialisation.
 """
 
@@ -155,22 +164,21 @@ def _given(tangent: Any) -> Any:
 
 
 def _scaled_by_grad(grad: Any, kept: Any, tangent: Any) -> Any:
-    """grad * tangent, elementwise, as a linear map of the tangent that is its own
-    transpose; with class-index targets an ignored row's entries (grad 0 there) are 0
-    whatever they multiply, NaN or inf included, in forward and reverse mode alike.
-    `kept` is None (probability targets: the plain product) or the rows' mask
-    broadcastable against grad.
+    """grad * tangent, elementwise: a linear map of the tangent, its own transpose, in
+    which an ignored row's entries (grad is 0 there) are 0 whatever they multiply, NaN
+    or inf included, in forward and reverse mode alike. `kept` is None (probability
+    targets: the plain product) or the rows' mask, broadcastable against grad.
 
-    The mask has to be part of the transpose, not of the tangent expression: JAX's
-    transpose of a masked tangent, grad * where(kept, cotangent, 0), is a select and a
-    multiply over the N x C gradient that XLA cannot fold for jax.grad's cotangent 1.
-    Written as where(kept | isfinite(v), grad * v, 0) instead, the select folds away
-    for any constant finite v and the result is the callback's gradient itself. A
-    linear map with its own transpose: lax.custom_linear_solve, the matrix the
-    identity (symmetric: the transpose is the same map); only `solve` is ever
-    evaluated and nothing is differentiated through the identity.
-    (jax.custom_derivatives.linear_call would say this directly but has no vmap rule,
-    so jax.vmap of a gradient, jax.jacrev and jax.jacfwd would fail.)"""
+    The mask has to live in the transpose: masking the tangent instead, as in
+    where(kept, sum(grad * dx), 0), transposes to grad * where(kept, cotangent, 0), a
+    select and a multiply over the N x C gradient that XLA cannot fold for jax.grad's
+    cotangent 1. where(kept | isfinite(v), grad * v, 0) folds for any constant finite
+    v, leaving the callback's gradient itself, but JAX cannot transpose isfinite, so
+    the map is given its transpose: lax.custom_linear_solve with the identity as the
+    matrix and `symmetric` (the map is diagonal), whose `solve` is the only function
+    ever evaluated; nothing is differentiated through the identity.
+    (jax.custom_derivatives.linear_call says this directly but has no vmap rule: vmap
+    of a gradient, jax.jacrev and jax.jacfwd would fail.)"""
     if kept is None:
         return grad * tangent
 
@@ -279,8 +287,8 @@ def _other_tangents(options: _Options, x: Any, t: Any, w: Any, s: Any, loss: Any
             d_rows = _plus(d_rows, s_ * dw.astype(dtype)[y])
         if d_rows is not None:
             d_rows = jnp.where(keep, d_rows, 0)
-    if d_rows is None:  # D does not move (only the target's tangent, or no sample_weight's
-        return total / normaliser  # with probabilities)
+    if d_rows is None:  # no tangent moves D
+        return total / normaliser
     return (total - loss * d_rows.sum()) / normaliser
 
 
@@ -324,9 +332,10 @@ def cross_entropy(
     z_loss: float = 0.0,
     n_threads: int | None = None,
 ) -> jax.Array:
-    """`softmaxloss.cross_entropy` for JAX arrays, differentiable with respect to
-    `logits`, probability targets, `weight` and `sample_weight` (jax.grad,
-    jax.value_and_grad, jax.vjp) and traceable (jax.jit, jax.vmap).
+    """`softmaxloss.cross_entropy` for JAX arrays, differentiable once, in forward
+    (jax.jvp, jax.jacfwd, jax.linearize) and reverse mode (jax.grad,
+    jax.value_and_grad, jax.vjp, jax.jacrev), with respect to `logits`, probability
+    targets, `weight` and `sample_weight`, and traceable (jax.jit, jax.vmap).
 
     Returns the loss as a JAX array of the logits' dtype: a scalar, or per-row losses
     for reduction="none". The keywords are static: changing them retraces.
