@@ -2,6 +2,7 @@
 jax.jit, vmap, dtypes (float64 with jax_enable_x64), errors. Skips without jax."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -167,6 +168,130 @@ def test_gradients_with_respect_to_target_weight_and_sample_weight(rng, kind, re
                                        err_msg=f"d/d {name}, {sorted(actual)}, {options}")
 
 
+def _inputs(rng, kind, dtype, shape=(5, 6, 4), axis=1):
+    """logits, target (index, index with 4 ignored rows, or probabilities), class
+    weights and sample weights, on an (N, C, d) array with the class axis 1."""
+    logits = jnp.asarray(rng.standard_normal(shape) * 3, dtype)
+    rows = shape[:axis] + shape[axis + 1:]
+    if kind == "probabilities":
+        target = jnp.asarray(random_probabilities(rng, shape, axis), dtype)
+    else:
+        target = jnp.asarray(random_targets(rng, shape, axis, n_ignored=4 if kind == "index-ignored" else 0))
+    weight = jnp.asarray(rng.uniform(0.2, 3, shape[axis]), dtype)
+    sample_weight = jnp.asarray(rng.uniform(0, 2, rows), dtype)
+    return logits, target, weight, sample_weight
+
+
+@pytest.mark.parametrize("kind", ["index", "index-ignored", "probabilities"])
+def test_forward_and_reverse_mode_match_the_jax_numpy_formula(rng, dtype, kind):
+    """One custom_jvp rule for both modes, all under one jit, against the jax.numpy
+    formula's Jacobian (jax.jacrev under jit; the expected jvp and vjp are its
+    contractions), float32 and float64, every reduction, class axis 1: jax.jvp with
+    tangents of every differentiable input and jax.vjp (the rule's transpose), without
+    options and with class weights, sample weights, label smoothing and z_loss
+    together; with all of them also jax.jvp along each input alone (the others'
+    tangents symbolic zeros), jax.jacfwd, jax.linearize and jax.jacrev."""
+    axis = 1
+    logits, target, weight, sample_weight = _inputs(rng, kind, dtype)
+    float_target = kind == "probabilities"
+    cases = list(itertools.product(["none", "mean", "sum"], [dict(), dict(label_smoothing=0.2, z_loss=0.01)]))
+    tangents = dict(zip("xtws", (jnp.asarray(rng.standard_normal(a.shape), dtype)
+                                 for a in (logits, target, weight, sample_weight))))
+    row_cotangent = jnp.asarray(rng.standard_normal((5, 4)), dtype)
+
+    def setup(f, x, t, w, s, reduction, options):
+        """The loss as a function of its differentiable inputs, named, and their values."""
+        primals = dict(x=x, t=t, w=w if options else None, s=s if options else None)
+        names = [n for n, p in primals.items() if p is not None and (n != "t" or float_target)]
+
+        def loss(*values):
+            args = {**primals, **dict(zip(names, values))}
+            return f(args["x"], args["t"], axis=axis, weight=args["w"], sample_weight=args["s"],
+                     reduction=reduction, **options)
+        return loss, names, [primals[n] for n in names]
+
+    @jax.jit
+    def ours(x, t, w, s, dx, dt, dw, ds, ct):
+        d = dict(x=dx, t=dt, w=dw, s=ds)
+        out = []
+        for reduction, options in cases:
+            loss, names, p = setup(smj.cross_entropy, x, t, w, s, reduction, options)
+            value, pullback = jax.vjp(loss, *p)
+            out.append(dict(jvp=jax.jvp(loss, p, [d[n] for n in names]),
+                            vjp=(value, pullback(ct if reduction == "none" else ct.sum()))))
+            if options:  # (the rest only with every option, for compile time)
+                argnums = tuple(range(len(names)))
+                value, linear = jax.linearize(lambda x: loss(x, *p[1:]), x)
+                out[-1].update(
+                    alone=[jax.jvp(lambda v, i=i: loss(*p[:i], v, *p[i + 1:]), (p[i],), (d[n],))[1]
+                           for i, n in enumerate(names)],
+                    jacfwd=jax.jacfwd(loss, argnums)(*p), linearize=(value, linear(dx), linear(2 * dx)),
+                    jacrev=jax.jacrev(loss, argnums)(*p))
+        return out
+
+    @jax.jit
+    def formula(x, t, w, s):
+        out = []
+        for reduction, options in cases:
+            loss, names, p = setup(jnp_cross_entropy, x, t, w, s, reduction, options)
+            out.append((loss(*p), jax.jacrev(loss, tuple(range(len(names))))(*p)))
+        return out
+
+    def contract(jacobian, tangent, loss_ndim):  # J . v over the input's axes
+        return np.tensordot(jacobian, tangent, axes=tangent.ndim) if tangent.ndim else jacobian * tangent
+
+    args = (logits, target, weight, sample_weight)
+    for (reduction, options), actual, (value, jacobian) in zip(
+            cases, ours(*args, *tangents.values(), row_cotangent), formula(*args)):
+        names = setup(None, *args, reduction, options)[1]
+        ct = row_cotangent if reduction == "none" else row_cotangent.sum()
+        along = [contract(np.asarray(j, np.float64), np.asarray(tangents[n], np.float64), value.ndim)
+                 for j, n in zip(jacobian, names)]
+        expected = dict(
+            jvp=(value, sum(along)), alone=along, jacfwd=jacobian,
+            linearize=(value, along[0], 2 * along[0]),
+            vjp=(value, [np.tensordot(np.asarray(ct, np.float64), np.asarray(j, np.float64), axes=ct.ndim)
+                         for j in jacobian]),
+            jacrev=jacobian)
+        assert actual.keys() == ({"jvp", "vjp"} if not options else expected.keys())
+        for key in actual:
+            flat_actual, flat_expected = jax.tree.leaves(actual[key]), jax.tree.leaves(expected[key])
+            assert len(flat_actual) == len(flat_expected), key
+            for a, e in zip(flat_actual, flat_expected):
+                assert a.dtype == dtype and a.shape == np.shape(e), key
+                np.testing.assert_allclose(a, e, **tolerance(dtype), err_msg=f"{key} {names}, {reduction}, {options}")
+
+
+def test_forward_mode_matches_optax(rng, dtype):
+    """jax.jvp and jax.jacfwd against optax's losses: per-example and mean, with
+    respect to the logits (integer labels and probabilities) and the probabilities."""
+    optax = pytest.importorskip("optax")
+    logits = jnp.asarray(rng.standard_normal((33, 7)) * 3, dtype)
+    labels = jnp.asarray(rng.integers(0, 7, 33))
+    probs = jnp.asarray(random_probabilities(rng, (33, 7), -1), dtype)
+    dx, dp = (jnp.asarray(rng.standard_normal((33, 7)), dtype) for _ in range(2))
+
+    def forward(per_example, with_target):
+        def f(x, t):
+            mean = lambda x, t: per_example(x, t).mean()  # noqa: E731
+            out = [jax.jvp(per_example, (x, t) if with_target else (x,),
+                           (dx, dp) if with_target else (dx,)) if with_target
+                   else jax.jvp(lambda x: per_example(x, t), (x,), (dx,)),
+                   jax.jvp(lambda x: mean(x, t), (x,), (dx,)), jax.jacfwd(mean)(x, t)]
+            if with_target:
+                out += [jax.jvp(lambda t: mean(x, t), (t,), (dp,)), jax.jacfwd(mean, 1)(x, t)]
+            return out
+        return jax.jit(f)
+
+    ours = lambda x, t: smj.cross_entropy(x, t, reduction="none")  # noqa: E731
+    for target, optax_loss, with_target in [(labels, optax.softmax_cross_entropy_with_integer_labels, False),
+                                            (probs, optax.softmax_cross_entropy, True)]:
+        actual, expected = forward(ours, with_target)(logits, target), forward(optax_loss, with_target)(logits, target)
+        for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+            assert a.dtype == dtype
+            np.testing.assert_allclose(a, e, **tolerance(dtype))
+
+
 def test_probability_target_gradient_as_optax_also_at_minus_inf_logits(rng):
     """d mean / d y = (1-eps) w_c -l[n,c] / N, as jax.grad of optax.softmax_cross_entropy:
     +inf at a -inf logit (the loss grows without bound there), whatever the target entry.
@@ -186,9 +311,10 @@ def test_probability_target_gradient_as_optax_also_at_minus_inf_logits(rng):
 
 def test_extra_gradients_are_computed_only_when_asked_for(rng):
     """Host callbacks in the traced program: the fused loss-and-gradient pass alone for
-    jax.grad with respect to the logits; the target's gradient adds a log_softmax pass,
-    sample_weight's a pass of per-row losses: what runs outside jit. Under jit a
-    callback whose result is unused is dead code as well."""
+    jax.grad or jax.jvp with respect to the logits (else the loss-only pass); the
+    target's gradient or tangent adds a log_softmax pass, sample_weight's a pass of
+    per-row losses: what runs outside jit. Under jit a callback whose result is unused
+    is dead code as well."""
     x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
     t = jnp.asarray(random_probabilities(rng, (8, 5), -1), jnp.float32)
     w, s = jnp.ones(5), jnp.ones(8)
@@ -197,13 +323,50 @@ def test_extra_gradients_are_computed_only_when_asked_for(rng):
     def callbacks(argnums):
         return str(jax.make_jaxpr(jax.grad(f, argnums))(x, t, w, s)).count("pure_callback")
 
-    assert callbacks(0) == 1
-    assert callbacks(1) == 2
-    assert callbacks(3) == 2
-    assert callbacks((0, 1, 2, 3)) == 3
+    def forward_callbacks(argnums):  # jax.jvp with tangents for these inputs only
+        def along(*values):
+            args = [x, t, w, s]
+            for i, v in zip(argnums, values):
+                args[i] = v
+            return f(*args)
+        primals = [(x, t, w, s)[i] for i in argnums]
+        return str(jax.make_jaxpr(lambda *p: jax.jvp(along, p, p))(*primals)).count("pure_callback")
+
+    for count in (callbacks, forward_callbacks):
+        assert count((0,)) == 1
+        assert count((1,)) == 2
+        assert count((3,)) == 2
+        assert count((0, 1, 2, 3)) == 3
     # under jit an unused gradient's callback is dead code
     first = jax.jit(lambda *a: jax.grad(f, (0, 1))(*a)[0]).lower(x, t, w, s).compile().as_text()
     assert first.count("custom-call(") == 1
+
+
+@pytest.mark.parametrize("kind", ["index-ignored", "probabilities"])
+def test_jit_grad_returns_the_callbacks_gradient_itself(rng, kind):
+    """jax.grad (cotangent 1) of the mean or sum under jit: no N x C operation after
+    the fused pass (no multiply by the cotangent, no mask for ignored rows, no copy):
+    the gradient in the optimized HLO is the callback's output. With a cotangent that
+    is not a constant it is one fused select-multiply."""
+    shape = (40, 7)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    if kind == "probabilities":
+        t = jnp.asarray(random_probabilities(rng, shape, -1), jnp.float32)
+    else:
+        t = jnp.asarray(random_targets(rng, shape, -1, n_ignored=5))
+    n_by_c = re.compile(r"= f32\[40,7\]\{[^}]*\} ([\w-]+)\(")
+
+    def entry_ops(f, *args):
+        hlo = jax.jit(f).lower(*args).compile().as_text()
+        return n_by_c.findall(hlo.split("\nENTRY ")[1])
+
+    for options in (dict(), dict(label_smoothing=0.1, z_loss=1e-3, weight=jnp.ones(7))):
+        for reduction in ("mean", "sum"):
+            loss = lambda x, t: smj.cross_entropy(x, t, reduction=reduction, **options)  # noqa: E731
+            for f in (jax.grad(loss), lambda x, t: jax.value_and_grad(loss)(x, t)[1]):
+                assert sorted(set(entry_ops(f, x, t))) == ["get-tuple-element", "parameter"], (options, reduction)
+            scaled = entry_ops(lambda x, t, c: jax.vjp(lambda x: loss(x, t), x)[1](c)[0], x, t, jnp.float32(2))
+            assert "fusion" in scaled
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -256,6 +419,36 @@ def test_a_nonfinite_cotangent_leaves_ignored_rows_at_zero(rng, reduction):
         assert np.all(np.isnan(dx[nan_rows])) and np.all(np.isnan(theirs[nan_rows]))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_a_nonfinite_tangent_in_ignored_rows_is_ignored(rng, reduction):
+    """jax.jvp with NaN and inf tangents of the logits and sample_weight in ignored
+    rows: those rows contribute exactly nothing (the loss does not depend on them);
+    kept rows' tangents are the fused gradient's (grad . dx), a NaN there giving NaN."""
+    import softmaxloss as sml
+
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    target = np.array([0, -100, 3, -100, 1, 2])
+    ignored = target == -100
+    _, grad = sml.cross_entropy_with_grad(x, target, reduction=reduction)
+    dx = rng.standard_normal((6, 5)).astype(np.float32)
+    dx[1, 2], dx[3] = np.nan, np.inf
+    ds = np.array([0.5, np.nan, -1.0, np.inf, 2.0, 1.0], np.float32)
+    f = lambda x, s: smj.cross_entropy(x, jnp.asarray(target), sample_weight=s, reduction=reduction)  # noqa: E731
+    s = jnp.ones(6, jnp.float32)
+    for run in (jax.jvp, jax.jit(jax.jvp, static_argnums=0)):
+        _, t_x = run(lambda x: f(x, s), (jnp.asarray(x),), (jnp.asarray(dx),))
+        per_row = np.where(ignored, 0, (grad * np.where(ignored[:, None], 0, dx)).sum(-1))
+        np.testing.assert_allclose(t_x, per_row if reduction == "none" else per_row.sum(), rtol=1e-5, atol=1e-6)
+        _, t_s = run(lambda s: f(jnp.asarray(x), s), (s,), (jnp.asarray(ds),))
+        assert np.all(np.isfinite(t_s))
+        if reduction == "none":
+            np.testing.assert_array_equal(np.asarray(t_s)[ignored], 0.0)
+        dx_kept = dx.copy()
+        dx_kept[0, 0] = np.nan
+        _, t_nan = run(lambda x: f(x, s), (jnp.asarray(x),), (jnp.asarray(dx_kept),))
+        assert np.isnan(t_nan[0] if reduction == "none" else t_nan)
+
+
 def test_vmap_and_grad(rng):
     logits = jnp.asarray(rng.standard_normal((3, 10, 4)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 4, (3, 10)))
@@ -266,6 +459,12 @@ def test_vmap_and_grad(rng):
     probs = jnp.asarray(random_probabilities(rng, (3, 10, 4), -1), jnp.float32)
     both = lambda f: jax.jit(jax.vmap(jax.grad(f, argnums=(0, 1))))(logits, probs)  # noqa: E731
     for actual, expected in zip(both(smj.cross_entropy), both(jnp_cross_entropy)):
+        np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=2e-6)
+    # forward mode, batched: jax.vmap of jax.jvp (logits and probabilities), and of jax.jacfwd
+    tangents = jnp.asarray(rng.standard_normal((2, 3, 10, 4)), jnp.float32)
+    both = lambda f: jax.jit(jax.vmap(lambda x, t, dx, dt: (  # noqa: E731
+        jax.jvp(f, (x, t), (dx, dt)), jax.jacfwd(f)(x, t))))(logits, probs, *tangents)
+    for actual, expected in zip(jax.tree.leaves(both(smj.cross_entropy)), jax.tree.leaves(both(jnp_cross_entropy))):
         np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=2e-6)
 
 
@@ -313,10 +512,22 @@ def test_training_with_optax_follows_the_same_loss_curve(rng):
 def test_errors():
     x = jnp.zeros((3, 4))
     f = lambda x: smj.cross_entropy(x, jnp.array([0, 1, 3]))  # noqa: E731
-    with pytest.raises(NotImplementedError, match="differentiable once only"):
-        jax.hessian(f)(x)
-    with pytest.raises(NotImplementedError, match="differentiable once only"):
-        jax.grad(lambda x: jax.grad(f)(x).sum())(x)
+    v = jnp.ones((3, 4))
+    second_derivatives = [
+        lambda: jax.hessian(f)(x),
+        lambda: jax.jacfwd(jax.jacrev(f))(x),
+        lambda: jax.jacrev(jax.jacfwd(f))(x),
+        lambda: jax.grad(lambda x: jax.grad(f)(x).sum())(x),
+        lambda: jax.jvp(jax.grad(f), (x,), (v,)),
+        lambda: jax.jvp(lambda x: jax.jvp(f, (x,), (v,))[1], (x,), (v,)),
+        lambda: jax.grad(lambda x: jax.jvp(f, (x,), (v,))[1])(x),
+        lambda: jax.jit(jax.hessian(lambda x: smj.cross_entropy(x, jnp.ones((3, 4)) / 4)))(x),
+    ]
+    for second_derivative in second_derivatives:
+        with pytest.raises(NotImplementedError, match="differentiable once only"):
+            second_derivative()
+    # a derivative with respect to the tangent only is a first derivative: the gradient
+    np.testing.assert_allclose(jax.grad(lambda v: jax.jvp(f, (x,), (v,))[1])(v), jax.grad(f)(x), rtol=1e-6)
     # checked while tracing, with softmaxloss's messages
     with pytest.raises(ValueError, match=r"target of class indices has shape \(2,\)"):
         jax.jit(lambda x: smj.cross_entropy(x, jnp.array([0, 1])))(x)

@@ -1,5 +1,6 @@
 """softmaxloss as the cross-entropy of JAX programs, usable inside `jax.jit`,
-`jax.grad`, `jax.value_and_grad` and `jax.vmap` on the CPU.
+`jax.vmap` and JAX's derivatives, forward (`jax.jvp`, `jax.jacfwd`, `jax.linearize`)
+and reverse (`jax.grad`, `jax.value_and_grad`, `jax.vjp`, `jax.jacrev`), on the CPU.
 
     import softmaxloss.jax as smj
     loss = smj.cross_entropy(logits, labels)   # optax.softmax_cross_entropy_with_integer_labels(...).mean()
@@ -11,22 +12,29 @@ the class axis) or class probabilities (the logits' shape), `weight`, `sample_we
 losses), `label_smoothing`, `z_loss`.
 
 How it works: the kernel runs on the host through `jax.pure_callback`, and the function
-is a `jax.custom_vjp`: its forward pass computes loss and gradient in one fused call and
-keeps the gradient as the residual; its backward pass only multiplies that gradient by
-the cotangent (per row for reduction="none"). Without differentiation only the loss is
-computed. The gradients with respect to the other inputs are computed in the backward
-pass only for those being differentiated (the forward pass is told which, custom_vjp's
-`symbolic_zeros`): one more host pass, log_softmax, for the target's and weight's, and
-one of per-row losses for sample_weight's. The arguments are checked when the function
-is traced (shapes, dtypes, options; the same messages as `softmaxloss.cross_entropy`);
-an out-of-range label can only be found when the callback runs, and surfaces as JAX's
-callback error.
+is a `jax.custom_jvp` with one rule for both modes. The rule computes the loss and the
+gradient with respect to the logits in one fused call, and returns a tangent that is
+linear in the input tangents: sum(grad * dlogits) (per row for reduction="none"), plus
+the terms of the target's, weight's and sample_weight's tangents. Forward mode
+evaluates it; reverse mode is JAX's transpose of it, so jax.grad multiplies the fused
+gradient by the cotangent, which folds away for its cotangent 1 under jit (the gradient
+is the callback's output). Without differentiation only the loss is computed. Inputs
+without a tangent are symbolic zeros (`symbolic_zeros=True`) and cost nothing: the
+logits' tangent takes the fused pass instead of the loss-only one; the target's and
+weight's take one more host pass, log_softmax, and sample_weight's one of per-row
+losses. The logits' term, grad * dlogits, is a linear map with its own transpose
+(`lax.custom_linear_solve` with the identity as the matrix; `linear_call` would do
+but has no vmap rule) so that ignored rows stay exactly 0 under a non-finite cotangent
+without an N x C pass for the cotangent 1 (see `_scaled_by_grad`). The arguments are
+checked when the function is traced (shapes, dtypes, options; the same messages as
+`softmaxloss.cross_entropy`); an out-of-range label can only be found when the
+callback runs, and surfaces as JAX's callback error.
 
 Choices:
 - Differentiable with respect to the logits, probability targets, `weight` and
   `sample_weight`, exactly (each row's loss is linear in the last three), the mean's
   normaliser included (sum over kept rows of s_n w[y_n] for index targets, sum(s) for
-  probabilities). Index targets have no gradient (float0). The target's is
+  probabilities). Index targets have no tangent (float0). The target's gradient is
   s_n (1-eps) w_c -l[n,c] over the normaliser: +inf at a -inf logit, as jax.grad of
   optax.softmax_cross_entropy gives, and exactly 0 at label_smoothing=1; products are
   the formula's (NaN for 0 * inf, e.g. a zero w_c or s_n at a -inf logit, as jax.grad of
@@ -34,13 +42,14 @@ Choices:
 - Ignored rows get exactly 0 gradient (logits and sample_weight) whatever the upstream
   cotangent, NaN or inf included, as in PyTorch; other rows get the gradient times the
   cotangent (so +-inf where PyTorch's unfused backward may give NaN from inf - inf).
-  jax.grad's cotangent 1 stays a pass-through of the fused gradient under jit.
-- Once differentiable, in reverse mode: `jax.hessian`, a gradient of a gradient or
-  forward mode (`jax.jvp`, `jax.jacfwd`) through this loss raise an error saying so
-  (NotImplementedError; JAX's own TypeError for forward mode).
+  Likewise in forward mode a NaN or inf tangent in an ignored row adds nothing.
+- Once differentiable, in either mode: `jax.hessian`, or any derivative of a derivative
+  (grad of grad, jvp of grad, jacfwd of jacrev, ...) raises NotImplementedError saying
+  so; the callbacks' results are constants to JAX.
 - float32 and float64 (with `jax_enable_x64`) are computed natively; float16 and
   bfloat16 logits in float32, the loss and gradient coming back in the logits' dtype.
-- Under `jax.vmap` the callback runs once per batch element ("sequential").
+- Under `jax.vmap` (also jacfwd's and jacrev's) the callback runs once per batch element
+  ("sequential").
 - A host callback: CPU backends only, no `jax.export` serialisation.
 """
 
@@ -50,9 +59,11 @@ import dataclasses
 from dataclasses import asdict
 import functools
 import math
+import operator
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 import numpy as np
 
@@ -102,10 +113,10 @@ def _host_log_softmax(options: _Options, logits: np.ndarray) -> np.ndarray:
 
 
 _SECOND_ORDER = (
-    "softmaxloss.jax.cross_entropy is differentiable once only (reverse mode): its "
-    "gradient comes from a host callback, which JAX cannot differentiate again, so "
-    "jax.hessian, forward mode over it, or a gradient of its gradient is not supported; "
-    "use a jax.numpy / optax loss for those"
+    "softmaxloss.jax.cross_entropy is differentiable once only (forward or reverse "
+    "mode): its derivatives come from host callbacks, which JAX cannot differentiate "
+    "again, so jax.hessian or a derivative of a derivative (grad of grad, jvp of grad, "
+    "jacfwd of jacrev, ...) is not supported; use a jax.numpy / optax loss for those"
 )
 
 
@@ -117,8 +128,9 @@ def _no_derivative(host: Any, result_shapes: Any, primals: Any, tangents: Any) -
     raise NotImplementedError(_SECOND_ORDER)
 
 
-# Every host callback, its own derivative refused: those of the forward pass are
-# differentiated by the custom_vjp below, so this is reached only when differentiating twice.
+# Every host callback, its own derivative refused: the callbacks run on primal values
+# only (the loss's jvp rule below uses their results as constants), so this is reached
+# only when differentiating twice.
 _host = jax.custom_jvp(_callback, nondiff_argnums=(0, 1))
 _host.defjvp(_no_derivative)
 
@@ -134,39 +146,6 @@ def _loss_and_grad(options: _Options, logits: Any, target: Any, weight: Any, sam
                  logits, target, weight, sample_weight)
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["grad", "logits", "target", "weight", "sample_weight", "loss"],
-                   meta_fields=["wants"])
-@dataclasses.dataclass(frozen=True)
-class _Residuals:
-    """What the backward pass needs; None where it needs nothing. `wants` (static): which
-    of logits, target, weight, sample_weight are differentiated."""
-
-    grad: Any  # d loss / d logits from the fused pass, if the logits are differentiated
-    logits: Any  # these four, and the inputs, for the other gradients
-    target: Any  # also for the ignored rows of class-index targets
-    weight: Any
-    sample_weight: Any
-    loss: Any
-    wants: tuple[bool, ...]
-
-
-def _forward(options: _Options, *primals: Any) -> tuple[Any, _Residuals]:
-    # symbolic_zeros=True: each input comes as CustomVJPPrimal(value, perturbed), so that
-    # only the gradients asked for are computed (outside jit nothing would drop the others).
-    x, t, w, s = (None if p is None else p.value for p in primals)
-    wants = tuple(p is not None and p.perturbed for p in primals)
-    others = any(wants[1:])
-    if wants[0]:
-        loss, grad = _loss_and_grad(options, x, t, w, s)
-    else:
-        loss, grad = _loss_only(options, x, t, w, s), None
-    keep_target = others or not options.probabilities
-    return loss, _Residuals(grad, x if others else None, t if keep_target else None,
-                            w if others else None, s if others else None, loss if others else None,
-                            wants)
-
-
 def _kept_rows(options: _Options, target: Any) -> Any:
     """target != ignore_index (an ignore_index outside the dtype's range matches nothing,
     where jnp's comparison would wrap it)."""
@@ -176,89 +155,147 @@ def _kept_rows(options: _Options, target: Any) -> Any:
     return target != jnp.asarray(options.loss.ignore_index, target.dtype)
 
 
-def _backward(options: _Options, res: _Residuals, cotangent: Any) -> tuple[Any, ...]:
-    keep = None if options.probabilities else _kept_rows(options, res.target)
-    if options.loss.reduction == "none" and keep is not None:
-        # An ignored row's gradient is 0 whatever its cotangent (0 * NaN would be NaN): drop
-        # its cotangent, N values, rather than mask the N x C product.
-        cotangent = jnp.where(keep, cotangent, 0)
-    dx = None
-    if res.wants[0]:
-        if options.loss.reduction == "none":
-            dx = res.grad * jnp.expand_dims(cotangent, options.axis).astype(res.grad.dtype)
-        else:
-            dx = res.grad * cotangent.astype(res.grad.dtype)
-            if keep is not None:  # the same for a NaN or inf scalar; for jax.grad's constant
-                # cotangent 1 the select folds away under jit, else it is fused with the product
-                dx = jnp.where(jnp.expand_dims(keep, options.axis) | jnp.isfinite(cotangent), dx, 0)
-    others = _other_gradients(options, res, cotangent, keep) if any(res.wants[1:]) else (None,) * 3
-    return (dx, *others)
+def _given(tangent: Any) -> Any:
+    """The tangent, or None for an input not being differentiated (a symbolic zero,
+    float0 for class indices, or None for an absent weight)."""
+    if tangent is None or type(tangent) is SymbolicZero or tangent.dtype == jax.dtypes.float0:
+        return None
+    return tangent
 
 
-def _other_gradients(options: _Options, res: _Residuals, cotangent: Any, keep: Any) -> tuple[Any, Any, Any]:
-    """The gradients of cotangent . loss with respect to probability targets, weight and
-    sample_weight, each only if wanted (else None); the loss is linear in each. Classes
-    last, nl = -log_softmax (a host pass, for the first two), r_n = loss_n / s_n (the
-    per-row losses without s, a host pass, for the last), c_n = d (cotangent . loss) /
-    d loss_n (the cotangent, over the normaliser D for "mean"), u_n = c_n s_n:
-        d/dy[n,c] = u_n (1-eps) w_c nl[n,c]
-        d/dw_c = sum_n u_n y'[n,c] nl[n,c]                   probabilities
-               = sum_n u_n ((1-eps) [y_n = c] + eps/C) nl[n,c]  index targets, kept rows
-        d/ds_n = c_n r_n
-    and for "mean" = T / D the normaliser's own share, -cotangent mean / D times
-    dD/dw_c = sum of s_n over kept rows of class c (index targets; 0 for probabilities)
-    and dD/ds_n = w[y_n] (index targets) or 1 (probabilities)."""
-    _, want_t, want_w, want_s = res.wants
-    x, t, w, s = res.logits, res.target, res.weight, res.sample_weight
+def _scaled_by_grad(grad: Any, kept: Any, tangent: Any) -> Any:
+    """grad * tangent, elementwise: a linear map of the tangent, its own transpose, in
+    which an ignored row's entries (grad is 0 there) are 0 whatever they multiply, NaN
+    or inf included, in forward and reverse mode alike. `kept` is None (probability
+    targets: the plain product) or the rows' mask, broadcastable against grad.
+
+    The mask has to live in the transpose: masking the tangent instead, as in
+    where(kept, sum(grad * dx), 0), transposes to grad * where(kept, cotangent, 0), a
+    select and a multiply over the N x C gradient that XLA cannot fold for jax.grad's
+    cotangent 1. where(kept | isfinite(v), grad * v, 0) folds for any constant finite
+    v, leaving the callback's gradient itself, but JAX cannot transpose isfinite, so
+    the map is given its transpose: lax.custom_linear_solve with the identity as the
+    matrix and `symmetric` (the map is diagonal), whose `solve` is the only function
+    ever evaluated; nothing is differentiated through the identity.
+    (jax.custom_derivatives.linear_call says this directly but has no vmap rule: vmap
+    of a gradient, jax.jacrev and jax.jacfwd would fail.)"""
+    if kept is None:
+        return grad * tangent
+
+    def masked_product(_: Any, v: Any) -> Any:
+        return jnp.where(kept | jnp.isfinite(v), grad * v, 0)
+
+    return jax.lax.custom_linear_solve(lambda v: v, tangent, masked_product, symmetric=True)
+
+
+def _plus(a: Any, b: Any) -> Any:
+    return b if a is None else a + b
+
+
+def _jvp(options: _Options, primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+    """The loss and its tangent, linear in the input tangents (so that JAX transposes it
+    for reverse mode). Inputs without a tangent (symbolic zeros) cost nothing: the
+    logits' tangent takes the fused loss-and-gradient pass instead of the loss-only
+    one, the target's and weight's a log_softmax pass, sample_weight's a pass of
+    per-row losses."""
+    x, t, w, s = primals
+    dx, dt, dw, ds = map(_given, tangents)
+    if dx is not None:
+        loss, grad = _loss_and_grad(options, x, t, w, s)
+    else:
+        loss, grad = _loss_only(options, x, t, w, s), None
+    keep = None if options.probabilities else _kept_rows(options, t)
+    parts = []
+    if dx is not None:  # d loss = sum_c grad * dx (per row for "none"): grad is the returned loss's
+        kept = None if keep is None else jnp.expand_dims(keep, options.axis)
+        product = _scaled_by_grad(grad, kept, dx.astype(grad.dtype))
+        parts.append(product.sum(options.axis) if options.loss.reduction == "none" else product.sum())
+    if dt is not None or dw is not None or ds is not None:
+        part = _other_tangents(options, x, t, w, s, loss, keep, dt, dw, ds)
+        if part is not None:
+            parts.append(part)
+    if not parts:  # e.g. only a float0 tangent, or the target's at label_smoothing=1
+        return loss, jnp.zeros(loss.shape, loss.dtype)
+    return loss, functools.reduce(operator.add, parts).astype(loss.dtype)
+
+
+def _other_tangents(options: _Options, x: Any, t: Any, w: Any, s: Any, loss: Any, keep: Any,
+                    dt: Any, dw: Any, ds: Any) -> Any:
+    """The loss's tangent from those of probability targets, weight and sample_weight
+    (each None if not differentiated); the loss is linear in each. Classes last,
+    nl = -log_softmax (a host pass, for the first two), r_n = loss_n / s_n (the per-row
+    losses without s, a host pass, for the last), y' = (1-eps) y + eps/C:
+        d loss_n = s_n (1-eps) sum_c w_c nl[n,c] dy[n,c]
+                 + s_n sum_c y'[n,c] nl[n,c] dw_c                          probabilities
+                 + s_n ((1-eps) nl[n,y_n] dw[y_n] + eps/C sum_c nl[n,c] dw_c)  index targets
+                 + r_n ds_n
+    ("none" returns these, "sum" their sum), and for "mean" = T / D also the
+    normaliser's own share, d mean = (dT - mean dD) / D with
+    dD = sum over kept rows of (ds_n w[y_n] + s_n dw[y_n]) (index targets), sum(ds)
+    (probabilities). With index targets each row's tangent is where(kept, ..., 0), and
+    ignored rows' coefficients are 0 (their nl may be inf), so that the transpose gives
+    ignored rows exactly 0 whatever the cotangent (the cotangent is masked first)."""
     axis, eps, dtype = options.axis, options.loss.label_smoothing, x.dtype
     n_classes = x.shape[axis]
     w_ = jnp.ones(n_classes, dtype) if w is None else w.astype(dtype)
-    s_ = jnp.ones(t.shape if keep is not None else x.shape[:axis] + x.shape[axis + 1:], dtype) \
-        if s is None else s.astype(dtype)
+    s_ = jnp.ones(x.shape[:axis] + x.shape[axis + 1:], dtype) if s is None else s.astype(dtype)
     y: Any = None if keep is None else jnp.where(keep, t, 0)  # ignored rows get class 0, then are dropped
 
-    if keep is None:
-        normaliser = math.prod(s_.shape) if s is None else s_.sum()
-    else:
-        normaliser = jnp.where(keep, s_ * w_[y], 0).sum()
-    mean = options.loss.reduction == "mean"
-    c = cotangent / normaliser if mean else cotangent
-    u = c * s_ if keep is None else jnp.where(keep, c * s_, 0)
-    m = -cotangent * res.loss / normaliser if mean else 0.0  # d (cotangent . mean) / d D
-
     nl: Any = None
-    if want_t or want_w:
+    if dt is not None or dw is not None:
         nl = -jnp.moveaxis(_host(functools.partial(_host_log_softmax, options),
                                  jax.ShapeDtypeStruct(x.shape, dtype), x), axis, -1)
-    dt = dw = ds = None
-    if want_t:  # d loss_n / d y[n, c] = s_n (1-eps) w_c nl[n, c]; none at eps = 1
-        dt = jnp.zeros(t.shape, t.dtype) if eps == 1 else jnp.moveaxis(
-            ((1 - eps) * u)[..., None] * (nl if w is None else w_ * nl), -1, axis).astype(t.dtype)
-    if want_w:
-        rows = tuple(range(nl.ndim - 1))
+    row: Any = None  # the per-row tangent, the sum of the terms below
+    if dt is not None and eps != 1:  # none at eps = 1 (nl may be inf: 0 * inf)
+        dy = jnp.moveaxis(dt, axis, -1).astype(dtype)
+        row = _plus(row, s_ * (1 - eps) * (dy * (nl if w is None else w_ * nl)).sum(-1))
+    if dw is not None:
+        dw_ = dw.astype(dtype)
         if keep is None:
             yp = jnp.moveaxis(t, axis, -1).astype(dtype)
             yp = yp if eps == 0 else (1 - eps) * yp + eps / n_classes
-            dw = (u[..., None] * yp * nl).sum(rows)
+            row = _plus(row, s_ * (yp * nl * dw_).sum(-1))
         else:  # a zero coefficient leaves its term out (picked may be inf: 0 * inf)
-            picked = jnp.take_along_axis(nl, y[..., None], -1)[..., 0]
-            per_row = jnp.where(keep, (0 if eps == 1 else (1 - eps) * u * picked) + m * s_, 0)
-            dw = jnp.zeros(n_classes, dtype).at[y.ravel()].add(per_row.ravel())
-            if eps != 0:  # where, not u * nl: ignored rows' nl may be inf
-                dw = dw + (eps / n_classes) * jnp.where(keep[..., None], u[..., None] * nl, 0).sum(rows)
-        dw = dw.astype(w.dtype)
-    if want_s:
+            if eps != 1:
+                picked = jnp.where(keep, jnp.take_along_axis(nl, y[..., None], -1)[..., 0], 0)
+                row = _plus(row, s_ * (1 - eps) * picked * dw_[y])
+            if eps != 0:  # where, not nl: ignored rows' nl may be inf
+                row = _plus(row, s_ * (eps / n_classes) * (jnp.where(keep[..., None], nl, 0) * dw_).sum(-1))
+    if ds is not None:
         row_options = options._replace(loss=dataclasses.replace(options.loss, reduction="none"))
         r = _host(functools.partial(_host_loss, row_options), _loss_shape(row_options, x), x, t, w, None)
-        ds = c * r + m * (1.0 if keep is None else w_[y])
-        ds = (ds if keep is None else jnp.where(keep, ds, 0)).astype(s.dtype)
-    return dt, dw, ds
+        row = _plus(row, (r if keep is None else jnp.where(keep, r, 0)) * ds.astype(dtype))
+    if row is None:  # only the target's tangent, at label_smoothing=1
+        return None
+    if keep is not None:
+        row = jnp.where(keep, row, 0)
+    if options.loss.reduction == "none":
+        return row
+    total = row.sum()
+    if options.loss.reduction == "sum":
+        return total
+    d_rows: Any = None  # dD, per row
+    if keep is None:
+        normaliser: Any = math.prod(s_.shape) if s is None else s_.sum()
+        if ds is not None:
+            d_rows = ds.astype(dtype)
+    else:
+        normaliser = jnp.where(keep, s_ * w_[y], 0).sum()
+        if ds is not None:
+            d_rows = ds.astype(dtype) * w_[y]
+        if dw is not None:
+            d_rows = _plus(d_rows, s_ * dw.astype(dtype)[y])
+        if d_rows is not None:
+            d_rows = jnp.where(keep, d_rows, 0)
+    if d_rows is None:  # no tangent moves D
+        return total / normaliser
+    return (total - loss * d_rows.sum()) / normaliser
 
 
-# Forward: loss and gradient in one call, the gradient kept; backward: scale it (and,
-# only if asked for, the gradients with respect to the target and weights).
-_cross_entropy = jax.custom_vjp(_loss_only, nondiff_argnums=(0,))
-_cross_entropy.defvjp(_forward, _backward, symbolic_zeros=True)
+# The loss, differentiable in forward mode (the jvp rule) and, by JAX's transpose of its
+# linear tangent, in reverse mode.
+_cross_entropy = jax.custom_jvp(_loss_only, nondiff_argnums=(0,))
+_cross_entropy.defjvp(_jvp, symbolic_zeros=True)
 
 
 def _as_input(array: Any) -> Any:
@@ -295,9 +332,10 @@ def cross_entropy(
     z_loss: float = 0.0,
     n_threads: int | None = None,
 ) -> jax.Array:
-    """`softmaxloss.cross_entropy` for JAX arrays, differentiable with respect to
-    `logits`, probability targets, `weight` and `sample_weight` (jax.grad,
-    jax.value_and_grad, jax.vjp) and traceable (jax.jit, jax.vmap).
+    """`softmaxloss.cross_entropy` for JAX arrays, differentiable once, in forward
+    (jax.jvp, jax.jacfwd, jax.linearize) and reverse mode (jax.grad,
+    jax.value_and_grad, jax.vjp, jax.jacrev), with respect to `logits`, probability
+    targets, `weight` and `sample_weight`, and traceable (jax.jit, jax.vmap).
 
     Returns the loss as a JAX array of the logits' dtype: a scalar, or per-row losses
     for reduction="none". The keywords are static: changing them retraces.
