@@ -190,17 +190,18 @@ class BuildExt(build_ext):
             ext.sources = c_ext.sources
             ext.depends = c_ext.depends
         super().run()
-        for ext, stub in self.build_stubs():
+        for build, stub in self.build_stubs():
             with open(stub, "w", encoding="utf-8") as f:
-                f.write(BUILD_STUB.format(module=ext.name.rsplit(".", 1)[1], name=BUILD_OF_EXTENSION[ext.name].name))
+                f.write(BUILD_STUB.format(module=build.module, name=build.name))
 
     def build_stubs(self):
-        """(extension, path of its .pyi beside the built module) for each kernel build
-        but the baseline."""
+        """(row of the table, path of its .pyi beside the built module) for each kernel
+        build but the baseline, `_kernels`, whose stub is in the source tree."""
         return [
-            (ext, os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), ext.name.rsplit(".", 1)[1] + ".pyi"))
+            (build, os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), f"{build.module}.pyi"))
             for ext in self.extensions
-            if ext.name in BUILD_OF_EXTENSION and BUILD_OF_EXTENSION[ext.name].cpu is not None
+            for build in [BUILD_OF_EXTENSION.get(ext.name)]
+            if build is not None and build.module != "_kernels"
         ]
 
     def get_outputs(self):

@@ -49,8 +49,9 @@ BUILDS: tuple[Build, ...] = (
     # x86-64-v3's vector part (AVX2 + FMA): the default on the CPUs that have it.
     Build("avx2", "_kernels_avx2", X86_64, ("-mavx2", "-mfma"), ("/arch:AVX2",), "avx2+fma", default=True),
     # x86-64-v4's AVX-512 (F, BW, DQ, VL) with FMA. Not a default: no interleaved A/B
-    # against avx2 has been run (the machine this was written on has no AVX-512, and no
-    # emulator there runs it). Use it with SOFTMAXLOSS_KERNELS=avx512.
+    # against avx2 has been run (the machine this was written on has no AVX-512; under
+    # Bochs' emulation its row kernels give avx2's bits but for the sign of some NaNs:
+    # benchmarks/RESULTS.md). Use it with SOFTMAXLOSS_KERNELS=avx512.
     Build(
         "avx512",
         "_kernels_avx512",
