@@ -1,11 +1,15 @@
 """Build the softmaxloss extension modules.
 
 Metadata lives in pyproject.toml; this file only declares the Cython extensions and picks
-per-compiler flags. Two builds of the same kernel:
-
-* ``softmaxloss._kernels``: the platform's baseline instruction set;
-* ``softmaxloss._kernels_avx2``: the same source (it ``include``s ``_kernels.pyx``) compiled for
-  AVX2 + FMA, on x86-64 only. The package picks one at import time.
+per-compiler flags. The kernels are built once per row of the table of builds,
+``src/softmaxloss/_builds.py`` (read here by path, without importing the package): the same
+source, ``_kernels.pyx``, compiled into ``softmaxloss.<module>`` with the row's flags, for the
+target architectures the row names (``softmaxloss._kernels``, the baseline, everywhere;
+``_kernels_avx2`` and ``_kernels_avx512`` on x86-64). ``softmaxloss._cpu`` (the CPU tests,
+built for the baseline) tells the package at import which of them this CPU runs. Each build
+but the baseline gets a stub, ``<module>.pyi``, written beside it (it re-exports
+``_kernels.pyi``). The C headers are in ``src/softmaxloss/_csrc/``: build inputs, in the sdist
+and not in the wheel.
 
 Environment switches (all optional):
 
@@ -16,12 +20,13 @@ Environment switches (all optional):
 * ``SOFTMAXLOSS_DEBUG=1``: bounds/wraparound/initialization checks on, ``-O0 -g``, asserts on.
 * ``SOFTMAXLOSS_SANITIZE=address`` (any ``-fsanitize=`` value): sanitizer build (gcc/clang).
 
-The kernel reports OpenMP from the compiler's own ``_OPENMP`` macro (``build_info()["openmp"]``),
-so it states what was compiled in, not what was asked for. ``SOFTMAXLOSS_OPENMP`` and
-``SOFTMAXLOSS_AVX2`` (0/1) are defined too, but no C code reads them.
+The kernel reports OpenMP from the compiler's own ``_OPENMP`` macro (``build_info()["openmp"]``)
+and its instruction set from the compiler's ISA macros (``SML_ISA`` in ``_csrc/_platform.h``),
+so it states what was compiled in, not what was asked for.
 """
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -34,6 +39,22 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, CompileError, LinkError
 
 PACKAGE_DIR = os.path.join("src", "softmaxloss")
+CSRC_DIR = os.path.join(PACKAGE_DIR, "_csrc")
+BUILDS = runpy.run_path(os.path.join(PACKAGE_DIR, "_builds.py"))["BUILDS"]
+BUILD_OF_EXTENSION = {f"softmaxloss.{build.module}": build for build in BUILDS}
+
+# The stub of each build but the baseline (whose _kernels.pyi is in the source tree).
+BUILD_STUB = '''\
+"""Stubs for `softmaxloss.{module}`: `_kernels.pyx` compiled for the "{name}" row of
+`softmaxloss._builds`, so the same functions as `softmaxloss._kernels`. Written by setup.py:
+edit `_kernels.pyi`, not this file.
+"""
+
+from ._kernels import *
+
+# A star import leaves out names that start with "_".
+__test__: dict[str, str]
+'''
 
 
 def env_flag(name):
@@ -83,14 +104,19 @@ OPENMP_TEST_PROGRAM = textwrap.dedent(
 )
 
 
-def targets_x86_64():
-    """True when the wheel being built is for x86-64 (honours cross-compilation settings)."""
+def target_architecture():
+    """The architecture of the wheel being built, as `_builds.py` names them: "x86_64"
+    (also for Windows' amd64), else the platform tag's last part ("aarch64", "arm64", ...);
+    "multiple" for a macOS build for several (e.g. ARCHFLAGS="-arch arm64 -arch x86_64"),
+    which gets the builds for every architecture only. Honours cross-compilation settings."""
     platform_tag = sysconfig.get_platform().lower()
     if platform_tag.startswith("macosx"):
-        archflags = os.environ.get("ARCHFLAGS", "")
+        archflags = os.environ.get("ARCHFLAGS", "").split()
         if "-arch" in archflags:
-            return archflags.split() == ["-arch", "x86_64"]
-    return platform_tag.endswith(("x86_64", "amd64"))
+            return archflags[1] if len(archflags) == 2 and archflags[0] == "-arch" else "multiple"
+    if platform_tag.endswith(("x86_64", "amd64")):
+        return "x86_64"
+    return platform_tag.rsplit("-", 1)[-1]
 
 
 def openmp_prefixes():
@@ -145,24 +171,41 @@ class BuildExt(build_ext):
     def finalize_options(self):
         super().finalize_options()
         # Flags depend on environment switches, which the up-to-date check does not see:
-        # always recompile (two small modules) rather than reuse a stale object.
+        # always recompile (a few small modules) rather than reuse a stale object.
         self.force = True
 
     def run(self):
         from Cython.Build import cythonize
 
-        # Generated C goes under build/ (never into src/), one tree per directive set. The
-        # Extension objects setuptools already finalized get the C sources in place.
-        cythonized = cythonize(
-            self.extensions,
-            compiler_directives=CYTHON_DIRECTIVES,
-            build_dir=os.path.join("build", "cython-debug" if DEBUG else "cython"),
-            quiet=True,
-        )
-        for ext, c_ext in zip(self.extensions, cythonized, strict=True):
+        # Generated C goes under build/ (never into src/), one tree per directive set and
+        # module: every kernel build is `_kernels.pyx` compiled under its own module name.
+        # The Extension objects setuptools already finalized get the C sources in place.
+        for ext in self.extensions:
+            (c_ext,) = cythonize(
+                [ext],
+                compiler_directives=CYTHON_DIRECTIVES,
+                build_dir=os.path.join("build", "cython-debug" if DEBUG else "cython", ext.name),
+                quiet=True,
+            )
             ext.sources = c_ext.sources
             ext.depends = c_ext.depends
         super().run()
+        for build, stub in self.build_stubs():
+            with open(stub, "w", encoding="utf-8") as f:
+                f.write(BUILD_STUB.format(module=build.module, name=build.name))
+
+    def build_stubs(self):
+        """(row of the table, path of its .pyi beside the built module) for each kernel
+        build but the baseline, `_kernels`, whose stub is in the source tree."""
+        return [
+            (build, os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), f"{build.module}.pyi"))
+            for ext in self.extensions
+            for build in [BUILD_OF_EXTENSION.get(ext.name)]
+            if build is not None and build.module != "_kernels"
+        ]
+
+    def get_outputs(self):
+        return super().get_outputs() + [stub for _, stub in self.build_stubs()]
 
     def build_extensions(self):
         compiler_type = self.compiler.compiler_type
@@ -190,15 +233,12 @@ class BuildExt(build_ext):
             compile_args.append("-fopenmp-simd")
 
         for ext in self.extensions:
-            avx2 = ext.name.endswith("_avx2")
-            ext.extra_compile_args = compile_args + (
-                (["/arch:AVX2"] if msvc else ["-mavx2", "-mfma"]) if avx2 else []
-            )
+            ext.extra_compile_args = list(compile_args)
             ext.extra_link_args = list(link_args)
-            ext.define_macros = [
-                ("SOFTMAXLOSS_OPENMP", "1" if openmp else "0"),
-                ("SOFTMAXLOSS_AVX2", "1" if avx2 else "0"),
-            ]
+            build = BUILD_OF_EXTENSION.get(ext.name)
+            if build is None:  # softmaxloss._cpu: the baseline, no threads
+                continue
+            ext.extra_compile_args += build.msvc_flags if msvc else build.unix_flags
             if openmp:
                 ext.extra_compile_args += openmp.compile_args
                 ext.extra_link_args += openmp.link_args
@@ -264,16 +304,19 @@ class BuildExt(build_ext):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def extension(name):
+def extension(module, source):
     return Extension(
-        f"softmaxloss.{name}",
-        sources=[os.path.join(PACKAGE_DIR, f"{name}.pyx")],
-        include_dirs=[PACKAGE_DIR],
+        f"softmaxloss.{module}",
+        sources=[os.path.join(PACKAGE_DIR, source)],
+        include_dirs=[CSRC_DIR],
     )
 
 
-extensions = [extension("_kernels")]
-if targets_x86_64():
-    extensions.append(extension("_kernels_avx2"))
+architecture = target_architecture()
+extensions = [extension("_cpu", "_cpu.pyx")] + [
+    extension(build.module, "_kernels.pyx")
+    for build in BUILDS
+    if build.architectures is None or architecture in build.architectures
+]
 
 setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})

@@ -8,7 +8,13 @@ Build each variant's extension modules into a directory of its own (e.g. `pip in
 --no-deps --target DIR .`, or a build_ext --inplace of a modified copy of src/), then:
 
     python benchmarks/ab_kernels.py DIR_A/softmaxloss DIR_B/softmaxloss \\
-        [--classes 4,10,16] [--rows 65536] [--repeats 15] [--kernels avx2|baseline]
+        [--classes 4,10,16] [--rows 65536] [--repeats 15] [--kernels avx2] [--kernels-b NAME]
+
+`--kernels` names the row of `softmaxloss._builds` whose module is timed (baseline, avx2,
+avx512, ...); `--kernels-b` another row for B (default: the same), e.g. whether the avx512
+build beats avx2 on this CPU, one install twice:
+
+    python benchmarks/ab_kernels.py DIR/softmaxloss DIR/softmaxloss --kernels avx2 --kernels-b avx512
 
 Prints ns per row of each build, and A's time over B's (above 1: B is faster), for
 `cross_entropy_index` with its gradient, float32 and float64, one thread.
@@ -39,6 +45,12 @@ def load(directory: str, module: str) -> ModuleType:
     return loaded
 
 
+def module_of(build: str) -> str:
+    """The module of a row of `_builds.BUILDS` (the table's naming: `_kernels` for the
+    baseline, `_kernels_<name>` for the others)."""
+    return "_kernels" if build == "baseline" else f"_kernels_{build}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", help="directory holding build A's compiled kernels")
@@ -46,10 +58,10 @@ def main() -> None:
     parser.add_argument("--classes", default="4,10,16", help="comma-separated class counts")
     parser.add_argument("--rows", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=15, help="calls of each build (median taken)")
-    parser.add_argument("--kernels", default="avx2", choices=["avx2", "baseline"])
+    parser.add_argument("--kernels", default="avx2", help="the build timed (a row of softmaxloss._builds)")
+    parser.add_argument("--kernels-b", help="the build timed for B, if not the same")
     args = parser.parse_args()
-    module = "_kernels_avx2" if args.kernels == "avx2" else "_kernels"
-    builds = {"A": load(args.a, module), "B": load(args.b, module)}
+    builds = {"A": load(args.a, module_of(args.kernels)), "B": load(args.b, module_of(args.kernels_b or args.kernels))}
     rng = np.random.default_rng(0)
     for dtype, signature in ((np.float32, "float"), (np.float64, "double")):
         for n_classes in (int(c) for c in args.classes.split(",")):

@@ -1,14 +1,16 @@
 """The installed package: imported from site-packages (never the source tree), its
 public API, configuration report and command line."""
 
+import os
 import pathlib
+import platform
 import subprocess
 import sys
 
 import pytest
 
 import softmaxloss as sml
-from softmaxloss import _dispatch, reference
+from softmaxloss import _builds, _cpu, _dispatch, reference
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 PUBLIC_FUNCTIONS = ["softmax", "log_softmax", "logsumexp", "cross_entropy", "cross_entropy_with_grad", "gradient_hessian"]
@@ -38,6 +40,57 @@ def test_every_kernel_build_reports_its_instruction_set():
         info = module.build_info()
         assert info["openmp"] in (True, False) and info["max_threads"] >= 1
         assert ("avx2" in info["isa"]) == (name == "avx2")
+        assert ("avx512" in info["isa"]) == (name == "avx512")
+
+
+def machine_architecture():
+    machine = platform.machine().lower()
+    return "x86_64" if machine in ("x86_64", "amd64") else machine
+
+
+def test_the_table_of_builds_is_what_is_installed_and_dispatched():
+    """Every row of `_builds.BUILDS` for this architecture is an installed module; the
+    available builds are the rows whose CPU test passes, in the table's order; the one in use
+    is the last available row marked default (a build not shown faster is never chosen
+    unasked); every other row says why it is not available."""
+    package_dir = pathlib.Path(sml.__file__).resolve().parent
+    installed = {path.name.split(".")[0] for path in package_dir.iterdir() if path.suffix in (".so", ".pyd")}
+    rows = [build for build in _builds.BUILDS if build.architectures is None or machine_architecture() in build.architectures]
+    assert {build.module for build in rows} | {"_cpu"} == installed
+    assert list(_dispatch.available) == [b.name for b in _builds.BUILDS if b.name in _dispatch.available]
+    for build in _builds.BUILDS:
+        runs = build.cpu is None or _cpu.supports(build.cpu)
+        assert (build.name in _dispatch.available) == (runs and build in rows), build.name
+        assert (build.name in _dispatch.unavailable) == (build.name not in _dispatch.available), build.name
+        if build.name in _dispatch.available:
+            assert _dispatch.available[build.name].__name__ == f"softmaxloss.{build.module}"
+    assert _builds.BUILDS[0].cpu is None, "the first row is the baseline, which every CPU runs"
+    if not os.environ.get(_dispatch.ENVIRONMENT_VARIABLE, "").strip():
+        defaults = [b.name for b in _builds.BUILDS if b.default and b.name in _dispatch.available]
+        assert _dispatch.active_name() == defaults[-1]
+
+
+def test_the_cpu_tests():
+    from softmaxloss import _kernels
+
+    assert _cpu.supports("avx2+fma") == _kernels.cpu_has_avx2_fma()
+    for build in _builds.BUILDS:
+        if build.cpu is not None:
+            assert _cpu.supports(build.cpu) in (True, False)
+    with pytest.raises(ValueError, match="unknown CPU test 'sse9'"):
+        _cpu.supports("sse9")
+
+
+@pytest.mark.parametrize("build", [b.name for b in _builds.BUILDS])
+def test_the_environment_variable_forces_a_build_or_says_it_is_unavailable(build):
+    program = "from softmaxloss import _dispatch; print(_dispatch.active_name())"
+    env = {**os.environ, _dispatch.ENVIRONMENT_VARIABLE: build}
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env=env)
+    if build in _dispatch.available:
+        assert result.returncode == 0 and result.stdout.split() == [build], result.stderr
+    else:
+        assert result.returncode != 0
+        assert f"RuntimeError: SOFTMAXLOSS_KERNELS={build!r} is not available on this machine" in result.stderr
 
 
 def test_forcing_an_unavailable_kernel_build_is_a_clear_error():
@@ -51,6 +104,8 @@ def test_show_config_names_the_build(capsys):
     printed = capsys.readouterr().out
     for fact in ("python:", "numpy:", "compiler:", "openmp:", "instruction_set:", _dispatch.active_name()):
         assert fact in printed
+    for build in _builds.BUILDS:  # every row, with what this machine does with it
+        assert f"{build.name}: " in printed
 
 
 def run_module(*args):
@@ -80,8 +135,6 @@ def test_command_line_config():
 
 def test_a_wheel_that_must_have_openmp_has_it():
     """CI and cibuildwheel set SOFTMAXLOSS_REQUIRE_OPENMP=1: a single-threaded build fails."""
-    import os
-
     if os.environ.get("SOFTMAXLOSS_REQUIRE_OPENMP") != "1":
         pytest.skip("SOFTMAXLOSS_REQUIRE_OPENMP is not set")
     for module in _dispatch.available.values():

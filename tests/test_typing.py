@@ -69,20 +69,25 @@ def run_python(*args, cwd):
 
 def kernel_modules():
     """The compiled kernel modules this machine can import (an AVX2 build is not imported on
-    a CPU without AVX2: its module initialisation may already use AVX instructions)."""
-    return [module.__name__ for module in _dispatch.available.values()]
+    a CPU without AVX2: its module initialisation may already use AVX instructions), and the
+    CPU tests' module."""
+    return [module.__name__ for module in _dispatch.available.values()] + ["softmaxloss._cpu"]
 
 
 def test_stubs_and_py_typed_are_installed_next_to_the_compiled_modules():
-    """stubtest passes silently for a private module without stubs: check they shipped."""
+    """stubtest passes silently for a private module without stubs: check they shipped, one
+    for every compiled module installed (also builds this CPU does not run)."""
+    compiled = sorted({path.name.split(".")[0] for path in PACKAGE_DIR.iterdir() if path.suffix in (".so", ".pyd")})
+    assert "_kernels" in compiled and "_cpu" in compiled, compiled
     missing = [
         name
-        for name in ["py.typed", "_kernels.pyi", "_kernels_avx2.pyi"]
+        for name in ["py.typed"] + [f"{module}.pyi" for module in compiled]
         if not (PACKAGE_DIR / name).is_file()
     ]
     assert not missing, (
         f"{missing} missing from the installed package in {PACKAGE_DIR}: "
-        "pyproject.toml's [tool.setuptools.package-data] must list *.pyi and py.typed"
+        "pyproject.toml's [tool.setuptools.package-data] must list *.pyi and py.typed, and "
+        "setup.py writes the stub of each kernel build but the baseline"
     )
 
 
@@ -90,10 +95,11 @@ def test_kernel_stubs_match_the_compiled_modules(tmp_path):
     modules = kernel_modules()
     result = run_python("-m", "mypy.stubtest", *modules, cwd=tmp_path)
     assert result.returncode == 0, (
-        f"src/softmaxloss/_kernels.pyi no longer matches the compiled {', '.join(modules)}: a def "
-        "function in _kernels.pyx was added, removed or renamed, or its parameters changed. "
-        "Update its stub in _kernels.pyi (parameters, types, docstring); _kernels_avx2.pyi "
-        "re-exports _kernels.pyi and needs no change unless a module-level name starts with "
+        f"src/softmaxloss/_kernels.pyi (or _cpu.pyi) no longer matches the compiled "
+        f"{', '.join(modules)}: a def function in _kernels.pyx was added, removed or renamed, "
+        "or its parameters changed. Update its stub in _kernels.pyi (parameters, types, "
+        "docstring); the other builds' stubs (written by setup.py, BUILD_STUB) re-export "
+        "_kernels.pyi and need no change unless a module-level name starts with "
         f"'_'. mypy.stubtest says:\n{result.stdout}{result.stderr}"
     )
 

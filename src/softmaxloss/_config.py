@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _dispatch
+from . import _builds, _dispatch
 
 
 def config() -> dict[str, Any]:
@@ -27,15 +27,36 @@ def config() -> dict[str, Any]:
         "kernels": _dispatch.active_name(),
         "instruction_set": info["isa"],
         "available_kernels": {name: module.build_info()["isa"] for name, module in _dispatch.available.items()},
+        "builds": builds(),
     }
 
 
+def builds() -> dict[str, str]:
+    """Every row of the table of builds (`_builds.py`) and what this machine does with it."""
+    active = _dispatch.active_name()
+    status = {}
+    for build in _builds.BUILDS:
+        if build.name == active:
+            status[build.name] = "in use"
+        elif build.name in _dispatch.available:
+            status[build.name] = (
+                "available"
+                if build.default
+                else f"available with {_dispatch.ENVIRONMENT_VARIABLE}={build.name} (never the default)"
+            )
+        else:
+            status[build.name] = _dispatch.unavailable.get(build.name, "unavailable")
+    return status
+
+
 def show_config() -> None:
-    """Print the Python, NumPy, compiler, OpenMP (on/off, threads) and the
-    instruction set of the kernels in use."""
+    """Print the Python, NumPy, compiler, OpenMP (on/off, threads), the instruction set
+    of the kernels in use, and every build of the table with what this machine does with it."""
     for key, value in config().items():
         if key == "available_kernels":
             value = ", ".join(f"{name} ({isa})" for name, isa in value.items())
+        elif key == "builds":
+            value = "; ".join(f"{name}: {status}" for name, status in value.items())
         elif key == "openmp":
             value = "on" if value else "off (single-threaded build)"
         print(f"{key + ':':<19}{value}")

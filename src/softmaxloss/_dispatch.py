@@ -1,15 +1,19 @@
 """Choose the compiled kernels for this CPU, once, at import.
 
-The same Cython source is compiled twice: `_kernels` for the platform's baseline
-instruction set (x86-64 SSE2, aarch64 NEON, ...) and, on x86-64, `_kernels_avx2`
-with AVX2 + FMA. The AVX2 build is used when the CPU (and OS) support it. The
-environment variable SOFTMAXLOSS_KERNELS=baseline|avx2 forces a choice (an
-unsupported choice is an error rather than a crash on an illegal instruction).
+The same Cython source is compiled once per row of the table of builds (`_builds.py`):
+`_kernels` for the platform's baseline instruction set (x86-64 SSE2, aarch64 NEON, ...)
+and, on x86-64, `_kernels_avx2` (AVX2 + FMA) and `_kernels_avx512` (AVX-512 F/BW/DQ/VL).
+A build is available when its CPU test (`_cpu.supports`, run before its module is
+imported) passes and its module was built; the one used is the last available row of the
+table marked `default` (AVX2 where the CPU has it: the AVX-512 build is used only when
+asked for). The environment variable SOFTMAXLOSS_KERNELS=name forces a build (an
+unavailable one is an error rather than a crash on an illegal instruction).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 from types import ModuleType
@@ -17,30 +21,39 @@ from typing import Any
 
 import numpy as np
 
-from . import _kernels as _baseline
+from . import _cpu
+from ._builds import BUILDS
 
 ENVIRONMENT_VARIABLE = "SOFTMAXLOSS_KERNELS"
 
+unavailable: dict[str, str] = {}
+"""The builds of the table this machine does not run, and why."""
+
 
 def _find_builds() -> dict[str, ModuleType]:
-    """The compiled kernel modules this machine can run, best last."""
-    builds = {"baseline": _baseline}
-    if _baseline.cpu_has_avx2_fma():
+    """The compiled kernel modules this machine can run, in the table's order (best last)."""
+    builds = {}
+    for build in BUILDS:
+        if build.cpu is None:  # the baseline: always built, always runs
+            builds[build.name] = importlib.import_module(f".{build.module}", __package__)
+            continue
+        if not _cpu.supports(build.cpu):
+            unavailable[build.name] = f"this CPU (or OS) lacks {build.cpu}"
+            continue
         try:
-            from . import _kernels_avx2
+            builds[build.name] = importlib.import_module(f".{build.module}", __package__)
         except ImportError:  # not built for this platform
-            pass
-        else:
-            builds["avx2"] = _kernels_avx2
+            unavailable[build.name] = "not built for this platform"
     return builds
 
 
 available: dict[str, ModuleType] = _find_builds()
+_defaults = [build.name for build in BUILDS if build.default and build.name in available]
 
 
 def _choose(name: str | None) -> ModuleType:
     if not name:
-        return list(available.values())[-1]
+        return available[_defaults[-1]]
     if name not in available:
         raise RuntimeError(
             f"{ENVIRONMENT_VARIABLE}={name!r} is not available on this machine; "
@@ -73,7 +86,7 @@ def specialised(name: str, *dtypes: np.dtype[Any]) -> Any:
 
 
 def active_name() -> str:
-    """The name of the kernel build in use ('baseline' or 'avx2')."""
+    """The name of the kernel build in use (a row of `_builds.BUILDS`: 'baseline', 'avx2', ...)."""
     return next(name for name, module in available.items() if module is kernels)
 
 

@@ -1,5 +1,6 @@
-"""Stubs for the compiled kernels `softmaxloss._kernels` (and `_kernels_avx2`, the same source
-compiled for AVX2 + FMA, whose stub re-exports this one).
+"""Stubs for the compiled kernels `softmaxloss._kernels` (and the other builds of `_builds.py`,
+`_kernels_avx2`, ...: the same source compiled for another instruction set, whose stubs,
+written by setup.py, re-export this one).
 
 Checked against the built module by `mypy.stubtest` (tests/test_typing.py): when a `def`
 function in `_kernels.pyx` is added, removed or changes its parameters, update this file.

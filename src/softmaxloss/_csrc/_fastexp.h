@@ -58,6 +58,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_vector.h" /* the vector types of the x8 / x4 forms below */
+
 #if defined(__cplusplus) || \
     (defined(__STDC_VERSION__) && __STDC_VERSION__ >= 199901L)
 #  define SML_INLINE inline
@@ -256,21 +258,14 @@ static SML_INLINE double sml_exp(double x)
  * so 2^n is a normal number, and p * 2^n is the exact product rounded once,
  * exactly what (p * 2^n1) * 2^n2 gives (p * 2^n1 is exact).  Outside that
  * range the result is unspecified: callers test the range.  GNU vector
- * extensions (gcc, clang; SML_HAVE_VEXP says whether they are used): the
- * compiler maps them onto what the target has (one AVX register, two SSE2
- * ones).  Macros, not functions: gcc warns (-Wpsabi) about passing
- * 32/64-byte vectors by value without AVX/AVX-512. */
+ * extensions (gcc, clang; the types and SML_HAVE_VEXP, which says whether
+ * they are used, are _vector.h's): the compiler maps them onto what the
+ * target has (one AVX register, two SSE2 ones).  Macros, not functions: gcc
+ * warns (-Wpsabi) about passing 32/64-byte vectors by value without
+ * AVX/AVX-512. */
 #define SML_EXPF_INRANGE 87.0f
 #define SML_EXP_INRANGE 708.0
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(SML_NO_VECTOR_EXTENSIONS)
-#define SML_HAVE_VEXP 1
-typedef float sml_f32x8 __attribute__((vector_size(32)));
-typedef int32_t sml_i32x8 __attribute__((vector_size(32)));
-typedef uint32_t sml_u32x8 __attribute__((vector_size(32)));
-typedef float sml_f32x4 __attribute__((vector_size(16)));
-typedef double sml_f64x4 __attribute__((vector_size(32)));
-typedef int64_t sml_i64x4 __attribute__((vector_size(32)));
-typedef uint64_t sml_u64x4 __attribute__((vector_size(32)));
+#if SML_HAVE_VEXP
 
 /* t's bits are 0x4B400000 + n, so (bits + 127) << 23 is 2^n */
 #define SML_EXPF_X8_INRANGE(x, y)                                              \
@@ -287,8 +282,6 @@ typedef uint64_t sml_u64x4 __attribute__((vector_size(32)));
         SML__EXP_CORE(sml_f64x4, x, t_x4_, p_x4_);                             \
         (y) = p_x4_ * (sml_f64x4)(((sml_u64x4)t_x4_ + 1023u) << 52);           \
     } while (0)
-#else
-#define SML_HAVE_VEXP 0
 #endif
 
 #endif /* SOFTMAXLOSS_FASTEXP_H */

@@ -18,7 +18,8 @@
  * for the whole block path at 4-16 classes (interleaved A/B). Every
  * row of a block goes through the same vector arithmetic (a short last tile is padded
  * with zeros, not finished by scalar code), so a row's bits do not depend on where it
- * lies in its block. Elsewhere (other layouts, other instruction sets) the plain loops.
+ * lies in its block. Elsewhere (other layouts, instruction sets without tiles) the plain
+ * loops.
  */
 #ifndef SOFTMAXLOSS_BLOCKOPS_H
 #define SOFTMAXLOSS_BLOCKOPS_H
@@ -26,7 +27,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__AVX2__) && (defined(__FMA__) || defined(_MSC_VER)) /* MSVC's /arch:AVX2 has FMA */
+#include "_platform.h"
+
+/* The tiles of an instruction set go under its SML_TARGET_* (_platform.h): the AVX2 ones
+ * also serve the AVX-512 build, which has no tiles of its own (AVX-512's mask registers
+ * would finish a row's end in one masked load or store: not written, as no machine here
+ * can run it). */
+#if SML_TARGET_AVX2_FMA
 #include <immintrin.h>
 #define SML_BLOCK_SIMD 1
 #else

@@ -1,6 +1,6 @@
 /*
  * Row primitives of the softmaxloss kernels: the loops over one row of logits that
- * must vectorise, plus what the kernels need to know about the platform.
+ * must vectorise.
  *
  * Why C and not Cython: these loops need `#pragma omp simd` (a max reduction that
  * gcc otherwise refuses to vectorise because of NaN semantics) and an explicit
@@ -19,83 +19,13 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The platform facts (SML_OPENMP, SML_ISA, SML_COMPILER, sml_max_threads, the CPU tests
+ * such as sml_cpu_has_avx2_fma) are _platform.h's, the vector types _vector.h's; both are
+ * included here because _kernels.pyx declares them as this header's. */
+#include "_platform.h"
+#include "_vector.h"
 #include "_fastexp.h"
 #include "_fastlog.h"
-
-/* ---- platform ------------------------------------------------------------ */
-
-#if defined(_OPENMP)
-#include <omp.h>
-#define SML_OPENMP 1
-static inline int sml_max_threads(void) { return omp_get_max_threads(); }
-#else
-#define SML_OPENMP 0
-static inline int sml_max_threads(void) { return 1; }
-#endif
-
-/* `#pragma omp simd` needs -fopenmp or -fopenmp-simd (gcc, clang); MSVC's OpenMP 2.0
- * has no simd construct, so there the loops are left to the auto-vectoriser. */
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(_MSC_VER)
-#define SML_PRAGMA(text) _Pragma(#text)
-#define SML_SIMD_MAX(var) SML_PRAGMA(omp simd reduction(max : var))
-#else
-#define SML_SIMD_MAX(var)
-#endif
-
-/* The instruction set this translation unit was compiled for. */
-#if defined(__AVX512F__)
-#define SML_ISA "avx512f"
-#elif defined(__AVX2__) && (defined(__FMA__) || defined(_MSC_VER))
-#define SML_ISA "avx2+fma"
-#elif defined(__AVX2__)
-#define SML_ISA "avx2"
-#elif defined(__aarch64__) || defined(_M_ARM64)
-#define SML_ISA "neon (aarch64 baseline)"
-#elif defined(__x86_64__) || defined(_M_X64)
-#define SML_ISA "sse2 (x86-64 baseline)"
-#else
-#define SML_ISA "generic"
-#endif
-
-#if defined(__clang__)
-#define SML_COMPILER "clang " __clang_version__
-#elif defined(__GNUC__)
-#define SML_COMPILER "gcc " __VERSION__
-#elif defined(_MSC_VER)
-#define SML_STR2(x) #x
-#define SML_STR(x) SML_STR2(x)
-#define SML_COMPILER "msvc " SML_STR(_MSC_FULL_VER)
-#else
-#define SML_COMPILER "unknown"
-#endif
-
-#if defined(__x86_64__) || defined(_M_X64)
-#if defined(_MSC_VER) && !defined(__clang__)
-#include <intrin.h>
-#include <immintrin.h>
-#endif
-#endif
-
-/* 1 when this CPU (and its OS, which must save the YMM registers) runs AVX2 and FMA. */
-static inline int sml_cpu_has_avx2_fma(void)
-{
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
-    __builtin_cpu_init();  /* libgcc's checks include OSXSAVE/XCR0 */
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#elif defined(_M_X64) && defined(_MSC_VER)
-    int info[4];
-    __cpuid(info, 0);
-    if (info[0] < 7) return 0;
-    __cpuid(info, 1);
-    int fma = (info[2] >> 12) & 1, osxsave = (info[2] >> 27) & 1, avx = (info[2] >> 28) & 1;
-    if (!(fma && osxsave && avx)) return 0;
-    if ((_xgetbv(0) & 6) != 6) return 0; /* the OS saves XMM and YMM state */
-    __cpuidex(info, 7, 0);
-    return (info[1] >> 5) & 1;
-#else
-    return 0;
-#endif
-}
 
 /* ---- row primitives -------------------------------------------------------
  * Written once, in _rowops_template.h, and instantiated below for float (suffix
@@ -115,26 +45,6 @@ static inline int sml_cpu_has_avx2_fma(void)
 #define SML_NAME(name) SML_JOIN(name, SML_SUFFIX)
 
 #if SML_HAVE_VEXP
-/* 4 floats to 4 doubles: gcc 12 makes two 2-wide conversions and a shuffle of
- * __builtin_convertvector here, so with AVX the instruction is named. */
-#if defined(__AVX__)
-#include <immintrin.h>
-#define SML_F32X4_TO_F64X4(v) ((sml_f64x4)_mm256_cvtps_pd((__m128)(v)))
-#else
-#define SML_F32X4_TO_F64X4(v) __builtin_convertvector(v, sml_f64x4)
-#endif
-/* Whether any bit of a 32-byte mask is set (vptest with AVX). */
-#if defined(__AVX__)
-#define SML_VANY(mask) (!_mm256_testz_si256((__m256i)(mask), (__m256i)(mask)))
-#else
-static inline int sml_vany(const void *mask)
-{
-    uint64_t words[4];
-    memcpy(words, mask, sizeof words);
-    return ((words[0] | words[1]) | (words[2] | words[3])) != 0;
-}
-#define SML_VANY(mask) sml_vany(&(mask))
-#endif
 #define SML_VGROUP_T_F sml_f32x8
 #define SML_VGROUP_T_D sml_f64x4x2
 
@@ -165,8 +75,6 @@ static inline int sml_vany(const void *mask)
         (lo) += SML_F32X4_TO_F64X4(half_[0]);                                           \
         (hi) += SML_F32X4_TO_F64X4(half_[1]);                                           \
     } while (0)
-
-typedef struct { sml_f64x4 v[2]; } sml_f64x4x2;
 
 #define SML_VEXP_GROUP_D(xp, m, v, out)                                                 \
     do {                                                                                \
@@ -201,7 +109,7 @@ typedef struct { sml_f64x4 v[2]; } sml_f64x4x2;
 #define SML_COUNT int32_t
 /* The vector path for float needs AVX: without it gcc 12 splits the 8-float compares into
  * scalar ones, and the path is 2x slower than the plain loops (SSE2 build, measured). */
-#if SML_HAVE_VEXP && defined(__AVX__)
+#if SML_HAVE_VEXP && SML_TARGET_AVX
 #define SML_VEXP_ON 1
 #else
 #define SML_VEXP_ON 0
