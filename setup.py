@@ -76,6 +76,10 @@ CYTHON_DIRECTIVES = {
     "wraparound": DEBUG,
     "initializedcheck": DEBUG,
     "cdivision": True,
+    # Safe without the GIL: the kernels run nogil on the caller's arrays and hold no mutable
+    # module state but the fork flag, set once in a forked child before any other thread
+    # exists. Free-threaded CPython keeps its GIL off with the module imported.
+    "freethreading_compatible": True,
 }
 
 # Flags that keep IEEE semantics (NaN, inf, signed zeros, rounding): the kernel's NaN/-inf

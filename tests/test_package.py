@@ -6,6 +6,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -188,3 +189,17 @@ def test_loading_the_kernels_keeps_subnormals_in_the_whole_process():
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not hasattr(sys, "_is_gil_enabled") or sysconfig.get_config_var("Py_GIL_DISABLED") != 1,
+                    reason="not a free-threaded CPython")
+def test_free_threaded_python_keeps_its_gil_off_with_the_kernels_imported():
+    """Every extension module is declared freethreading_compatible: importing one that is
+    not would turn the GIL back on (with a RuntimeWarning) in a free-threaded interpreter."""
+    code = ("import sys, softmaxloss, softmaxloss._cpu\n"
+            "from softmaxloss import _dispatch\n"
+            "assert list(_dispatch.available)\n"
+            "sys.exit(1 if sys._is_gil_enabled() else 0)\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHON_GIL"}
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr or "the GIL was enabled by importing softmaxloss"
