@@ -5,23 +5,61 @@
     loss = smt.cross_entropy(logits, target)         # was F.cross_entropy(logits, target)
     criterion = smt.CrossEntropyLoss()               # was nn.CrossEntropyLoss()
 
-PyTorch's layout and semantics: class dimension 1 ((N, C) or (N, C, d1, ...), or an
-unbatched (C,)), class-index targets (any integer dtype) or class-probability targets
-(the input's shape), `weight`, `ignore_index`, `reduction`, `label_smoothing`; plus
-softmaxloss's `z_loss` and `sample_weight`.
+PyTorch's layout, semantics and positional order: class dimension 1 ((N, C) or
+(N, C, d1, ...), or an unbatched (C,)), class-index targets (any integer dtype) or
+class-probability targets (the input's shape), `weight`, `size_average`, `ignore_index`,
+`reduce`, `reduction`, `label_smoothing`; plus softmaxloss's keyword-only `z_loss`,
+`sample_weight`, `inplace_grad` and `n_threads`.
 
-How it works: the forward pass calls the fused kernel once, on zero-copy NumPy views of
-the tensors' memory, and keeps the gradient it computed alongside the loss; the backward
-pass only multiplies that gradient by the incoming `grad_output` (per row, broadcast
-along dim 1, for reduction="none"), and returns it unchanged when `grad_output` is 1, as
-it is for `loss.backward()`. When the input does not require a gradient (evaluation,
-`torch.no_grad()`) only the loss is computed. Ignored rows (class-index targets equal to
-`ignore_index`) get a gradient of exactly 0 whatever the upstream gradient, as in
-PyTorch: when `grad_output` holds a NaN or an infinity (checked only when it is not 1:
-one number for a scalar loss, one per row for "none"), their upstream is taken as 0
-instead of multiplying their saved 0 by it. The other rows get the saved gradient times
-the upstream, NaN where PyTorch gives NaN; for an infinite upstream that product is an
-infinity of the right sign where PyTorch's log_softmax backward forms -inf + inf = NaN.
+A real PyTorch op: `torch.ops.softmaxloss.cross_entropy`
+    (Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, int? ignore_index,
+     str reduction, float label_smoothing, float z_loss, int n_threads, bool with_grad)
+    -> (Tensor loss, Tensor grad)
+defined with `torch.library`: its CPU kernel runs the fused kernel once, on zero-copy
+NumPy views of the tensors' memory, and returns the loss and, when `with_grad`, the
+gradient it computed alongside (else an empty tensor); `ignore_index=None` ignores no row
+(what an ignore_index outside int64 means), `n_threads=0` means torch.get_num_threads()
+when the kernel runs. It has a fake (meta) kernel, which checks the shapes and options
+as the CPU kernel does, a vmap rule (a loop over the batch, one kernel call per element)
+and an autograd kernel, a `torch.autograd.Function`, so that:
+- `torch.compile(model, fullgraph=True)` traces through it with no graph break
+  (backends "aot_eager" and "inductor"); the kernel runs as one opaque node;
+- `torch.func` transforms (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap) and
+  forward-mode AD (`torch.autograd.forward_ad`) work;
+- it is differentiable, exactly, any number of times, with respect to the logits,
+  probability targets, `weight` and `sample_weight` (PyTorch gives gradients for the
+  first two, and for `weight` with probability targets; class-index targets have none).
+
+How autograd works: the forward pass keeps the gradient the kernel computed (the op's
+second output) and a reference to the logits (not a copy; as PyTorch's log_softmax keeps
+its output). The backward pass multiplies that gradient by the incoming `grad_output`
+(per row, broadcast along dim 1, for reduction="none") and returns it unchanged when
+`grad_output` is 1, as for `loss.backward()`: no pass over N x C. Being an output of the
+op, the saved gradient is itself differentiable: its backward is the Hessian-vector
+product, per row s * ((sum_c w_c y'_c + 2 z lse) (diag(p) - p p^T) + 2 z p p^T) v over
+the mean's normaliser, written in torch ops on the saved tensors (p = softmax of the
+logits), so double backward (gradient penalties, Hessian-vector products, gradgradcheck)
+works, and higher orders too. The gradients with respect to the targets and weights, and
+the forward-mode tangents (the loss's: sum(grad * dlogits) plus the targets' and
+weights' terms; the gradient's: the Hessian's), are torch-op formulas of the same saved
+tensors, computed only for what is differentiated. When no gradient is needed
+(evaluation, `torch.no_grad()`) only the loss is computed. Ignored rows (class-index
+targets equal to `ignore_index`) get a gradient of exactly 0 whatever the upstream
+gradient, as in PyTorch: their upstream is taken as 0 where it holds a NaN or an
+infinity (checked, in eager mode, only when it is not 1). The other rows get the saved
+gradient times the upstream, NaN where PyTorch gives NaN; for an infinite upstream that
+product is an infinity of the right sign where PyTorch's log_softmax backward forms
+-inf + inf = NaN.
+
+Errors: the same checks and messages as `softmaxloss.cross_entropy`, raised before any
+work. Where PyTorch raises another type for the same input, the exception is also of
+PyTorch's type and its message ends with PyTorch's: a class index out of range is a
+ValueError that is an IndexError ("... [PyTorch: Target 5 is out of bounds.]"); a
+target or weight of the wrong shape or dtype, ignore_index with probability targets and
+label_smoothing outside [0, 1] are ValueErrors that are RuntimeErrors; a batch-size
+mismatch is PyTorch's ValueError. softmaxloss accepts what PyTorch refuses in two places
+(any integer dtype for class indices; weights of another float dtype) and refuses
+negative label_smoothing, which PyTorch accepts.
 
 Choices, where PyTorch has no twin to follow:
 - CPU tensors only: a CUDA (or any non-CPU) tensor is a ValueError; use PyTorch's loss
@@ -30,21 +68,20 @@ Choices, where PyTorch has no twin to follow:
   float32 for the kernel (a copy) and the loss and gradient come back in the input's
   dtype, as PyTorch's own CPU kernels compute half precision in float32. Other dtypes
   are a TypeError.
-- The target, weight and sample_weight are constants: if one of them requires a
-  gradient (while grad mode is on) that is a ValueError, not a silently missing
-  gradient. Detach it.
-- Once differentiable: double backward (`create_graph=True` through this loss, e.g. for
-  a gradient penalty or Hessian-vector products) is a RuntimeError saying so; use
-  `torch.nn.functional.cross_entropy` there.
-- Not supported yet: forward-mode AD and torch.func transforms (grad, vjp, jacrev,
-  jacfwd, jvp, hessian, vmap, functionalize). A dual tensor (one with a
-  `torch.autograd.forward_ad` tangent) or a torch.func-wrapped tensor as input, target,
-  weight or sample_weight is a NotImplementedError (a RuntimeError subclass) naming
-  it, raised before any work, never a dropped tangent or a read of a wrapper's
-  storage; use `torch.nn.functional.cross_entropy` there.
+- The legacy `size_average` and `reduce` arguments are mapped to `reduction` by
+  PyTorch's own rule (torch.nn._reduction.legacy_get_string, with its deprecation
+  warning), as `torch.nn.functional.cross_entropy` does.
+- Under torch.func, nested forward mode (jacfwd of jacfwd, jvp of jvp) is a
+  NotImplementedError: PyTorch (2.13) gives zeros for the second-order tangent of any
+  autograd.Function with a jvp rule, and this refuses rather than return them.
+  Forward-over-reverse (`torch.func.hessian`) and reverse-over-reverse work.
 - `inplace_grad=True` lets the forward pass write the gradient over the logits' own
   storage (float32/float64 contiguous logits; otherwise nothing is written), saving an
-  N x C allocation: the logits tensor then holds the gradient. To autograd it is an
+  N x C allocation: the logits tensor then holds the gradient. It is eager-only and
+  first-order only, with respect to the logits only: under torch.compile it is a graph
+  break (an error with fullgraph=True, saying so), and under torch.func transforms or
+  forward-mode AD, with a target, weight or sample_weight that requires grad, it is a
+  RuntimeError; double backward through it is a RuntimeError. To autograd it is an
   in-place op, held to PyTorch's rules before any work: a leaf that requires grad (a
   parameter), any view of one (`w[:]`, `w.view(...)`, views of views) and the views
   PyTorch never modifies in place (outputs of `split`/`chunk`/`unbind`, views made
@@ -56,15 +93,16 @@ Choices, where PyTorch has no twin to follow:
   history is rebased (a later differentiable use of them is a RuntimeError at
   backward, not the gradient of the old logits). With grad mode off, or an input that
   does not require grad, only the loss is computed and nothing is written.
-- `n_threads=None` uses `torch.get_num_threads()` threads (so `torch.set_num_threads`
-  governs both libraries); small inputs stay on one thread.
-- Under `torch.compile` the loss is a graph break: it runs eagerly between the compiled
-  parts (checked with the "eager" backend; `fullgraph=True` refuses it).
+- `n_threads=None` uses `torch.get_num_threads()` threads when the kernel runs (so
+  `torch.set_num_threads` governs both libraries, in compiled code too); small inputs
+  stay on one thread.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -74,17 +112,684 @@ from torch.autograd import forward_ad
 
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
-from ._validation import DEFAULT_IGNORE_INDEX, LossOptions
+from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, check_n_threads
 
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
 _NATIVE = (torch.float32, torch.float64)
 _UPCAST = (torch.float16, torch.bfloat16)
+_INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+# ---- errors: softmaxloss's ValueError, and PyTorch's type for the same input ------------
+
+class _TorchIndexError(ValueError, IndexError):
+    """softmaxloss's ValueError that is also the IndexError PyTorch raises for it."""
+
+
+class _TorchRuntimeError(ValueError, RuntimeError):
+    """softmaxloss's ValueError that is also the RuntimeError PyTorch raises for it."""
+
+
+def _with_torch(error: ValueError, kind: type[ValueError], torch_message: str) -> ValueError:
+    return kind(f"{error} [PyTorch: {torch_message}]")
+
+
+_TYPE_NAMES = {
+    torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double",
+    torch.int8: "Char", torch.int16: "Short", torch.int32: "Int", torch.int64: "Long", torch.uint8: "Byte",
+}
+
+
+def _as_torch_error(error: ValueError, input: torch.Tensor, target: torch.Tensor,
+                    weight: torch.Tensor | None, ignore_index: int | None) -> ValueError:
+    """The facade's ValueError for these arguments, as the exception PyTorch raises for
+    them (the checks in the facade's order; the first that applies)."""
+    x_shape, t_shape = list(input.shape), list(target.shape)
+    if input.dim() == 0 or input.shape[_class_axis(input)] == 0:
+        return error  # a scalar input, zero classes: PyTorch's errors are incidental
+    message = str(error)
+    if message.startswith("label_smoothing"):
+        return _with_torch(error, _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0.")
+    if message.startswith("reduction"):
+        return _with_torch(error, ValueError, "not a valid value for reduction")
+    row_shape = x_shape[:1] + x_shape[2:] if input.dim() >= 2 else []
+    name = _TYPE_NAMES.get(target.dtype, str(target.dtype))
+    if target.dtype.is_floating_point:
+        if t_shape != x_shape:
+            return _with_torch(error, _TorchRuntimeError, f"expected target dtype to be Long or Byte, but got {name}")
+        if ignore_index != DEFAULT_IGNORE_INDEX:
+            return _with_torch(error, _TorchRuntimeError, "ignore_index is not supported for floating point target")
+    elif t_shape != row_shape:
+        if t_shape == x_shape:
+            return _with_torch(error, _TorchRuntimeError,
+                               f"Expected floating point type for target with class probabilities, got {name}")
+        if input.dim() >= 2 and target.dim() >= 1 and t_shape[0] != x_shape[0]:
+            return _with_torch(error, ValueError, f"Expected input batch_size ({x_shape[0]}) to match "
+                               f"target batch_size ({t_shape[0]}).")
+        return _with_torch(error, _TorchRuntimeError, f"Expected target size {row_shape}, got {t_shape}")
+    n_classes = x_shape[_class_axis(input)]
+    if weight is not None and list(weight.shape) != [n_classes]:
+        return _with_torch(error, _TorchRuntimeError, f"weight tensor should be defined either for all "
+                           f"{n_classes} classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+    return error
+
+
+def _out_of_bounds(error: ValueError, target: torch.Tensor, n_classes: int, ignore_index: int | None) -> ValueError:
+    """The kernel's ValueError for a class index out of range (the facade's message) as
+    PyTorch's IndexError too; other errors as they are."""
+    if target.dtype.is_floating_point:
+        return error
+    flat = target.reshape(-1).long()
+    bad = (flat < 0) | (flat >= n_classes)
+    if ignore_index is not None:
+        bad &= flat != ignore_index
+    if not bool(bad.any()):
+        return error
+    where = int(bad.nonzero()[0, 0])
+    value = int(flat[where])
+    if ignore_index is None:  # the facade was told an ignore_index no target can equal
+        position = tuple(int(i) for i in np.unravel_index(where, tuple(target.shape)))
+        error = ValueError(f"target value {value} at position {position} is out of range for "
+                           f"{n_classes} classes: expected 0 <= target < {n_classes}")
+    return _with_torch(error, _TorchIndexError, f"Target {value} is out of bounds.")
+
+
+# ---- conversions ---------------------------------------------------------------------
+
+def _class_axis(input: torch.Tensor) -> int:
+    return 1 if input.dim() >= 2 else 0
+
+
+def _on_cpu(tensor: torch.Tensor, name: str) -> None:
+    if tensor.device.type != "cpu":
+        raise ValueError(
+            f"softmaxloss.torch computes on the CPU; {name} is on device "
+            f"'{tensor.device}'. Move it with .cpu(), or use "
+            "torch.nn.functional.cross_entropy on that device"
+        )
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy view of `tensor`'s memory (a float32 copy for half precision)."""
+    t = tensor.detach()
+    if t.dtype in _UPCAST:
+        t = t.float()
+    if t.is_neg():  # a lazily negated view (torch's neg bit): NumPy needs the values
+        t = t.resolve_neg()
+    array: np.ndarray = t.numpy()
+    return array
+
+
+def _check_tensors(input: Any, target: Any, weight: Any, sample_weight: Any) -> None:
+    """Types, devices and dtypes, before anything else (TypeError / ValueError)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    _on_cpu(input, "input")
+    if input.dtype not in _NATIVE and input.dtype not in _UPCAST:
+        raise TypeError(
+            f"input has dtype {input.dtype}; softmaxloss.torch computes float32 and "
+            "float64 natively and float16/bfloat16 in float32"
+        )
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    _on_cpu(target, "target")
+    if not (target.dtype.is_floating_point or target.dtype in _INDEX_DTYPES):
+        raise TypeError(
+            f"target has dtype {target.dtype}; expected integer class indices or floating "
+            "point class probabilities"
+        )
+    for name, tensor in (("weight", weight), ("sample_weight", sample_weight)):
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+        _on_cpu(tensor, name)
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(f"{name} has dtype {tensor.dtype}, which softmaxloss.torch does not accept")
+
+
+def _abstract(tensor: torch.Tensor | None) -> np.ndarray | None:
+    """A zero-strided NumPy stand-in of the tensor's shape and kind of dtype, for the
+    facade's checks: no memory, no values (indices 0 are valid classes)."""
+    if tensor is None:
+        return None
+    dtype = np.float64 if tensor.dtype.is_floating_point else np.int64
+    return np.broadcast_to(np.zeros((), dtype), tuple(int(n) for n in tensor.shape))
+
+
+def _facade_ignore_index(ignore_index: int | None) -> int:
+    # None: no row is ignored; the facade ignores none for a value no target can hold.
+    return 2**63 if ignore_index is None else ignore_index
+
+
+def _check_call(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                label_smoothing: float, z_loss: float) -> None:
+    """The facade's checks of shapes and options (its messages, PyTorch's exception
+    types), before any work; skipped for symbolic shapes (checked when the kernel runs)."""
+    tensors = (input, target, weight, sample_weight)
+    if not all(isinstance(n, int) for t in tensors if t is not None for n in t.shape):
+        return
+    try:
+        check_loss_args(
+            _abstract(input), _abstract(target),
+            dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                 ignore_index=_facade_ignore_index(ignore_index)),
+            axis=_class_axis(input), weight=_abstract(weight), sample_weight=_abstract(sample_weight),
+            check_range=False,
+        )
+    except ValueError as error:
+        raise _as_torch_error(error, input, target, weight, ignore_index) from None
+
+
+def _checked_options(reduction: Any, label_smoothing: Any, z_loss: Any, ignore_index: Any) -> LossOptions:
+    try:
+        return LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                                   ignore_index=ignore_index)
+    except ValueError as error:
+        if str(error).startswith("label_smoothing"):
+            raise _with_torch(error, _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0. "
+                              f"Got: {label_smoothing}") from None
+        if str(error).startswith("reduction"):
+            raise _with_torch(error, ValueError, f"{reduction} is not a valid value for reduction") from None
+        raise
+
+
+def _legacy_reduction(size_average: Any, reduce: Any, reduction: str) -> str:
+    if size_average is None and reduce is None:
+        return reduction
+    result: str = torch.nn._reduction.legacy_get_string(size_average, reduce)  # warns, as PyTorch
+    return result
+
+
+# ---- the op ---------------------------------------------------------------------------
+
+_LIBRARY = torch.library.Library("softmaxloss", "FRAGMENT")  # kept: deleting it unregisters
+_LIBRARY.define(
+    "cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
+    "int? ignore_index, str reduction, float label_smoothing, float z_loss, int n_threads, "
+    "bool with_grad) -> (Tensor loss, Tensor grad)"
+)
+_OP = torch.ops.softmaxloss.cross_entropy.default
+
+
+def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                label_smoothing: float, z_loss: float, n_threads: int,
+                with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel on zero-copy views: (loss, gradient or an empty tensor). The
+    gradient is written into a new C-contiguous tensor (what the fake kernel promises)."""
+    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    keywords: dict[str, Any] = dict(
+        axis=_class_axis(input),
+        weight=None if weight is None else _numpy(weight),
+        sample_weight=None if sample_weight is None else _numpy(sample_weight),
+        ignore_index=_facade_ignore_index(ignore_index), reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss,
+        n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
+    )
+    x, t = _numpy(input), _numpy(target)
+    try:
+        if with_grad:
+            grad = torch.empty(input.shape, dtype=torch.float32 if input.dtype in _UPCAST else input.dtype)
+            loss, _ = _np_cross_entropy_with_grad(x, t, out=grad.numpy(), **keywords)
+            grad = grad.to(input.dtype)
+        else:
+            loss = _np_cross_entropy(x, t, **keywords)
+            grad = input.new_empty((0,))
+    except ValueError as error:
+        raise _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index) from None
+    return torch.from_numpy(np.asarray(loss)).to(input.dtype).contiguous(), grad
+
+
+_LIBRARY.impl("cross_entropy", _cpu_kernel, "CPU")
+
+
+def _loss_shape(shape: Any, reduction: str) -> list[Any]:
+    """The loss's shape for logits of shape `shape`: the row shape for "none"."""
+    if reduction != "none" or len(shape) < 2:
+        return []
+    return [shape[0], *shape[2:]]
+
+
+@torch.library.register_fake("softmaxloss::cross_entropy", lib=_LIBRARY)  # type: ignore[misc, unused-ignore]
+def _fake_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                 label_smoothing: float, z_loss: float, n_threads: int,
+                 with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    grad = input.new_empty(input.shape) if with_grad else input.new_empty((0,))
+    return input.new_empty(_loss_shape(input.shape, reduction)), grad
+
+
+def _vmap_rule(info: Any, in_dims: tuple[Any, ...], input: torch.Tensor, target: torch.Tensor,
+               weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
+               *options: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, int]]:
+    """One kernel call per batch element (as JAX's "sequential" callbacks)."""
+    tensors = (input, target, weight, sample_weight)
+
+    def element(b: int) -> list[Any]:
+        return [t if t is None or d is None else t.select(d, b) for t, d in zip(tensors, in_dims)]
+
+    if info.batch_size == 0:  # nothing to call the kernel on: the shapes of no results
+        shape = list(input.shape)
+        if in_dims[0] is not None:
+            del shape[in_dims[0]]
+        grad_shape = shape if options[-1] else [0]
+        return (input.new_empty([0, *_loss_shape(shape, options[1])]), input.new_empty([0, *grad_shape])), (0, 0)
+    results = [_OP(*element(b), *options) for b in range(info.batch_size)]
+    return (torch.stack([r[0] for r in results]), torch.stack([r[1] for r in results])), (0, 0)
+
+
+torch.library.register_vmap("softmaxloss::cross_entropy", _vmap_rule, lib=_LIBRARY)
+
+
+# ---- derivatives, in torch ops --------------------------------------------------------
+
+def _kept(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
+    """target != ignore_index, or None when no target can equal it."""
+    if ignore_index is None:
+        return None
+    info = torch.iinfo(target.dtype)
+    if not info.min <= ignore_index <= info.max:
+        return None
+    return target != ignore_index
+
+
+def _product(coefficient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """coefficient * value, 0 where the coefficient is 0 (a term the loss does not have:
+    no 0 * inf = NaN from the log-probability of a class that is not the target)."""
+    return torch.where(coefficient == 0, 0, coefficient * value)
+
+
+class _Terms:
+    """The loss's pieces as torch ops of the saved tensors, class dimension last: each
+    row n has p = softmax(x), lse = logsumexp(x), nl = -log_softmax(x), the smoothed
+    target y' ((1-eps) y + eps/C; for class indices the smoothed one-hot, 0 in ignored
+    rows), q = w * y', Q = sum_c q, sample weight s and the mean's normaliser D (1 for
+    "sum" and "none"):
+        loss_n = s_n (sum_c q_nc nl_nc + z lse_n^2) / D
+        grad_n = s_n ((Q_n + 2 z lse_n) p - q_n) / D          (the kernel's gradient)
+        H_n v  = a_n (p * v - p (p.v)) + b_n p (p.v),  a_n = s_n (Q_n + 2 z lse_n) / D,
+                 b_n = 2 z s_n / D                           (its derivative, symmetric)
+    (z: z_loss, 0 in ignored rows). D depends on the weights: for class indices
+    D = sum of s_n w[y_n] over kept rows; for probabilities the number of rows or sum(s)."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                 label_smoothing: float, z_loss: float) -> None:
+        self.dtype = torch.float32 if x.dtype in _UPCAST else x.dtype
+        self.axis = _class_axis(x)
+        self.x = self.last(x)
+        self.n_classes = n_classes = self.x.shape[-1]
+        self.eps, self.reduction, self.mean = label_smoothing, reduction, reduction == "mean"
+        self.w = None if weight is None else weight.to(self.dtype)
+        self.s = None if sample_weight is None else sample_weight.to(self.dtype)
+        self.probabilities = target.dtype.is_floating_point
+        eps = label_smoothing
+        self.keep: torch.Tensor | None = None
+        if self.probabilities:
+            y = self.last(target)
+            self.ybar = y if eps == 0 else (1 - eps) * y + eps / n_classes
+            self.zk: Any = z_loss
+        else:
+            keep = _kept(target, ignore_index)
+            self.keep = torch.ones(target.shape, dtype=torch.bool) if keep is None else keep
+            self.y = torch.where(self.keep, target, 0).long()
+            self.onehot = (self.y.unsqueeze(-1) == torch.arange(n_classes)).to(self.dtype)
+            kept = self.keep.to(self.dtype)
+            self.ybar = (self.onehot if eps == 0 else (1 - eps) * self.onehot + eps / n_classes) * kept.unsqueeze(-1)
+            self.zk = z_loss * kept
+        self.z = z_loss
+        self.q = self.ybar if self.w is None else self.ybar * self.w
+        self.Q = self.q.sum(-1)
+        self.D: Any = 1.0
+        if self.mean:
+            if self.probabilities:
+                self.D = self.x[..., 0].numel() if self.s is None else self.s.sum()
+            else:
+                self.D = self.row_weight().sum()
+        self.sD: Any = (1.0 if self.s is None else self.s) / self.D
+
+    def last(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.dtype).movedim(self.axis, -1)
+
+    def back(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.movedim(-1, self.axis)
+
+    def row_weight(self) -> torch.Tensor:
+        """s_n w[y_n] for kept rows, 0 for ignored ones (class indices): D's terms."""
+        assert self.keep is not None
+        weight = self.keep.to(self.dtype)
+        if self.s is not None:
+            weight = weight * self.s
+        if self.w is not None:
+            weight = weight * self.weight_of_target()
+        return weight
+
+    def weight_of_target(self) -> torch.Tensor:
+        """w[y_n] (index_select: a 0-d y is no Python index, under tracing too)."""
+        assert self.w is not None
+        return self.w.index_select(0, self.y.reshape(-1)).reshape(self.y.shape)
+
+    @functools.cached_property
+    def lse(self) -> torch.Tensor:
+        return torch.logsumexp(self.x, -1)
+
+    @functools.cached_property
+    def p(self) -> torch.Tensor:
+        return torch.softmax(self.x, -1)
+
+    @functools.cached_property
+    def nl(self) -> torch.Tensor:
+        return self.lse.unsqueeze(-1) - self.x
+
+    def qnl(self, q: torch.Tensor) -> torch.Tensor:
+        return q * self.nl if self.probabilities else _product(q, self.nl)
+
+    def scale(self) -> torch.Tensor:
+        """Q + 2 z lse per row."""
+        return self.Q if self.z == 0 else self.Q + 2 * self.zk * self.lse
+
+    def row_loss(self) -> torch.Tensor:
+        """sum_c q nl + z lse^2 per row (the loss without s / D)."""
+        r = self.qnl(self.q).sum(-1)
+        return r if self.z == 0 else r + self.zk * self.lse**2
+
+    def gradient(self) -> torch.Tensor:
+        """The kernel's gradient, in torch ops (when the kernel was not asked for it)."""
+        g = self.sD_rows().unsqueeze(-1) * (self.scale().unsqueeze(-1) * self.p - self.q)
+        return self.back(g)
+
+    def sD_rows(self) -> torch.Tensor:
+        sD = self.sD if isinstance(self.sD, torch.Tensor) else torch.tensor(self.sD, dtype=self.dtype)
+        return sD * torch.ones(self.Q.shape, dtype=self.dtype)
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """H v, v of the logits' layout (class dimension last here)."""
+        a = self.sD_rows() * self.scale()
+        if self.keep is not None:  # an ignored row has no curvature (also when D is 0)
+            a = torch.where(self.keep, a, 0)
+        pv = (self.p * v).sum(-1, keepdim=True)
+        h = a.unsqueeze(-1) * self.p * (v - pv)
+        if self.z != 0:
+            b = 2 * self.sD_rows() * self.zk
+            if self.keep is not None:
+                b = torch.where(self.keep, b, 0)
+            h = h + b.unsqueeze(-1) * self.p * pv
+        return h
+
+    def normaliser_weight(self) -> torch.Tensor:
+        """dD/dw_c (class indices, "mean"): the sum of s_n over kept rows of class c."""
+        assert self.keep is not None
+        s = self.keep.to(self.dtype) if self.s is None else torch.where(self.keep, self.s, 0)
+        return (self.onehot * s.unsqueeze(-1)).reshape(-1, self.n_classes).sum(0)
+
+    def normaliser_sample_weight(self) -> Any:
+        """dD/ds_n ("mean"): w[y_n] over kept rows (class indices), 1 (probabilities)."""
+        if self.probabilities:
+            return 1.0
+        assert self.keep is not None
+        w = self.keep.to(self.dtype)
+        return w if self.w is None else w * self.weight_of_target()
+
+    def rows_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.reshape(-1, self.n_classes).sum(0)
+
+    # reverse mode, first order: d(cotangent . loss) / d(target, weight, sample_weight)
+    def loss_vjp(self, cotangent: torch.Tensor, loss: torch.Tensor,
+                 want: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+        g = cotangent.to(self.dtype)
+        c = g / self.D if self.mean else g  # d(cotangent . loss) / d(row loss without D)
+        u = c if self.s is None else c * self.s
+        if self.keep is not None:
+            u = torch.where(self.keep, u, 0)
+        m = -g * loss.to(self.dtype) / self.D if self.mean else None  # d(...) / dD
+        dt = dw = ds = None
+        if want[0]:  # probability targets only
+            dt = torch.zeros_like(self.x) if self.eps == 1 else \
+                (1 - self.eps) * u.unsqueeze(-1) * (self.nl if self.w is None else self.w * self.nl)
+            dt = self.back(dt)
+        if want[1]:
+            dw = self.rows_sum(u.unsqueeze(-1) * self.qnl(self.ybar))
+            if m is not None and not self.probabilities:
+                dw = dw + _product(self.normaliser_weight(), m)
+        if want[2]:
+            ds = c * self.row_loss()
+            if m is not None:
+                ds = ds + _product(torch.as_tensor(self.normaliser_sample_weight(), dtype=self.dtype), m)
+            if self.keep is not None:
+                ds = torch.where(self.keep, ds, 0)
+        return dt, dw, ds
+
+    # reverse mode, second order: d(v . grad) / d(logits, target, weight, sample_weight)
+    def gradient_vjp(self, v: torch.Tensor, grad: torch.Tensor,
+                     want: tuple[bool, bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+        v = self.last(v)
+        dx = dt = dw = ds = None
+        if want[0]:
+            dx = self.back(self.hvp(v))
+        if not any(want[1:]):
+            return dx, dt, dw, ds
+        pv = (self.p * v).sum(-1, keepdim=True)
+        gv = (grad.to(self.dtype) * self.back(v)).sum() if self.mean else None  # sum(grad * v)
+        sD = self.sD_rows().unsqueeze(-1)
+        if want[1]:
+            dt = self.back((1 - self.eps) * sD * (pv - v) * (1.0 if self.w is None else self.w))
+        if want[2]:
+            dw = self.rows_sum(sD * self.ybar * (pv - v))
+            if gv is not None and not self.probabilities:
+                dw = dw - _product(self.normaliser_weight(), gv / self.D)
+        if want[3]:
+            ds = (self.scale() * pv.squeeze(-1) - (self.q * v).sum(-1)) / self.D
+            if gv is not None:
+                ds = ds - _product(torch.as_tensor(self.normaliser_sample_weight(), dtype=self.dtype), gv / self.D)
+            if self.keep is not None:
+                ds = torch.where(self.keep, ds, 0)
+        return dx, dt, dw, ds
+
+    # forward mode: the tangents of (loss, grad)
+    def tangents(self, dx: torch.Tensor | None, dt: torch.Tensor | None, dw: torch.Tensor | None,
+                 ds: torch.Tensor | None, loss: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.last(grad)
+        rows = torch.zeros(self.Q.shape, dtype=self.dtype)
+        dgrad = torch.zeros_like(self.x)
+        if dx is not None:
+            dx = self.last(dx)
+            rows = rows + (g * dx).sum(-1)
+            dgrad = dgrad + self.hvp(dx)
+        dq: Any = None
+        if dt is not None and self.probabilities:
+            dq = (1 - self.eps) * self.last(dt)
+            if self.w is not None:
+                dq = dq * self.w
+        if dw is not None:
+            dyw = self.ybar * dw.to(self.dtype)
+            dq = dyw if dq is None else dq + dyw
+        if dq is not None:
+            rows = rows + self.sD_rows() * self.qnl(dq).sum(-1)
+            dgrad = dgrad + self.sD_rows().unsqueeze(-1) * (dq.sum(-1, keepdim=True) * self.p - dq)
+        if ds is not None:
+            ds = ds.to(self.dtype)
+            if self.keep is not None:
+                ds = torch.where(self.keep, ds, 0)
+            rows = rows + ds / self.D * self.row_loss()
+            dgrad = dgrad + (ds / self.D).unsqueeze(-1) * (self.scale().unsqueeze(-1) * self.p - self.q)
+        dloss = rows if self.reduction == "none" else rows.sum()
+        if self.mean:  # the normaliser's tangent
+            dD: Any = None
+            if self.probabilities:
+                dD = None if ds is None or self.s is None else ds.sum()
+            else:
+                parts = []
+                if ds is not None:
+                    parts.append((ds * self.normaliser_sample_weight()).sum())
+                if dw is not None:
+                    parts.append((self.normaliser_weight() * dw.to(self.dtype)).sum())
+                dD = sum(parts) if parts else None
+            if dD is not None:
+                dloss = dloss - loss.to(self.dtype) * dD / self.D
+                dgrad = dgrad - g * (dD / self.D)
+        return dloss.reshape(loss.shape), self.back(dgrad)
+
+
+def _eager(tensor: torch.Tensor) -> bool:
+    """A plain tensor in plain eager mode: its value may be read (no tracing, no
+    torch.func wrapper or legacy vmap batched tensor, no fake or functional tensor)."""
+    return (
+        type(tensor) is torch.Tensor
+        and not torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+        and torch._C._dispatch_keys(tensor).has(torch._C.DispatchKey.CPU)
+        and not torch.compiler.is_compiling()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch.jit.is_tracing()
+    )
+
+
+def _scaled_gradient(grad: torch.Tensor, cotangent: torch.Tensor, target: torch.Tensor,
+                     ignore_index: int | None, per_row: bool, plain: torch.Tensor | None = None) -> torch.Tensor:
+    """The saved gradient times the upstream gradient (per row for "none"), with ignored
+    rows' upstream taken as 0. In eager mode: the saved gradient itself for an upstream
+    of 1 (loss.backward(): no copy, no pass; `plain`, the gradient as a tensor that is
+    not the op's output, unless the result is to be differentiated), and no mask for a
+    finite upstream."""
+    axis = 1 if grad.dim() >= 2 else 0
+    if _eager(cotangent):
+        if per_row:
+            finite = bool(torch.isfinite(cotangent).all())
+        else:
+            upstream = cotangent.item()
+            if upstream == 1.0 and not torch.is_grad_enabled():
+                return grad if plain is None else plain
+            if upstream == 1.0 and not cotangent.requires_grad:
+                return grad  # create_graph: differentiable (and never taken as a leaf's .grad)
+            finite = math.isfinite(upstream)
+        if finite:
+            return grad * (cotangent.unsqueeze(axis) if per_row else cotangent).to(grad.dtype)
+    keep = None if target.dtype.is_floating_point else _kept(target, ignore_index)
+    if keep is not None:
+        # PyTorch gives ignored rows 0 whatever the upstream (0 * NaN would be NaN)
+        cotangent = torch.where(keep, cotangent, 0)
+        per_row = True
+    if per_row:
+        cotangent = cotangent.unsqueeze(axis)
+    return grad * cotangent.to(grad.dtype)
+
+
+def _transforms() -> list[Any]:
+    """The kinds of the active torch.func transforms (torch.func's own interpreter stack)."""
+    return [i.key() for i in torch._functorch.pyfunctorch.retrieve_all_functorch_interpreters()]
+
+
+_NESTED_FORWARD = (
+    "softmaxloss.torch.cross_entropy under nested forward-mode torch.func transforms (jacfwd "
+    "of jacfwd, jvp of jvp) is not supported: PyTorch gives zeros for the second-order "
+    "tangent of an autograd.Function's jvp rule. Use torch.func.hessian (forward over "
+    "reverse) or jacrev, or torch.nn.functional.cross_entropy there"
+)
+
+
+def _saved(ctx: Any, count: int) -> list[Any]:
+    """The first `count` saved arguments, None where None was saved."""
+    tensors = iter(ctx.saved_tensors)
+    return [next(tensors) if present else None for present in ctx.present[:count]]
+
+
+class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
+    """The op's autograd: forward runs the op's kernel (loss, gradient); backward and jvp
+    are torch ops of the saved tensors (see _Terms), themselves differentiable."""
+
+    generate_vmap_rule = True  # vmap of forward is the op's vmap rule; of the rest, torch ops
+
+    @staticmethod
+    def forward(*args: Any) -> Any:  # type: ignore[override, unused-ignore]
+        with torch._C._AutoDispatchBelowAutograd():
+            return _OP(*args)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:  # type: ignore[override, unused-ignore]
+        ctx.set_materialize_grads(False)
+        input, target, weight, sample_weight, *options = inputs
+        ctx.options = options  # ignore_index, reduction, label_smoothing, z_loss, n_threads, with_grad
+        saved = (input, target, weight, sample_weight, *output)
+        # In eager mode also the gradient as a tensor that is not an output: the one
+        # loss.backward() returns (autograd would take an output's memory for a leaf's
+        # .grad and then accumulate into it, over the saved gradient).
+        plain = output[1].detach() if options[-1] and _eager(output[1]) else None
+        # Only tensors are saved (torch.func's vmap of a Function does not take None).
+        ctx.present = tuple(t is not None for t in (*saved, plain))
+        ctx.save_for_backward(*(t for t in (*saved, plain) if t is not None))
+        ctx.save_for_forward(*(t for t in saved if t is not None))
+
+    @staticmethod
+    def backward(ctx: Any, d_loss: torch.Tensor | None, d_grad: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override, unused-ignore]
+        input, target, weight, sample_weight, loss, grad, plain = _saved(ctx, 7)
+        ignore_index, reduction, label_smoothing, z_loss, n_threads, with_grad = ctx.options
+        want = tuple(ctx.needs_input_grad[:4])
+        terms: _Terms | None = None
+
+        def pieces() -> _Terms:
+            nonlocal terms
+            if terms is None:
+                terms = _Terms(input, target, weight, sample_weight, ignore_index, reduction,
+                               label_smoothing, z_loss)
+            return terms
+
+        if not with_grad:  # called for the loss only: `grad` is an empty placeholder
+            d_grad = None
+            if want[0] and d_loss is not None:
+                grad = _OP(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing,
+                           z_loss, n_threads, True)[1]
+        results: list[Any] = [None] * 4
+        if d_loss is not None:
+            if want[0]:
+                per_row = reduction == "none" and input.dim() >= 2
+                results[0] = _scaled_gradient(grad, d_loss, target, ignore_index, per_row, plain)
+            if any(want[1:]):
+                results[1:] = pieces().loss_vjp(d_loss, loss, (want[1], want[2], want[3]))
+        if d_grad is not None and any(want):
+            second = pieces().gradient_vjp(d_grad, grad, (want[0], want[1], want[2], want[3]))
+            results = [a if b is None else b if a is None else a + b for a, b in zip(results, second)]
+        for i, tensor in enumerate((input, target, weight, sample_weight)):
+            if results[i] is not None:
+                results[i] = results[i].to(tensor.dtype)
+        return (*results, None, None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx: Any, d_input: Any, d_target: Any, d_weight: Any, d_sample_weight: Any,  # type: ignore[override, unused-ignore]
+            *_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        input, target, weight, sample_weight, loss, grad = _saved(ctx, 6)
+        ignore_index, reduction, label_smoothing, z_loss, n_threads, with_grad = ctx.options
+        terms = _Terms(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+        full_grad = grad if with_grad else terms.gradient()
+        d_target = d_target if target.dtype.is_floating_point else None
+        d_loss, d_grad = terms.tangents(d_input, d_target, d_weight, d_sample_weight, loss, full_grad)
+        if not with_grad:
+            d_grad = torch.zeros_like(grad)
+        return d_loss.to(loss.dtype), d_grad.to(grad.dtype)
+
+
+def _autograd_kernel(*args: Any) -> Any:
+    tensors = [t for t in args[:4] if t is not None]
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or (
+        forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    ):
+        return tuple(_CrossEntropyFunction.apply(*args))
+    with torch._C._AutoDispatchBelowAutograd():
+        return _OP(*args)
+
+
+_LIBRARY.impl("cross_entropy", _autograd_kernel, "Autograd")
+
+
+# ---- inplace_grad=True: eager only ----------------------------------------------------
 
 _DOUBLE_BACKWARD = (
-    "softmaxloss.torch.cross_entropy is differentiable once only: double backward "
-    "(create_graph=True through this loss, for a gradient penalty or Hessian-vector "
-    "products) is not supported; use torch.nn.functional.cross_entropy for that"
+    "softmaxloss.torch.cross_entropy(..., inplace_grad=True) is differentiable once only: "
+    "double backward (create_graph=True through this loss) is not supported with the "
+    "gradient written in place; pass inplace_grad=False for that"
 )
 
 _OVERWRITTEN = (
@@ -136,97 +841,35 @@ def _check_inplace(input: torch.Tensor) -> None:
         )
 
 
-def _check_untransformed(tensor: Any, name: str) -> None:
-    """Refuse tensors whose values or derivatives a NumPy view would lose: torch.func
-    wrappers (no storage, or under functionalize storage that does not hold the values)
-    and forward-AD dual tensors (the tangent would be dropped)."""
-    if not isinstance(tensor, torch.Tensor):
-        return
-    if torch._C._functorch.is_functorch_wrapped_tensor(tensor) or torch._is_functional_tensor(tensor):
-        raise NotImplementedError(
-            f"{name} is a torch.func tensor (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap or "
-            "functionalize): softmaxloss.torch.cross_entropy under torch.func transforms is "
-            "not supported yet; use torch.nn.functional.cross_entropy there"
+def _check_eager_first_order(tensors: dict[str, torch.Tensor | None]) -> None:
+    """inplace_grad=True: no torch.func transform, no forward-AD tangent, no gradient
+    wanted for anything but the logits."""
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            "softmaxloss.torch.cross_entropy(..., inplace_grad=True) writes the gradient over "
+            "the logits' storage, which torch.func transforms (grad, vjp, jacrev, jvp, vmap, "
+            "functionalize, ...) do not allow; pass inplace_grad=False there"
         )
-    if forward_ad.unpack_dual(tensor).tangent is not None:
-        raise NotImplementedError(
-            f"{name} is a dual tensor with a forward-AD tangent: softmaxloss.torch.cross_entropy "
-            "does not support forward-mode AD (torch.autograd.forward_ad) yet and would drop "
-            "the tangent; use torch.nn.functional.cross_entropy there"
-        )
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if forward_ad.unpack_dual(tensor).tangent is not None:
+            raise RuntimeError(
+                f"{name} is a dual tensor with a forward-AD tangent: softmaxloss.torch.cross_entropy"
+                "(..., inplace_grad=True) is reverse mode only; pass inplace_grad=False for "
+                "forward-mode AD"
+            )
+        if name != "input" and tensor.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"softmaxloss.torch.cross_entropy(..., inplace_grad=True) differentiates the "
+                f"logits only, and {name} requires grad; pass inplace_grad=False for its "
+                f"gradient, or {name}.detach()"
+            )
 
 
-def _on_cpu(tensor: torch.Tensor, name: str) -> None:
-    if tensor.device.type != "cpu":
-        raise ValueError(
-            f"softmaxloss.torch computes on the CPU; {name} is on device "
-            f"'{tensor.device}'. Move it with .cpu(), or use "
-            "torch.nn.functional.cross_entropy on that device"
-        )
-
-
-def _constant(tensor: torch.Tensor | None, name: str) -> None:
-    if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
-        raise ValueError(
-            f"softmaxloss.torch.cross_entropy computes no gradient with respect to "
-            f"{name}, which requires grad; pass {name}.detach()"
-        )
-
-
-def _numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
-    """A NumPy view of `tensor`'s memory (a float32 copy for half precision)."""
-    _on_cpu(tensor, name)
-    t = tensor.detach()
-    if t.dtype in _UPCAST:
-        t = t.float()
-    elif t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} has dtype {t.dtype}, which softmaxloss.torch does not accept")
-    if t.is_neg():  # a lazily negated view (torch's neg bit): NumPy needs the values
-        t = t.resolve_neg()
-    array: np.ndarray = t.numpy()
-    return array
-
-
-def _input_numpy(input: torch.Tensor) -> np.ndarray:
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    _on_cpu(input, "input")
-    if input.dtype not in _NATIVE and input.dtype not in _UPCAST:
-        raise TypeError(
-            f"input has dtype {input.dtype}; softmaxloss.torch computes float32 and "
-            "float64 natively and float16/bfloat16 in float32"
-        )
-    return _numpy(input, "input")
-
-
-def _target_numpy(target: Any) -> np.ndarray:
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype in (
-        torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
-    ):
-        return _numpy(target, "target")
-    raise TypeError(
-        f"target has dtype {target.dtype}; expected integer class indices or floating "
-        "point class probabilities"
-    )
-
-
-def _optional_numpy(tensor: Any, name: str) -> np.ndarray | None:
-    if tensor is None:
-        return None
-    if not isinstance(tensor, torch.Tensor):
-        return np.asarray(tensor)
-    return _numpy(tensor, name)
-
-
-def _class_axis(input: torch.Tensor) -> int:
-    return 1 if input.dim() >= 2 else 0
-
-
-class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
-    """Forward: the fused kernel computes loss and gradient in one pass and the
-    gradient is saved. Backward: that gradient times grad_output."""
+class _InplaceCrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
+    """Forward: the fused kernel writes the gradient over the logits' memory, which is
+    saved. Backward: that gradient times grad_output."""
 
     @staticmethod
     def forward(  # type: ignore[override, unused-ignore]
@@ -238,14 +881,11 @@ class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignor
         options: dict[str, Any],
         inplace: bool,
     ) -> torch.Tensor:
-        # inplace: x is a view of input's storage, and the gradient overwrites the logits
         loss, grad = _np_cross_entropy_with_grad(x, t, out=x if inplace else None, **options)
         grad_tensor = torch.from_numpy(grad)
         if grad_tensor.dtype != input.dtype:
             grad_tensor = grad_tensor.to(input.dtype)
-        # Class indices are kept (not copied: autograd checks their version) for the
-        # rare backward that must find the ignored rows.
-        ctx.save_for_backward(grad_tensor, None if target.dtype.is_floating_point else target)
+        ctx.save_for_backward(grad_tensor, target)
         ctx.ignore_index = options["ignore_index"]
         ctx.per_row = options["reduction"] == "none" and input.dim() >= 2
         return torch.from_numpy(np.asarray(loss)).to(input.dtype)
@@ -254,27 +894,9 @@ class _CrossEntropy(torch.autograd.Function):  # type: ignore[misc, unused-ignor
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override, unused-ignore]
         if torch.is_grad_enabled():
             raise RuntimeError(_DOUBLE_BACKWARD)
-        grad, index_target = ctx.saved_tensors
-        none = (None,) * 5
-        if ctx.per_row:
-            finite = bool(torch.isfinite(grad_output).all())
-        else:
-            upstream = grad_output.item()
-            if upstream == 1.0:
-                # loss.backward(): the saved gradient is the answer; no copy, no pass.
-                return (grad, *none)
-            finite = math.isfinite(upstream)
-        per_row = ctx.per_row
-        if not finite and index_target is not None:
-            # Ignored rows' saved gradient is 0, and 0 * NaN or 0 * inf is NaN; PyTorch
-            # gives them 0 whatever the upstream, as if theirs were 0: make it so.
-            ignored = (index_target == ctx.ignore_index if -(2**63) <= ctx.ignore_index < 2**63
-                       else torch.zeros_like(index_target, dtype=torch.bool))  # no int64 equals it
-            grad_output = torch.where(ignored, 0, grad_output)
-            per_row = True
-        if per_row:  # broadcast along the class axis
-            grad_output = grad_output.unsqueeze(1 if grad.dim() >= 2 else 0)
-        return (grad * grad_output.to(grad.dtype), *none)
+        grad, target = ctx.saved_tensors
+        ignore_index = None if ctx.ignore_index > _INT64_MAX or ctx.ignore_index < _INT64_MIN else ctx.ignore_index
+        return (_scaled_gradient(grad, grad_output, target, ignore_index, ctx.per_row), None, None, None, None, None)
 
 
 class _Overwritten(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
@@ -298,11 +920,55 @@ class _Overwritten(torch.autograd.Function):  # type: ignore[misc, unused-ignore
         return grad
 
 
+@torch.compiler.disable(reason="softmaxloss.torch.cross_entropy(..., inplace_grad=True) writes the "
+                        "gradient over the logits' storage and runs eagerly only; pass "
+                        "inplace_grad=False under torch.compile(fullgraph=True)")
+def _inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                           sample_weight: torch.Tensor | None, options: LossOptions,
+                           n_threads: int) -> torch.Tensor:
+    _check_eager_first_order(dict(input=input, target=target, weight=weight, sample_weight=sample_weight))
+    _check_inplace(input)
+    ignore_index = options.ignore_index if _INT64_MIN <= options.ignore_index <= _INT64_MAX else None
+    _check_call(input, target, weight, sample_weight, ignore_index, options.reduction,
+                options.label_smoothing, options.z_loss)
+    keywords: dict[str, Any] = dict(
+        axis=_class_axis(input),
+        weight=None if weight is None else _numpy(weight),
+        sample_weight=None if sample_weight is None else _numpy(sample_weight),
+        ignore_index=options.ignore_index, reduction=options.reduction,
+        label_smoothing=options.label_smoothing, z_loss=options.z_loss,
+        n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
+    )
+    x, t = _numpy(input), _numpy(target)
+    try:
+        if input.requires_grad and torch.is_grad_enabled():
+            # In place only where x is input's own memory, as the kernel's output needs it.
+            inplace = input.dtype in _NATIVE and input.is_contiguous()
+            loss: torch.Tensor = _InplaceCrossEntropy.apply(input, x, target, t, keywords, inplace)
+            if inplace:
+                _Overwritten.apply(input)
+            return loss
+        value = _np_cross_entropy(x, t, **keywords)
+    except ValueError as error:
+        raise _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index) from None
+    return torch.from_numpy(np.asarray(value)).to(input.dtype)
+
+
+# ---- the public functions -------------------------------------------------------------
+
+def _op_arguments(ignore_index: Any, n_threads: Any) -> tuple[int | None, int]:
+    index = operator.index(ignore_index)
+    threads = check_n_threads(n_threads)
+    return (index if _INT64_MIN <= index <= _INT64_MAX else None), (0 if threads is None else threads)
+
+
 def cross_entropy(
     input: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
+    size_average: bool | None = None,
     ignore_index: int = DEFAULT_IGNORE_INDEX,
+    reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -315,54 +981,51 @@ def cross_entropy(
 
     input: (N, C), (N, C, d1, ...) or (C,) logits on the CPU (float32/float64; float16
     and bfloat16 computed in float32). target: class indices of shape (N,), (N, d1, ...)
-    or (), or class probabilities of the input's shape. `weight` (C,), `ignore_index`,
-    `reduction` ("mean", "sum" or "none") and `label_smoothing` as in PyTorch.
-    Keyword-only extras: `z_loss` (adds z_loss * logsumexp**2 per row), `sample_weight`
-    (one weight per row, the target's row shape), `inplace_grad` (the forward pass may
-    overwrite the logits with the gradient; a RuntimeError where PyTorch refuses an
-    in-place op on them: see the module docstring), `n_threads` (None:
-    torch.get_num_threads()).
+    or (), or class probabilities of the input's shape. `weight` (C,), `size_average`
+    and `reduce` (legacy, mapped to `reduction` as PyTorch maps them), `ignore_index`,
+    `reduction` ("mean", "sum" or "none") and `label_smoothing` as in PyTorch, in its
+    positional order. Keyword-only extras: `z_loss` (adds z_loss * logsumexp**2 per row),
+    `sample_weight` (one weight per row, the target's row shape), `inplace_grad` (the
+    forward pass may overwrite the logits with the gradient; eager, first order, logits
+    only: see the module docstring), `n_threads` (None: torch.get_num_threads()).
 
     Returns the loss as a tensor of the input's dtype: a scalar, or per-row losses for
-    reduction="none". Differentiable once with respect to `input` (reverse mode; forward
-    AD and torch.func transforms are a NotImplementedError, a RuntimeError subclass).
+    reduction="none". Differentiable any number of times, in reverse and forward mode,
+    under torch.func transforms and torch.compile, with respect to the input,
+    probability targets, `weight` and `sample_weight`.
     """
-    arguments = (("input", input), ("target", target), ("weight", weight), ("sample_weight", sample_weight))
-    for name, tensor in arguments:
-        _check_untransformed(tensor, name)
-    if inplace_grad and isinstance(input, torch.Tensor):
-        _check_inplace(input)
-    x = _input_numpy(input)
-    t = _target_numpy(target)
-    for name, tensor in arguments[1:]:
-        if isinstance(tensor, torch.Tensor):
-            _constant(tensor, name)
-    options: dict[str, Any] = dict(
-        axis=_class_axis(input),
-        weight=_optional_numpy(weight, "weight"),
-        sample_weight=_optional_numpy(sample_weight, "sample_weight"),
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        n_threads=torch.get_num_threads() if n_threads is None else n_threads,
-    )
-    if input.requires_grad and torch.is_grad_enabled():
-        # In place only where x is input's own memory, as the kernel's output needs it.
-        inplace = bool(inplace_grad) and input.dtype in _NATIVE and input.is_contiguous()
-        loss: torch.Tensor = _CrossEntropy.apply(input, x, target, t, options, inplace)
-        if inplace:
-            _Overwritten.apply(input)
-        return loss
-    value = _np_cross_entropy(x, t, **options)
-    return torch.from_numpy(np.asarray(value)).to(input.dtype)
+    reduction = _legacy_reduction(size_average, reduce, reduction)
+    _check_tensors(input, target, weight, sample_weight)
+    if inplace_grad:
+        options = _checked_options(reduction, label_smoothing, z_loss, ignore_index)
+        return _inplace_cross_entropy(input, target, weight, sample_weight, options, _op_arguments(0, n_threads)[1])
+    if not torch.compiler.is_compiling():  # compiled: the fake kernel checks them, once
+        options = _checked_options(reduction, label_smoothing, z_loss, ignore_index)
+        reduction, label_smoothing, z_loss = options.reduction, options.label_smoothing, options.z_loss
+    index, threads = _op_arguments(ignore_index, n_threads)
+    args = (input, target, weight, sample_weight, index, reduction, float(label_smoothing), float(z_loss), threads)
+    if torch._C._are_functorch_transforms_active():
+        kinds = _transforms()
+        jvp, grad = torch._C._functorch.TransformType.Jvp, torch._C._functorch.TransformType.Grad
+        if kinds.count(jvp) > 1:
+            raise NotImplementedError(_NESTED_FORWARD)
+        if jvp in kinds or grad in kinds:
+            # torch.func differentiates an autograd.Function called here (not from the
+            # op's autograd kernel); vmap and functionalize alone take the op itself.
+            loss: torch.Tensor = _CrossEntropyFunction.apply(*args, True)[0]
+            return loss
+    with_grad = bool(input.requires_grad) and torch.is_grad_enabled()
+    result: torch.Tensor = torch.ops.softmaxloss.cross_entropy(*args, with_grad)[0]
+    return result
 
 
 class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
     """`torch.nn.CrossEntropyLoss`, computed by softmaxloss's fused kernel.
 
-    The arguments are those of `cross_entropy`; `weight` is registered as a buffer
-    (it moves with `.to()` and is saved in the state dict), as in PyTorch.
+    The arguments are those of `cross_entropy`, in `torch.nn.CrossEntropyLoss`'s order
+    (weight, size_average, ignore_index, reduce, reduction, label_smoothing); `weight`
+    is registered as a buffer (it moves with `.to()` and is saved in the state dict), as
+    in PyTorch. The options are checked here, at construction.
     `forward(input, target, sample_weight=None)`.
     """
 
@@ -371,7 +1034,9 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
     def __init__(
         self,
         weight: torch.Tensor | None = None,
+        size_average: bool | None = None,
         ignore_index: int = DEFAULT_IGNORE_INDEX,
+        reduce: bool | None = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
@@ -380,8 +1045,9 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
         n_threads: int | None = None,
     ) -> None:
         super().__init__()
-        LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                            ignore_index=ignore_index)  # refuse bad options now, as PyTorch does
+        reduction = _legacy_reduction(size_average, reduce, reduction)
+        _checked_options(reduction, label_smoothing, z_loss, ignore_index)  # refuse bad options now
+        check_n_threads(n_threads)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -394,9 +1060,9 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
         self, input: torch.Tensor, target: torch.Tensor, sample_weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         return cross_entropy(
-            input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
-            z_loss=self.z_loss, sample_weight=sample_weight, inplace_grad=self.inplace_grad,
-            n_threads=self.n_threads,
+            input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, sample_weight=sample_weight,
+            inplace_grad=self.inplace_grad, n_threads=self.n_threads,
         )
 
     def extra_repr(self) -> str:
