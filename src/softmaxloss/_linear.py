@@ -84,9 +84,12 @@ def plan_chunks(
     else:
         if memory_budget is None:
             memory_budget = min(n_rows * row_bytes / DEFAULT_LOGITS_FRACTION, DEFAULT_MAX_BUDGET)
-        rows = int(min(memory_budget // row_bytes, n_rows))
-        if with_grad and rows < n_rows:  # more than one chunk: room for the scratch block
+        if memory_budget >= n_rows * row_bytes:  # one chunk (also for an infinite budget)
+            rows = n_rows
+        elif with_grad:  # more than one chunk: room for the scratch block too
             rows = int(memory_budget // (row_bytes * (1 + 1 / WEIGHT_BLOCK_FRACTION)))
+        else:
+            rows = int(memory_budget // row_bytes)
     rows = max(1, min(rows, n_rows))
     block = 0
     if with_grad and rows < n_rows and n_features > 0:
