@@ -435,7 +435,7 @@ def test_the_default_chunk():
     big = plan_chunks(10**6, 128256, 4096, 4, with_grad=True)
     assert big.working_bytes(128256, 4096, 4) <= 256 * 2**20
     assert plan_chunks(3, 10, 4, 8, with_grad=True).rows == 1
-    assert plan_chunks(100, 10, 4, 8, with_grad=True, memory_budget=np.inf) == _linear.ChunkPlan(rows=100, weight_block=0)
+    assert plan_chunks(100, 10, 4, 8, with_grad=True, memory_budget=np.inf) == _linear.ChunkPlan(rows=100, weight_block=0, scratch_rows=100)
     assert plan_chunks(100, 10, 4, 8, with_grad=True, chunk_size=1000).rows == 100
 
 

@@ -506,7 +506,7 @@ def _linear_cross_entropy(args: LinearLossArgs, with_grad: bool) -> tuple[Any, .
     if args.linear_bias is not None:
         logits = logits + args.linear_bias.astype(np.float64)
     logits = logits.reshape(*args.row_shape, args.n_classes)
-    options = dict(
+    options: dict[str, Any] = dict(
         weight=args.weight, sample_weight=args.sample_weight, ignore_index=args.options.ignore_index,
         reduction=args.options.reduction, label_smoothing=args.options.label_smoothing,
         z_loss=args.options.z_loss,
