@@ -14,7 +14,9 @@ the mean cross-entropy of H @ W.T and its gradients with respect to H and W:
 
 Each method runs in a fresh process (`--worker`), with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and
 MKL_NUM_THREADS set to the thread count and torch.set_num_threads: after one call on a tiny
-problem (imports, thread pools), `--repeats` timed calls; the median is reported. Memory: the
+problem (imports, thread pools), `--repeats` timed calls; the median wall time is reported (and
+the median CPU time of the process, all threads: less sensitive to a shared machine's load,
+though it counts BLAS threads that spin while they wait). Memory: the
 growth of the process's peak RSS over its RSS once the inputs exist (VmHWM, reset through
 /proc/self/clear_refs where Linux allows it, else ru_maxrss), and the peak of NumPy's allocations
 during a call (tracemalloc; blind to torch's allocator), both also net of the returned gradients.
@@ -196,13 +198,14 @@ def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dic
     hwm_reset = reset_peak_rss()
     if not hwm_reset:
         baseline = peak_rss_bytes()  # the inputs' peak, which a call must exceed to show
-    times, traced, phases = [], [], []
+    times, cpu_times, traced, phases = [], [], [], []
     loss = None
     gradient_bytes = 0
     for _ in range(repeats):
         tracemalloc.start()
         tracemalloc.reset_peak()
         start_traced, _ = tracemalloc.get_traced_memory()
+        cpu_start = time.process_time()
         if timer is not None:
             with timer:
                 start = time.perf_counter()
@@ -213,6 +216,7 @@ def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dic
             start = time.perf_counter()
             result = call()
             elapsed = time.perf_counter() - start
+        cpu_times.append(time.process_time() - cpu_start)
         _, peak_traced = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         times.append(elapsed)
@@ -222,7 +226,7 @@ def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dic
         del result
     report: dict[str, Any] = {
         "method": name, "n": n, "d": d, "v": v, "threads": threads, "times": times,
-        "median": statistics.median(times), "loss": loss, "gradient_bytes": gradient_bytes,
+        "median": statistics.median(times), "cpu_median": statistics.median(cpu_times), "loss": loss, "gradient_bytes": gradient_bytes,
         "rss_growth": peak_rss_bytes() - baseline, "hwm_reset": hwm_reset,
         "traced_peak": max(traced), "logits_bytes": n * v * 4,
     }
@@ -256,19 +260,21 @@ def run_worker(name: str, size: tuple[int, int, int], threads: int, repeats: int
 
 def table(reports: list[dict[str, Any]]) -> str:
     floor = next((r["median"] for r in reports if r["method"] == "gemms"), None)
+    cpu_floor = next((r["cpu_median"] for r in reports if r["method"] == "gemms"), None)
     lines = [
-        "| method | median s (runs) | / 3 GEMMs | loss | peak RSS growth MiB | beyond gradients MiB "
-        "| NumPy peak (tracemalloc) beyond gradients MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| method | median s (runs) | / 3 GEMMs | CPU s (/ 3 GEMMs) | loss | peak RSS growth MiB "
+        "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         runs = ", ".join(f"{t:.2f}" for t in r["times"])
         ratio = f"{r['median'] / floor:.3f}x" if floor else "-"
+        cpu = f"{r['cpu_median']:.2f} ({r['cpu_median'] / cpu_floor:.2f}x)" if cpu_floor else f"{r['cpu_median']:.2f}"
         loss = "-" if r["loss"] is None else f"{r['loss']:.6f}"
         grads = r["gradient_bytes"]
         traced = "n/a (torch allocator)" if r["method"].startswith("torch") else f"{(r['traced_peak'] - grads) / MiB:.1f}"
         lines.append(
-            f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {loss} | {r['rss_growth'] / MiB:.1f} "
+            f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {cpu} | {loss} | {r['rss_growth'] / MiB:.1f} "
             f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} |"
         )
     return "\n".join(lines)
