@@ -18,6 +18,7 @@ from ._facade import (
     logsumexp,
     softmax,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from .layer import SoftmaxWithLoss
 
 try:
@@ -46,6 +47,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "gradient_hessian",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "logsumexp",
     "show_config",

@@ -547,3 +547,211 @@ def check_gradient_hessian_args(
     labels_checked = check_index_target(y, n_classes, ignore_index=None, name="labels")
     return x, dtypes, labels_checked, _check_sample_weight(sample_weight, (n_rows,))
 
+
+
+# ---- linear_cross_entropy: the LM head's loss, hidden @ linear_weight.T (+ bias) -------
+
+
+@dataclass(slots=True)
+class LinearLossArgs:
+    """The validated arguments of a `linear_cross_entropy` call.
+
+    `hidden` (..., D) and `linear_weight` (V, D) are float32 or float64 arrays of the same
+    type, as given (byte order included); `linear_bias` None or (V,) of their type.
+    `row_shape` is hidden's shape without its last axis; `n_rows` its size. `target` holds
+    int64 class indices of `row_shape`, every one in range or equal to
+    `target_ignore_index` (checked up front, so no chunk is computed for a call that fails),
+    or the probabilities as given (`probabilities` True, `row_shape + (V,)`; never converted
+    here: the fast path reads them a chunk at a time). `target_given` and `ignore_index`
+    are the caller's, for the reference's unfused call. `weight` None or float64 (V,);
+    `sample_weight` None or float64 of `row_shape`. `chunk_size` and `memory_budget` are
+    None or checked values.
+    """
+
+    hidden: np.ndarray
+    linear_weight: np.ndarray
+    linear_bias: np.ndarray | None
+    dtype: np.dtype[Any]
+    row_shape: tuple[int, ...]
+    n_rows: int
+    n_classes: int
+    n_features: int
+    target: np.ndarray
+    target_given: np.ndarray
+    probabilities: bool
+    weight: np.ndarray | None
+    sample_weight: np.ndarray | None
+    options: LossOptions
+    target_ignore_index: int
+    chunk_size: int | None
+    memory_budget: float | None
+    n_threads: int | None
+
+
+def _is_float32_or_64(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind == "f" and dtype.itemsize in (4, 8)
+
+
+def _check_linear_arrays(
+    hidden: Any, linear_weight: Any, linear_bias: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """hidden (..., D) and linear_weight (V, D), both float32 or both float64, and
+    linear_bias None or (V,) of their dtype. BLAS computes the logits in that dtype: no
+    other dtype is converted silently."""
+    h = np.asarray(hidden)
+    w = np.asarray(linear_weight)
+    if not (_is_float32_or_64(h.dtype) and _is_float32_or_64(w.dtype) and h.dtype.itemsize == w.dtype.itemsize):
+        raise TypeError(
+            "hidden and linear_weight must both be float32 or both float64 (the logits are "
+            f"computed in their dtype); got hidden {h.dtype} and linear_weight {w.dtype}"
+        )
+    if h.ndim == 0:
+        raise ValueError("hidden must have at least one dimension (the features); got a scalar")
+    if w.ndim != 2:
+        raise ValueError(
+            f"linear_weight must have shape (n_classes, n_features), 2-D; got shape {w.shape}"
+        )
+    if w.shape[1] != h.shape[-1]:
+        raise ValueError(
+            f"linear_weight has shape {w.shape}: its n_features {w.shape[1]} must equal the "
+            f"last dimension of hidden, of shape {h.shape}"
+        )
+    if w.shape[0] == 0:
+        raise ValueError(f"linear_weight has zero classes (shape {w.shape})")
+    if linear_bias is None:
+        return h, w, None
+    b = np.asarray(linear_bias)
+    if not (_is_float32_or_64(b.dtype) and b.dtype.itemsize == h.dtype.itemsize):
+        raise TypeError(
+            f"linear_bias has dtype {b.dtype}; it must have the dtype of hidden and "
+            f"linear_weight ({h.dtype})"
+        )
+    if b.shape != (w.shape[0],):
+        raise ValueError(
+            f"linear_bias must have one entry per class, shape ({w.shape[0]},); got shape {b.shape}"
+        )
+    return h, w, b
+
+
+def _check_linear_target(
+    target: Any, row_shape: tuple[int, ...], n_classes: int, hidden_shape: tuple[int, ...],
+    options: LossOptions,
+) -> tuple[np.ndarray, bool]:
+    """The target as given and whether it holds probabilities: class indices (integers,
+    or floats holding whole numbers) of `row_shape`, or float probabilities of
+    `row_shape + (V,)`."""
+    t = np.asarray(target)
+    float_indices = t.dtype.kind == "f" and t.shape == row_shape
+    if t.dtype.kind in "iu" or float_indices:
+        if t.shape != row_shape:
+            raise ValueError(
+                f"target of class indices has shape {t.shape}; hidden of shape {hidden_shape} "
+                f"needs shape {row_shape} (hidden's shape without its last axis)"
+            )
+        return t, False
+    if t.dtype.kind == "f":
+        expected = (*row_shape, n_classes)
+        if t.shape != expected:
+            raise ValueError(
+                f"target of probabilities has shape {t.shape}; it must have shape {expected}: "
+                f"hidden's shape without its last axis, then the {n_classes} classes of linear_weight"
+            )
+        if options.ignore_index != DEFAULT_IGNORE_INDEX:
+            raise ValueError(
+                "ignore_index applies to class-index targets only; got probability "
+                f"targets (dtype {t.dtype}) with ignore_index={options.ignore_index}"
+            )
+        return t, True
+    raise TypeError(
+        f"target must hold integer class indices or float probabilities; got dtype {t.dtype}"
+    )
+
+
+def _check_linear_sample_weight(sample_weight: Any, row_shape: tuple[int, ...]) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    array, _ = as_real_array(sample_weight, "sample_weight")
+    if array.shape != row_shape:
+        raise ValueError(
+            f"sample_weight has shape {array.shape}; expected one weight per row, "
+            f"shape {row_shape} (hidden's shape without its last axis)"
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def check_chunk_size(chunk_size: Any) -> int | None:
+    """None (chosen from the memory budget) or a positive int: rows per chunk."""
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, (bool, np.bool_)):
+        raise TypeError(f"chunk_size must be None or a positive integer (rows per chunk), got {chunk_size!r}")
+    try:
+        rows = operator.index(chunk_size)
+    except TypeError:
+        raise TypeError(
+            f"chunk_size must be None or a positive integer (rows per chunk), got {chunk_size!r}"
+        ) from None
+    if rows < 1:
+        raise ValueError(f"chunk_size must be None or a positive integer (rows per chunk), got {rows}")
+    return rows
+
+
+def check_memory_budget(memory_budget: Any) -> float | None:
+    """None (the default budget) or a positive number of bytes (inf: no limit)."""
+    if memory_budget is None:
+        return None
+    message = f"memory_budget must be None or a positive number of bytes, got {memory_budget!r}"
+    if isinstance(memory_budget, (bool, np.bool_, str, bytes)):
+        raise TypeError(message)
+    try:
+        budget = float(memory_budget)
+    except (TypeError, ValueError):
+        raise TypeError(message) from None
+    if not budget > 0:  # also refuses NaN
+        raise ValueError(message)
+    return budget
+
+
+def check_linear_cross_entropy_call(
+    hidden: Any, linear_weight: Any, target: Any, options: OptionsGiven, *, linear_bias: Any,
+    weight: Any, sample_weight: Any, chunk_size: Any, memory_budget: Any, n_threads: Any,
+) -> LinearLossArgs:
+    """All the checks of a `linear_cross_entropy` / `..._with_grad` call, in the one order
+    both implementations raise them: hidden, linear_weight and linear_bias, the loss
+    options, the target's kind and shape, the class and sample weights, chunk_size,
+    memory_budget, n_threads, and last the values of the class indices (all of them, so
+    that a bad class anywhere raises before any chunk of logits is computed)."""
+    h, w, b = _check_linear_arrays(hidden, linear_weight, linear_bias)
+    if not isinstance(options, LossOptions):
+        options = LossOptions.checked(**options)
+    n_classes, n_features = w.shape
+    row_shape = h.shape[:-1]
+    t, probabilities = _check_linear_target(target, row_shape, n_classes, h.shape, options)
+    class_weight = _check_weight(weight, n_classes)
+    sample_weights = _check_linear_sample_weight(sample_weight, row_shape)
+    rows_per_chunk = check_chunk_size(chunk_size)
+    budget = check_memory_budget(memory_budget)
+    if rows_per_chunk is not None and budget is not None:
+        raise ValueError(
+            "give chunk_size (rows per chunk) or memory_budget (bytes), not both; "
+            f"got chunk_size={rows_per_chunk} and memory_budget={memory_budget!r}"
+        )
+    threads = check_n_threads(n_threads)
+    ignore_index = options.ignore_index
+    target_ignore_index = _target_ignore_index(ignore_index, t.dtype)
+    marker = _NO_IGNORED_ROW if target_ignore_index is None else target_ignore_index
+    indices = t
+    if not probabilities:
+        if t.dtype.kind == "f":  # whole numbers: checked, the ignored ones marked in int64
+            check_index_target(_check_whole_numbers(t, "target"), n_classes, ignore_index)
+            indices = np.where(t == ignore_index, marker, t).astype(np.int64)
+        else:
+            indices = check_index_target(t, n_classes, ignore_index)
+    return LinearLossArgs(
+        hidden=h, linear_weight=w, linear_bias=b, dtype=np.dtype(h.dtype.type),
+        row_shape=row_shape, n_rows=int(np.prod(row_shape)), n_classes=n_classes,
+        n_features=n_features, target=indices, target_given=t, probabilities=probabilities,
+        weight=class_weight, sample_weight=sample_weights, options=options,
+        target_ignore_index=marker, chunk_size=rows_per_chunk, memory_budget=budget,
+        n_threads=threads,
+    )

@@ -52,6 +52,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
     "gradient_hessian",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
 ]
 
 
@@ -487,3 +489,95 @@ def gradient_hessian(
     if out is None:
         return _write(grad, dtypes, None), _write(hess, dtypes, None)
     return _write(grad, dtypes, out[0]), _write(hess, dtypes, out[1])
+
+
+# -- linear + cross-entropy: the unfused formula -----------------------------------------------
+
+from ._validation import LinearLossArgs, check_linear_cross_entropy_call  # noqa: E402
+
+
+def _linear_cross_entropy(args: LinearLossArgs, with_grad: bool) -> tuple[Any, ...]:
+    """logits = hidden @ W.T + b in float64, the whole N x V of them, then `cross_entropy`
+    (or `cross_entropy_with_grad`) of them; with G its gradient: dH = G @ W, dW = G.T @ H,
+    db = G summed over the rows. Results in hidden's dtype."""
+    h = args.hidden.astype(np.float64).reshape(args.n_rows, args.n_features)
+    w = args.linear_weight.astype(np.float64)
+    logits = h @ w.T
+    if args.linear_bias is not None:
+        logits = logits + args.linear_bias.astype(np.float64)
+    logits = logits.reshape(*args.row_shape, args.n_classes)
+    options: dict[str, Any] = dict(
+        weight=args.weight, sample_weight=args.sample_weight, ignore_index=args.options.ignore_index,
+        reduction=args.options.reduction, label_smoothing=args.options.label_smoothing,
+        z_loss=args.options.z_loss,
+    )
+    dtypes = Dtypes(args.dtype, args.dtype)
+    if not with_grad:
+        return (_as_result(cross_entropy(logits, args.target_given, **options), dtypes),)
+    loss, grad = cross_entropy_with_grad(logits, args.target_given, **options)
+    g = grad.reshape(args.n_rows, args.n_classes)
+    grads = [(g @ w).reshape(args.hidden.shape), g.T @ h]
+    if args.linear_bias is not None:
+        grads.append(np.sum(g, axis=0))
+    return (_as_result(loss, dtypes), *(_write(gi, dtypes, None) for gi in grads))
+
+
+def linear_cross_entropy(
+    hidden: Any,
+    linear_weight: Any,
+    target: Any,
+    *,
+    linear_bias: Any = None,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    reduction: Any = "mean",
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+    chunk_size: Any = None,
+    memory_budget: Any = None,
+    n_threads: Any = None,
+) -> Any:
+    """cross_entropy(hidden @ linear_weight.T + linear_bias, target, ...), the logits
+    formed whole in float64. hidden (..., D), linear_weight (V, D), linear_bias (V,) or
+    None, all float32 or all float64; target of hidden's shape without its last axis
+    (class indices) or that + (V,) (probabilities). chunk_size, memory_budget and
+    n_threads are validated, otherwise unused."""
+    args = check_linear_cross_entropy_call(
+        hidden, linear_weight, target,
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        linear_bias=linear_bias, weight=weight, sample_weight=sample_weight, chunk_size=chunk_size,
+        memory_budget=memory_budget, n_threads=n_threads,
+    )
+    with _quiet():
+        return _linear_cross_entropy(args, with_grad=False)[0]
+
+
+def linear_cross_entropy_with_grad(
+    hidden: Any,
+    linear_weight: Any,
+    target: Any,
+    *,
+    linear_bias: Any = None,
+    weight: Any = None,
+    sample_weight: Any = None,
+    ignore_index: Any = DEFAULT_IGNORE_INDEX,
+    reduction: Any = "mean",
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+    chunk_size: Any = None,
+    memory_budget: Any = None,
+    n_threads: Any = None,
+) -> tuple[Any, ...]:
+    """(loss, grad_hidden, grad_linear_weight[, grad_linear_bias]): `linear_cross_entropy`
+    and, with G = d(loss)/d(logits) from `cross_entropy_with_grad` (for reduction="none"
+    that of the sum of the per-row losses), G @ linear_weight (hidden's shape),
+    G.T @ hidden (V, D) and, when linear_bias is given, G summed over the rows (V,)."""
+    args = check_linear_cross_entropy_call(
+        hidden, linear_weight, target,
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        linear_bias=linear_bias, weight=weight, sample_weight=sample_weight, chunk_size=chunk_size,
+        memory_budget=memory_budget, n_threads=n_threads,
+    )
+    with _quiet():
+        return _linear_cross_entropy(args, with_grad=True)

@@ -1,0 +1,333 @@
+"""Time and memory of the LM head's loss + gradients: fused (softmaxloss.linear_cross_entropy_with_grad)
+against its floor (the three GEMMs alone) and the unfused paths (NumPy, PyTorch).
+
+Every method computes, for hidden H (N, D), weight W (V, D) and class targets t (N,), float32,
+the mean cross-entropy of H @ W.T and its gradients with respect to H and W:
+
+- gemms: the three GEMMs alone, NumPy: L = H @ W.T, L @ W, L.T @ H (the floor: no loss at all);
+- softmaxloss: softmaxloss.linear_cross_entropy_with_grad (chunks of rows, default budget);
+- numpy unfused: L = H @ W.T materialised, softmaxloss.cross_entropy_with_grad(L, t, out=L),
+  then G @ W and G.T @ H;
+- torch unfused: F.cross_entropy(h @ w.T, t).backward();
+- torch linear_cross_entropy: F.linear_cross_entropy(h, w, t).backward() (options=None: its
+  reference path), and with options=LinearCrossEntropyOptions(chunking_method="auto").
+
+Each method runs in a fresh process (`--worker`), with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and
+MKL_NUM_THREADS set to the thread count and torch.set_num_threads: after one call on a tiny
+problem (imports, thread pools), `--repeats` timed calls; the median wall time is reported (and
+the median CPU time of the process, all threads: less sensitive to a shared machine's load,
+though it counts BLAS threads that spin while they wait). Memory: the
+growth of the process's peak RSS over its RSS once the inputs exist (VmHWM, reset through
+/proc/self/clear_refs where Linux allows it, else ru_maxrss), and the peak of NumPy's allocations
+during a call (tracemalloc; blind to torch's allocator), both also net of the returned gradients.
+For softmaxloss the worker also times each phase of the call (the GEMMs by role, the kernel, the
+additions) by wrapping numpy.matmul, numpy.add and the kernel call: where the time goes.
+
+    python benchmarks/linear_cross_entropy.py [--sizes quick,full] [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+SIZES = {"smoke": (256, 64, 1000), "quick": (1024, 512, 8000), "full": (4096, 1024, 32000)}  # (N, D, V)
+METHODS = ["gemms", "softmaxloss", "numpy unfused", "torch unfused", "torch linear_cross_entropy",
+           "torch linear_cross_entropy auto"]
+MiB = 2**20
+
+
+# ---- the worker: one method in its own process ---------------------------------------------------
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def inputs(n: int, d: int, v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((n, d), dtype=np.float32)
+    weight = rng.standard_normal((v, d), dtype=np.float32)
+    weight *= np.float32(1 / np.sqrt(d))  # in place: no float64 temporary of the weight's size
+    target = rng.integers(0, v, n)
+    return hidden, weight, target
+
+
+def make_method(name: str, hidden: np.ndarray, weight: np.ndarray, target: np.ndarray,
+                threads: int) -> Callable[[], tuple[Any, ...]]:
+    """A call returning (loss or None, grad_hidden, grad_weight)."""
+    import softmaxloss as sml
+
+    if name == "gemms":
+        def gemms() -> tuple[Any, ...]:
+            logits = hidden @ weight.T
+            return None, logits @ weight, logits.T @ hidden
+        return gemms
+    if name == "softmaxloss":
+        return lambda: sml.linear_cross_entropy_with_grad(hidden, weight, target, n_threads=threads)
+    if name == "numpy unfused":
+        def numpy_unfused() -> tuple[Any, ...]:
+            logits = hidden @ weight.T
+            loss, grad = sml.cross_entropy_with_grad(logits, target, out=logits, n_threads=threads)
+            return loss, grad @ weight, grad.T @ hidden
+        return numpy_unfused
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    h = torch.from_numpy(hidden).requires_grad_()
+    w = torch.from_numpy(weight).requires_grad_()
+    t = torch.from_numpy(target)
+
+    def run(loss_function: Callable[[], Any]) -> Callable[[], tuple[Any, ...]]:
+        def call() -> tuple[Any, ...]:
+            h.grad = w.grad = None
+            loss = loss_function()
+            loss.backward()
+            assert h.grad is not None and w.grad is not None
+            return float(loss), h.grad.numpy(), w.grad.numpy()
+        return call
+
+    if name == "torch unfused":
+        return run(lambda: F.cross_entropy(h @ w.T, t))
+    if name == "torch linear_cross_entropy":
+        return run(lambda: F.linear_cross_entropy(h, w, t))
+    if name == "torch linear_cross_entropy auto":
+        options = torch.nn.LinearCrossEntropyOptions(chunking_method="auto")
+        return run(lambda: F.linear_cross_entropy(h, w, t, options=options))
+    raise ValueError(f"unknown method {name!r}")
+
+
+class PhaseTimer:
+    """Seconds spent in numpy.matmul (by the role its output's shape tells), numpy.add and the
+    cross-entropy kernel during softmaxloss's call: the wrappers add ~1 us per call."""
+
+    def __init__(self, n: int, d: int, v: int) -> None:
+        import softmaxloss._linear as linear
+
+        self.linear, self.n, self.d, self.v = linear, n, d, v
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.matmul, self.add, self.kernel = np.matmul, np.add, linear._kernel_totals
+
+        def role(out: Any, kind: str) -> str:
+            shape = getattr(out, "shape", None)
+            if shape is None or len(shape) != 2:
+                return f"{kind} (other)"
+            if shape[1] == v:
+                return f"{kind}: logits (H_c @ W.T)" if kind == "matmul" else f"{kind}: bias"
+            if shape == (v, d):
+                return f"{kind}: dW first chunk (G.T @ H_c)"
+            if shape == (d, self.current_rows):
+                return f"{kind}: dH, transposed (W.T @ G.T)"
+            if shape == (self.current_rows, d):
+                return f"{kind}: dH (G @ W)"
+            return f"{kind}: dW blocks" if kind == "matmul" else f"{kind}: dW accumulate"
+
+        self.current_rows = -1
+
+        def timed(function: Callable[..., Any], kind: str) -> Callable[..., Any]:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                result = function(*args, **kwargs)
+                elapsed = time.perf_counter() - start
+                if kind == "matmul" and getattr(kwargs.get("out"), "shape", (0, 0))[1:] == (v,):
+                    self.current_rows = kwargs["out"].shape[0]
+                name = role(kwargs.get("out"), kind) if kind != "kernel" else "cross-entropy kernel (in place)"
+                self.seconds[name] += elapsed
+                self.calls[name] += 1
+                return result
+            return wrapper
+
+        self.wrapped = (timed(self.matmul, "matmul"), timed(self.add, "add"), timed(self.kernel, "kernel"))
+
+    def __enter__(self) -> PhaseTimer:
+        self.seconds.clear()
+        self.calls.clear()
+        np.matmul, np.add, self.linear._kernel_totals = self.wrapped  # type: ignore[misc]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        np.matmul, np.add, self.linear._kernel_totals = self.matmul, self.add, self.kernel  # type: ignore[misc]
+
+
+def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dict[str, Any]:
+    tiny = inputs(64, 32, 256)
+    make_method(name, *tiny, threads)()  # imports, thread pools, first-call caches
+    del tiny
+    hidden, weight, target = inputs(n, d, v)
+    call = make_method(name, hidden, weight, target, threads)
+    timer = PhaseTimer(n, d, v) if name == "softmaxloss" else None
+    baseline = rss_bytes()
+    hwm_reset = reset_peak_rss()
+    if not hwm_reset:
+        baseline = peak_rss_bytes()  # the inputs' peak, which a call must exceed to show
+    times, cpu_times, traced, phases = [], [], [], []
+    loss = None
+    gradient_bytes = 0
+    for _ in range(repeats):
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        start_traced, _ = tracemalloc.get_traced_memory()
+        cpu_start = time.process_time()
+        if timer is not None:
+            with timer:
+                start = time.perf_counter()
+                result = call()
+                elapsed = time.perf_counter() - start
+            phases.append((elapsed, dict(timer.seconds), dict(timer.calls)))
+        else:
+            start = time.perf_counter()
+            result = call()
+            elapsed = time.perf_counter() - start
+        cpu_times.append(time.process_time() - cpu_start)
+        _, peak_traced = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        times.append(elapsed)
+        traced.append(peak_traced - start_traced)
+        loss = None if result[0] is None else float(result[0])
+        gradient_bytes = sum(g.nbytes for g in result[1:])
+        del result
+    report: dict[str, Any] = {
+        "method": name, "n": n, "d": d, "v": v, "threads": threads, "times": times,
+        "median": statistics.median(times), "cpu_median": statistics.median(cpu_times), "loss": loss, "gradient_bytes": gradient_bytes,
+        "rss_growth": peak_rss_bytes() - baseline, "hwm_reset": hwm_reset,
+        "traced_peak": max(traced), "logits_bytes": n * v * 4,
+    }
+    if name == "softmaxloss":
+        from softmaxloss._linear import plan_chunks
+
+        plan = plan_chunks(n, v, d, 4, with_grad=True)
+        report["chunk_rows"], report["weight_block"] = plan.rows, plan.weight_block
+        report["working_bytes"] = plan.working_bytes(v, d, 4)
+        report["phases"] = sorted(phases)[len(phases) // 2]  # the median run's
+    return report
+
+
+# ---- the driver -------------------------------------------------------------------------------
+
+
+def run_worker(name: str, size: tuple[int, int, int], threads: int, repeats: int) -> dict[str, Any] | None:
+    env = dict(os.environ)
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[variable] = str(threads)
+    n, d, v = size
+    command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--size", f"{n},{d},{v}",
+               "--threads", str(threads), "--repeats", str(repeats)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+    if result.returncode != 0:
+        print(f"  {name}: failed\n{result.stderr[-2000:]}", file=sys.stderr)
+        return None
+    report: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    floor = next((r["median"] for r in reports if r["method"] == "gemms"), None)
+    cpu_floor = next((r["cpu_median"] for r in reports if r["method"] == "gemms"), None)
+    lines = [
+        "| method | median s (runs) | / 3 GEMMs | CPU s (/ 3 GEMMs) | loss | peak RSS growth MiB "
+        "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        runs = ", ".join(f"{t:.2f}" for t in r["times"])
+        ratio = f"{r['median'] / floor:.3f}x" if floor else "-"
+        cpu = f"{r['cpu_median']:.2f} ({r['cpu_median'] / cpu_floor:.2f}x)" if cpu_floor else f"{r['cpu_median']:.2f}"
+        loss = "-" if r["loss"] is None else f"{r['loss']:.6f}"
+        grads = r["gradient_bytes"]
+        traced = "n/a (torch allocator)" if r["method"].startswith("torch") else f"{(r['traced_peak'] - grads) / MiB:.1f}"
+        lines.append(
+            f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {cpu} | {loss} | {r['rss_growth'] / MiB:.1f} "
+            f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} |"
+        )
+    return "\n".join(lines)
+
+
+def phase_table(report: dict[str, Any]) -> str:
+    elapsed, seconds, calls = report["phases"]
+    lines = ["| phase | calls | seconds | share of the call |", "|---|---|---|---|"]
+    for name in sorted(seconds, key=seconds.get, reverse=True):
+        lines.append(f"| {name} | {calls[name]} | {seconds[name]:.3f} | {seconds[name] / elapsed:.1%} |")
+    rest = elapsed - sum(seconds.values())
+    lines.append(f"| everything else (Python, W, the loss sum) | | {rest:.3f} | {rest / elapsed:.1%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="quick,full", help="comma-separated: " + ", ".join(SIZES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        n, d, v = (int(x) for x in args.size.split(","))
+        print(json.dumps(worker(args.worker, n, d, v, args.threads, args.repeats)))
+        return
+
+    import softmaxloss
+
+    print(f"python {platform.python_version()}, numpy {np.__version__}, softmaxloss {softmaxloss.__version__}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, {args.threads} threads, "
+          f"median of {args.repeats}")
+    for size_name in args.sizes.split(","):
+        size = SIZES[size_name]
+        n, d, v = size
+        print(f"\n### N={n}, D={d}, V={v}, float32 ({size_name}; the logits would be {n * v * 4 / MiB:.0f} MiB)\n",
+              flush=True)
+        reports = []
+        for method in args.methods.split(","):
+            report = run_worker(method, size, args.threads, args.repeats)
+            if report is not None:
+                reports.append(report)
+        print(table(reports))
+        fused = next((r for r in reports if r["method"] == "softmaxloss"), None)
+        if fused is not None:
+            print(f"\nsoftmaxloss: chunks of {fused['chunk_rows']} rows, dW blocks of {fused['weight_block']} rows: "
+                  f"working memory {fused['working_bytes'] / MiB:.1f} MiB (one chunk of logits: "
+                  f"{fused['chunk_rows'] * v * 4 / MiB:.1f} MiB); peak RSS resets: {fused['hwm_reset']}\n")
+            print(phase_table(fused))
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
