@@ -103,7 +103,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -196,6 +196,15 @@ def _out_of_bounds(error: ValueError, target: torch.Tensor, n_classes: int, igno
     return _with_torch(error, _TorchIndexError, f"Target {value} is out of bounds.")
 
 
+def _torch_error(error: ValueError, input: torch.Tensor, target: torch.Tensor,
+                 weight: torch.Tensor | None, ignore_index: int | None) -> ValueError:
+    """A ValueError of the facade's, for arguments or a class out of range, as PyTorch's type."""
+    mapped = _as_torch_error(error, input, target, weight, ignore_index)
+    if mapped is error:
+        mapped = _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index)
+    return mapped
+
+
 # ---- conversions ---------------------------------------------------------------------
 
 def _class_axis(input: torch.Tensor) -> int:
@@ -203,7 +212,7 @@ def _class_axis(input: torch.Tensor) -> int:
 
 
 def _on_cpu(tensor: torch.Tensor, name: str) -> None:
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise ValueError(
             f"softmaxloss.torch computes on the CPU; {name} is on device "
             f"'{tensor.device}'. Move it with .cpu(), or use "
@@ -320,8 +329,9 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
                 label_smoothing: float, z_loss: float, n_threads: int,
                 with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel on zero-copy views: (loss, gradient or an empty tensor). The
-    gradient is written into a new C-contiguous tensor (what the fake kernel promises)."""
-    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    gradient is written into a new C-contiguous tensor (what the fake kernel promises).
+    The facade checks every argument before any work; its ValueErrors are given
+    PyTorch's types here."""
     keywords: dict[str, Any] = dict(
         axis=_class_axis(input),
         weight=None if weight is None else _numpy(weight),
@@ -340,7 +350,7 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
             loss = _np_cross_entropy(x, t, **keywords)
             grad = input.new_empty((0,))
     except ValueError as error:
-        raise _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index) from None
+        raise _torch_error(error, input, target, weight, ignore_index) from None
     return torch.from_numpy(np.asarray(loss)).to(input.dtype).contiguous(), grad
 
 
@@ -354,7 +364,6 @@ def _loss_shape(shape: Any, reduction: str) -> list[Any]:
     return [shape[0], *shape[2:]]
 
 
-@torch.library.register_fake("softmaxloss::cross_entropy", lib=_LIBRARY)  # type: ignore[misc, unused-ignore]
 def _fake_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                  sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
                  label_smoothing: float, z_loss: float, n_threads: int,
@@ -362,6 +371,9 @@ def _fake_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
     grad = input.new_empty(input.shape) if with_grad else input.new_empty((0,))
     return input.new_empty(_loss_shape(input.shape, reduction)), grad
+
+
+torch.library.register_fake("softmaxloss::cross_entropy", _fake_kernel, lib=_LIBRARY)
 
 
 def _vmap_rule(info: Any, in_dims: tuple[Any, ...], input: torch.Tensor, target: torch.Tensor,
@@ -771,12 +783,20 @@ class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unus
         return d_loss.to(loss.dtype), d_grad.to(grad.dtype)
 
 
+# autograd.Function.apply without its per-call inspect.signature binding of the arguments
+# (forward takes *args; no defaults to fill): what it calls when no torch.func transform
+# is active.
+_apply_function = super(torch.autograd.Function, _CrossEntropyFunction).apply
+
+
 def _autograd_kernel(*args: Any) -> Any:
     tensors = [t for t in args[:4] if t is not None]
     if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or (
         forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
     ):
-        return tuple(_CrossEntropyFunction.apply(*args))
+        if torch._C._are_functorch_transforms_active():
+            return tuple(_CrossEntropyFunction.apply(*args))
+        return tuple(_apply_function(*args))
     with torch._C._AutoDispatchBelowAutograd():
         return _OP(*args)
 
@@ -920,17 +940,12 @@ class _Overwritten(torch.autograd.Function):  # type: ignore[misc, unused-ignore
         return grad
 
 
-@torch.compiler.disable(reason="softmaxloss.torch.cross_entropy(..., inplace_grad=True) writes the "
-                        "gradient over the logits' storage and runs eagerly only; pass "
-                        "inplace_grad=False under torch.compile(fullgraph=True)")
-def _inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+def _eager_inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                            sample_weight: torch.Tensor | None, options: LossOptions,
                            n_threads: int) -> torch.Tensor:
     _check_eager_first_order(dict(input=input, target=target, weight=weight, sample_weight=sample_weight))
     _check_inplace(input)
     ignore_index = options.ignore_index if _INT64_MIN <= options.ignore_index <= _INT64_MAX else None
-    _check_call(input, target, weight, sample_weight, ignore_index, options.reduction,
-                options.label_smoothing, options.z_loss)
     keywords: dict[str, Any] = dict(
         axis=_class_axis(input),
         weight=None if weight is None else _numpy(weight),
@@ -950,8 +965,16 @@ def _inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: to
             return loss
         value = _np_cross_entropy(x, t, **keywords)
     except ValueError as error:
-        raise _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index) from None
+        raise _torch_error(error, input, target, weight, ignore_index) from None
     return torch.from_numpy(np.asarray(value)).to(input.dtype)
+
+
+# Under torch.compile a graph break: with fullgraph=True an error giving this reason.
+_inplace_cross_entropy: Callable[..., torch.Tensor] = torch.compiler.disable(
+    _eager_inplace_cross_entropy,
+    reason="softmaxloss.torch.cross_entropy(..., inplace_grad=True) writes the gradient over the "
+    "logits' storage and runs eagerly only; pass inplace_grad=False under torch.compile(fullgraph=True)",
+)
 
 
 # ---- the public functions -------------------------------------------------------------
