@@ -21,14 +21,18 @@ gradient it computed alongside (else an empty tensor); `ignore_index=None` ignor
 (what an ignore_index outside int64 means), `n_threads=0` means torch.get_num_threads()
 when the kernel runs. It has a fake (meta) kernel, which checks the shapes and options
 as the CPU kernel does, a vmap rule (a loop over the batch, one kernel call per element)
-and an autograd kernel, a `torch.autograd.Function`, so that:
+and an autograd kernel, a `torch.autograd.Function` (which `cross_entropy` applies
+itself under torch.func's grad and jvp transforms, as torch.func requires), so that:
 - `torch.compile(model, fullgraph=True)` traces through it with no graph break
   (backends "aot_eager" and "inductor"); the kernel runs as one opaque node;
-- `torch.func` transforms (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap) and
-  forward-mode AD (`torch.autograd.forward_ad`) work;
-- it is differentiable, exactly, any number of times, with respect to the logits,
-  probability targets, `weight` and `sample_weight` (PyTorch gives gradients for the
-  first two, and for `weight` with probability targets; class-index targets have none).
+- `torch.func` transforms (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap,
+  functionalize, and their compositions but two: see below) and forward-mode AD
+  (`torch.autograd.forward_ad`) work;
+- it is differentiable, exactly, with respect to the logits, probability targets,
+  `weight` and `sample_weight`: in reverse mode any number of times, in forward mode
+  once (also over reverse mode). PyTorch gives gradients for the first two, and for
+  `weight` with probability targets only; class-index targets have none.
+- `torch.library.opcheck` passes.
 
 How autograd works: the forward pass keeps the gradient the kernel computed (the op's
 second output) and a reference to the logits (not a copy; as PyTorch's log_softmax keeps
@@ -74,7 +78,9 @@ Choices, where PyTorch has no twin to follow:
 - Under torch.func, nested forward mode (jacfwd of jacfwd, jvp of jvp) is a
   NotImplementedError: PyTorch (2.13) gives zeros for the second-order tangent of any
   autograd.Function with a jvp rule, and this refuses rather than return them.
-  Forward-over-reverse (`torch.func.hessian`) and reverse-over-reverse work.
+  Forward-over-reverse (`torch.func.hessian`) and reverse-over-reverse work. So is
+  functionalize composed with a derivative transform (PyTorch has no functionalize rule
+  for an autograd.Function); functionalize alone works.
 - `inplace_grad=True` lets the forward pass write the gradient over the logits' own
   storage (float32/float64 contiguous logits; otherwise nothing is written), saving an
   N x C allocation: the logits tensor then holds the gradient. It is eager-only and
@@ -144,36 +150,33 @@ _TYPE_NAMES = {
 
 def _as_torch_error(error: ValueError, input: torch.Tensor, target: torch.Tensor,
                     weight: torch.Tensor | None, ignore_index: int | None) -> ValueError:
-    """The facade's ValueError for these arguments, as the exception PyTorch raises for
-    them (the checks in the facade's order; the first that applies)."""
-    x_shape, t_shape = list(input.shape), list(target.shape)
-    if input.dim() == 0 or input.shape[_class_axis(input)] == 0:
-        return error  # a scalar input, zero classes: PyTorch's errors are incidental
+    """The facade's ValueError for these arguments (which check failed: its message) as
+    the exception PyTorch raises for them, with PyTorch's message; others as they are."""
     message = str(error)
-    if message.startswith("label_smoothing"):
-        return _with_torch(error, _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0.")
-    if message.startswith("reduction"):
-        return _with_torch(error, ValueError, "not a valid value for reduction")
-    row_shape = x_shape[:1] + x_shape[2:] if input.dim() >= 2 else []
+    x_shape, t_shape = list(input.shape), list(target.shape)
     name = _TYPE_NAMES.get(target.dtype, str(target.dtype))
-    if target.dtype.is_floating_point:
-        if t_shape != x_shape:
-            return _with_torch(error, _TorchRuntimeError, f"expected target dtype to be Long or Byte, but got {name}")
-        if ignore_index != DEFAULT_IGNORE_INDEX:
-            return _with_torch(error, _TorchRuntimeError, "ignore_index is not supported for floating point target")
-    elif t_shape != row_shape:
+    torch_error: tuple[type[ValueError], str] | None = None
+    if message.startswith("label_smoothing"):
+        torch_error = _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0."
+    elif message.startswith("reduction"):
+        torch_error = ValueError, "not a valid value for reduction"
+    elif message.startswith("target of probabilities has shape"):
+        # PyTorch takes a target of another shape than the input's for class indices
+        torch_error = _TorchRuntimeError, f"expected target dtype to be Long or Byte, but got {name}"
+    elif message.startswith("ignore_index applies to class-index targets only"):
+        torch_error = _TorchRuntimeError, "ignore_index is not supported for floating point target"
+    elif message.startswith("target of class indices has shape"):
+        row_shape = x_shape[:1] + x_shape[2:] if input.dim() >= 2 else []
         if t_shape == x_shape:
-            return _with_torch(error, _TorchRuntimeError,
-                               f"Expected floating point type for target with class probabilities, got {name}")
-        if input.dim() >= 2 and target.dim() >= 1 and t_shape[0] != x_shape[0]:
-            return _with_torch(error, ValueError, f"Expected input batch_size ({x_shape[0]}) to match "
-                               f"target batch_size ({t_shape[0]}).")
-        return _with_torch(error, _TorchRuntimeError, f"Expected target size {row_shape}, got {t_shape}")
-    n_classes = x_shape[_class_axis(input)]
-    if weight is not None and list(weight.shape) != [n_classes]:
-        return _with_torch(error, _TorchRuntimeError, f"weight tensor should be defined either for all "
-                           f"{n_classes} classes or no classes but got weight tensor of shape: {list(weight.shape)}")
-    return error
+            torch_error = _TorchRuntimeError, f"Expected floating point type for target with class probabilities, got {name}"
+        elif input.dim() >= 2 and target.dim() >= 1 and t_shape[0] != x_shape[0]:
+            torch_error = ValueError, f"Expected input batch_size ({x_shape[0]}) to match target batch_size ({t_shape[0]})."
+        else:
+            torch_error = _TorchRuntimeError, f"Expected target size {row_shape}, got {t_shape}"
+    elif message.startswith("weight must have one entry per class") and weight is not None:
+        torch_error = _TorchRuntimeError, (f"weight tensor should be defined either for all {x_shape[_class_axis(input)]} "
+                                           f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+    return error if torch_error is None else _with_torch(error, *torch_error)
 
 
 def _out_of_bounds(error: ValueError, target: torch.Tensor, n_classes: int, ignore_index: int | None) -> ValueError:
@@ -709,6 +712,14 @@ def _saved(ctx: Any, count: int) -> list[Any]:
     return [next(tensors) if present else None for present in ctx.present[:count]]
 
 
+_FUNCTIONALIZED_DERIVATIVE = (
+    "softmaxloss.torch.cross_entropy under torch.func.functionalize together with grad, vjp, "
+    "jacrev, jacfwd, jvp or hessian is not supported: PyTorch has no functionalize rule for an "
+    "autograd.Function's derivatives (functionalize alone, and each of the others without it, "
+    "work); use torch.nn.functional.cross_entropy there"
+)
+
+
 class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
     """The op's autograd: forward runs the op's kernel (loss, gradient); backward and jvp
     are torch ops of the saved tensors (see _Terms), themselves differentiable."""
@@ -1032,6 +1043,8 @@ def cross_entropy(
         jvp, grad = torch._C._functorch.TransformType.Jvp, torch._C._functorch.TransformType.Grad
         if kinds.count(jvp) > 1:
             raise NotImplementedError(_NESTED_FORWARD)
+        if (jvp in kinds or grad in kinds) and torch._C._functorch.TransformType.Functionalize in kinds:
+            raise NotImplementedError(_FUNCTIONALIZED_DERIVATIVE)
         if jvp in kinds or grad in kinds:
             # torch.func differentiates an autograd.Function called here (not from the
             # op's autograd kernel); vmap and functionalize alone take the op itself.
