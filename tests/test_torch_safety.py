@@ -244,6 +244,16 @@ def test_nested_forward_mode_is_refused_not_zeros(transform):
         transform(lambda z: smt.cross_entropy(z, TARGET), X)
 
 
+@pytest.mark.parametrize("transform", [lambda f, x: torch.func.functionalize(torch.func.grad(f))(x),
+                                       lambda f, x: torch.func.grad(torch.func.functionalize(f))(x)],
+                         ids=["functionalize of grad", "grad of functionalize"])
+def test_functionalize_with_a_derivative_is_refused_clearly(transform):
+    """PyTorch has no functionalize rule for an autograd.Function's derivatives (its own
+    error is "NYI: Functionalize rule for custom_function_call"): refused, saying so."""
+    with pytest.raises(NotImplementedError, match="functionalize together with grad.*functionalize alone"):
+        transform(lambda z: smt.cross_entropy(z, TARGET), X)
+
+
 def test_a_transformed_target_or_weight_is_as_torch():
     """Batched targets under vmap; the weight's and the probability target's gradients
     under torch.func.grad (PyTorch gives them for probability targets)."""

@@ -21,14 +21,18 @@ gradient it computed alongside (else an empty tensor); `ignore_index=None` ignor
 (what an ignore_index outside int64 means), `n_threads=0` means torch.get_num_threads()
 when the kernel runs. It has a fake (meta) kernel, which checks the shapes and options
 as the CPU kernel does, a vmap rule (a loop over the batch, one kernel call per element)
-and an autograd kernel, a `torch.autograd.Function`, so that:
+and an autograd kernel, a `torch.autograd.Function` (which `cross_entropy` applies
+itself under torch.func's grad and jvp transforms, as torch.func requires), so that:
 - `torch.compile(model, fullgraph=True)` traces through it with no graph break
   (backends "aot_eager" and "inductor"); the kernel runs as one opaque node;
-- `torch.func` transforms (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap) and
-  forward-mode AD (`torch.autograd.forward_ad`) work;
-- it is differentiable, exactly, any number of times, with respect to the logits,
-  probability targets, `weight` and `sample_weight` (PyTorch gives gradients for the
-  first two, and for `weight` with probability targets; class-index targets have none).
+- `torch.func` transforms (grad, vjp, jacrev, jacfwd, jvp, hessian, vmap,
+  functionalize, and their compositions but two: see below) and forward-mode AD
+  (`torch.autograd.forward_ad`) work;
+- it is differentiable, exactly, with respect to the logits, probability targets,
+  `weight` and `sample_weight`: in reverse mode any number of times, in forward mode
+  once (also over reverse mode). PyTorch gives gradients for the first two, and for
+  `weight` with probability targets only; class-index targets have none.
+- `torch.library.opcheck` passes.
 
 How autograd works: the forward pass keeps the gradient the kernel computed (the op's
 second output) and a reference to the logits (not a copy; as PyTorch's log_softmax keeps
@@ -74,7 +78,9 @@ Choices, where PyTorch has no twin to follow:
 - Under torch.func, nested forward mode (jacfwd of jacfwd, jvp of jvp) is a
   NotImplementedError: PyTorch (2.13) gives zeros for the second-order tangent of any
   autograd.Function with a jvp rule, and this refuses rather than return them.
-  Forward-over-reverse (`torch.func.hessian`) and reverse-over-reverse work.
+  Forward-over-reverse (`torch.func.hessian`) and reverse-over-reverse work. So is
+  functionalize composed with a derivative transform (PyTorch has no functionalize rule
+  for an autograd.Function); functionalize alone works.
 - `inplace_grad=True` lets the forward pass write the gradient over the logits' own
   storage (float32/float64 contiguous logits; otherwise nothing is written), saving an
   N x C allocation: the logits tensor then holds the gradient. It is eager-only and
@@ -103,7 +109,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -144,36 +150,33 @@ _TYPE_NAMES = {
 
 def _as_torch_error(error: ValueError, input: torch.Tensor, target: torch.Tensor,
                     weight: torch.Tensor | None, ignore_index: int | None) -> ValueError:
-    """The facade's ValueError for these arguments, as the exception PyTorch raises for
-    them (the checks in the facade's order; the first that applies)."""
-    x_shape, t_shape = list(input.shape), list(target.shape)
-    if input.dim() == 0 or input.shape[_class_axis(input)] == 0:
-        return error  # a scalar input, zero classes: PyTorch's errors are incidental
+    """The facade's ValueError for these arguments (which check failed: its message) as
+    the exception PyTorch raises for them, with PyTorch's message; others as they are."""
     message = str(error)
-    if message.startswith("label_smoothing"):
-        return _with_torch(error, _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0.")
-    if message.startswith("reduction"):
-        return _with_torch(error, ValueError, "not a valid value for reduction")
-    row_shape = x_shape[:1] + x_shape[2:] if input.dim() >= 2 else []
+    x_shape, t_shape = list(input.shape), list(target.shape)
     name = _TYPE_NAMES.get(target.dtype, str(target.dtype))
-    if target.dtype.is_floating_point:
-        if t_shape != x_shape:
-            return _with_torch(error, _TorchRuntimeError, f"expected target dtype to be Long or Byte, but got {name}")
-        if ignore_index != DEFAULT_IGNORE_INDEX:
-            return _with_torch(error, _TorchRuntimeError, "ignore_index is not supported for floating point target")
-    elif t_shape != row_shape:
+    torch_error: tuple[type[ValueError], str] | None = None
+    if message.startswith("label_smoothing"):
+        torch_error = _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0."
+    elif message.startswith("reduction"):
+        torch_error = ValueError, "not a valid value for reduction"
+    elif message.startswith("target of probabilities has shape"):
+        # PyTorch takes a target of another shape than the input's for class indices
+        torch_error = _TorchRuntimeError, f"expected target dtype to be Long or Byte, but got {name}"
+    elif message.startswith("ignore_index applies to class-index targets only"):
+        torch_error = _TorchRuntimeError, "ignore_index is not supported for floating point target"
+    elif message.startswith("target of class indices has shape"):
+        row_shape = x_shape[:1] + x_shape[2:] if input.dim() >= 2 else []
         if t_shape == x_shape:
-            return _with_torch(error, _TorchRuntimeError,
-                               f"Expected floating point type for target with class probabilities, got {name}")
-        if input.dim() >= 2 and target.dim() >= 1 and t_shape[0] != x_shape[0]:
-            return _with_torch(error, ValueError, f"Expected input batch_size ({x_shape[0]}) to match "
-                               f"target batch_size ({t_shape[0]}).")
-        return _with_torch(error, _TorchRuntimeError, f"Expected target size {row_shape}, got {t_shape}")
-    n_classes = x_shape[_class_axis(input)]
-    if weight is not None and list(weight.shape) != [n_classes]:
-        return _with_torch(error, _TorchRuntimeError, f"weight tensor should be defined either for all "
-                           f"{n_classes} classes or no classes but got weight tensor of shape: {list(weight.shape)}")
-    return error
+            torch_error = _TorchRuntimeError, f"Expected floating point type for target with class probabilities, got {name}"
+        elif input.dim() >= 2 and target.dim() >= 1 and t_shape[0] != x_shape[0]:
+            torch_error = ValueError, f"Expected input batch_size ({x_shape[0]}) to match target batch_size ({t_shape[0]})."
+        else:
+            torch_error = _TorchRuntimeError, f"Expected target size {row_shape}, got {t_shape}"
+    elif message.startswith("weight must have one entry per class") and weight is not None:
+        torch_error = _TorchRuntimeError, (f"weight tensor should be defined either for all {x_shape[_class_axis(input)]} "
+                                           f"classes or no classes but got weight tensor of shape: {list(weight.shape)}")
+    return error if torch_error is None else _with_torch(error, *torch_error)
 
 
 def _out_of_bounds(error: ValueError, target: torch.Tensor, n_classes: int, ignore_index: int | None) -> ValueError:
@@ -196,6 +199,15 @@ def _out_of_bounds(error: ValueError, target: torch.Tensor, n_classes: int, igno
     return _with_torch(error, _TorchIndexError, f"Target {value} is out of bounds.")
 
 
+def _torch_error(error: ValueError, input: torch.Tensor, target: torch.Tensor,
+                 weight: torch.Tensor | None, ignore_index: int | None) -> ValueError:
+    """A ValueError of the facade's, for arguments or a class out of range, as PyTorch's type."""
+    mapped = _as_torch_error(error, input, target, weight, ignore_index)
+    if mapped is error:
+        mapped = _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index)
+    return mapped
+
+
 # ---- conversions ---------------------------------------------------------------------
 
 def _class_axis(input: torch.Tensor) -> int:
@@ -203,7 +215,7 @@ def _class_axis(input: torch.Tensor) -> int:
 
 
 def _on_cpu(tensor: torch.Tensor, name: str) -> None:
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise ValueError(
             f"softmaxloss.torch computes on the CPU; {name} is on device "
             f"'{tensor.device}'. Move it with .cpu(), or use "
@@ -320,8 +332,9 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
                 label_smoothing: float, z_loss: float, n_threads: int,
                 with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel on zero-copy views: (loss, gradient or an empty tensor). The
-    gradient is written into a new C-contiguous tensor (what the fake kernel promises)."""
-    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    gradient is written into a new C-contiguous tensor (what the fake kernel promises).
+    The facade checks every argument before any work; its ValueErrors are given
+    PyTorch's types here."""
     keywords: dict[str, Any] = dict(
         axis=_class_axis(input),
         weight=None if weight is None else _numpy(weight),
@@ -340,7 +353,7 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
             loss = _np_cross_entropy(x, t, **keywords)
             grad = input.new_empty((0,))
     except ValueError as error:
-        raise _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index) from None
+        raise _torch_error(error, input, target, weight, ignore_index) from None
     return torch.from_numpy(np.asarray(loss)).to(input.dtype).contiguous(), grad
 
 
@@ -354,7 +367,6 @@ def _loss_shape(shape: Any, reduction: str) -> list[Any]:
     return [shape[0], *shape[2:]]
 
 
-@torch.library.register_fake("softmaxloss::cross_entropy", lib=_LIBRARY)  # type: ignore[misc, unused-ignore]
 def _fake_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                  sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
                  label_smoothing: float, z_loss: float, n_threads: int,
@@ -362,6 +374,9 @@ def _fake_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
     grad = input.new_empty(input.shape) if with_grad else input.new_empty((0,))
     return input.new_empty(_loss_shape(input.shape, reduction)), grad
+
+
+torch.library.register_fake("softmaxloss::cross_entropy", _fake_kernel, lib=_LIBRARY)
 
 
 def _vmap_rule(info: Any, in_dims: tuple[Any, ...], input: torch.Tensor, target: torch.Tensor,
@@ -697,6 +712,14 @@ def _saved(ctx: Any, count: int) -> list[Any]:
     return [next(tensors) if present else None for present in ctx.present[:count]]
 
 
+_FUNCTIONALIZED_DERIVATIVE = (
+    "softmaxloss.torch.cross_entropy under torch.func.functionalize together with grad, vjp, "
+    "jacrev, jacfwd, jvp or hessian is not supported: PyTorch has no functionalize rule for an "
+    "autograd.Function's derivatives (functionalize alone, and each of the others without it, "
+    "work); use torch.nn.functional.cross_entropy there"
+)
+
+
 class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unused-ignore]
     """The op's autograd: forward runs the op's kernel (loss, gradient); backward and jvp
     are torch ops of the saved tensors (see _Terms), themselves differentiable."""
@@ -771,12 +794,20 @@ class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unus
         return d_loss.to(loss.dtype), d_grad.to(grad.dtype)
 
 
+# autograd.Function.apply without its per-call inspect.signature binding of the arguments
+# (forward takes *args; no defaults to fill): what it calls when no torch.func transform
+# is active.
+_apply_function = super(torch.autograd.Function, _CrossEntropyFunction).apply
+
+
 def _autograd_kernel(*args: Any) -> Any:
     tensors = [t for t in args[:4] if t is not None]
     if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or (
         forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
     ):
-        return tuple(_CrossEntropyFunction.apply(*args))
+        if torch._C._are_functorch_transforms_active():
+            return tuple(_CrossEntropyFunction.apply(*args))
+        return tuple(_apply_function(*args))
     with torch._C._AutoDispatchBelowAutograd():
         return _OP(*args)
 
@@ -920,17 +951,12 @@ class _Overwritten(torch.autograd.Function):  # type: ignore[misc, unused-ignore
         return grad
 
 
-@torch.compiler.disable(reason="softmaxloss.torch.cross_entropy(..., inplace_grad=True) writes the "
-                        "gradient over the logits' storage and runs eagerly only; pass "
-                        "inplace_grad=False under torch.compile(fullgraph=True)")
-def _inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+def _eager_inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                            sample_weight: torch.Tensor | None, options: LossOptions,
                            n_threads: int) -> torch.Tensor:
     _check_eager_first_order(dict(input=input, target=target, weight=weight, sample_weight=sample_weight))
     _check_inplace(input)
     ignore_index = options.ignore_index if _INT64_MIN <= options.ignore_index <= _INT64_MAX else None
-    _check_call(input, target, weight, sample_weight, ignore_index, options.reduction,
-                options.label_smoothing, options.z_loss)
     keywords: dict[str, Any] = dict(
         axis=_class_axis(input),
         weight=None if weight is None else _numpy(weight),
@@ -950,8 +976,16 @@ def _inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: to
             return loss
         value = _np_cross_entropy(x, t, **keywords)
     except ValueError as error:
-        raise _out_of_bounds(error, target, input.shape[_class_axis(input)], ignore_index) from None
+        raise _torch_error(error, input, target, weight, ignore_index) from None
     return torch.from_numpy(np.asarray(value)).to(input.dtype)
+
+
+# Under torch.compile a graph break: with fullgraph=True an error giving this reason.
+_inplace_cross_entropy: Callable[..., torch.Tensor] = torch.compiler.disable(
+    _eager_inplace_cross_entropy,
+    reason="softmaxloss.torch.cross_entropy(..., inplace_grad=True) writes the gradient over the "
+    "logits' storage and runs eagerly only; pass inplace_grad=False under torch.compile(fullgraph=True)",
+)
 
 
 # ---- the public functions -------------------------------------------------------------
@@ -1009,6 +1043,8 @@ def cross_entropy(
         jvp, grad = torch._C._functorch.TransformType.Jvp, torch._C._functorch.TransformType.Grad
         if kinds.count(jvp) > 1:
             raise NotImplementedError(_NESTED_FORWARD)
+        if (jvp in kinds or grad in kinds) and torch._C._functorch.TransformType.Functionalize in kinds:
+            raise NotImplementedError(_FUNCTIONALIZED_DERIVATIVE)
         if jvp in kinds or grad in kinds:
             # torch.func differentiates an autograd.Function called here (not from the
             # op's autograd kernel); vmap and functionalize alone take the op itself.
