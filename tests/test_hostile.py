@@ -61,6 +61,25 @@ def gradient_scale(c, *, weight=None, sample_weight=None, eps=0.0, z=0.0, reduct
     return (0.0, term)
 
 
+def _as_linear(c):
+    """A case as a linear + cross-entropy: its logits as hidden (the class axis last, as the
+    features) and an identity linear_weight (float32 for float32 logits, else float64), so
+    that hidden @ linear_weight.T is the case's logits wherever they are finite."""
+    if c.x.ndim == 0:
+        return c.x, np.eye(1)
+    dtype = np.float32 if c.x.dtype.kind == "f" and c.x.dtype.itemsize == 4 else np.float64
+    return np.moveaxis(c.x, c.axis, -1), np.eye(c.x.shape[c.axis], dtype=dtype)
+
+
+def _linear_scale(c):
+    """(loss, grad_hidden, grad_linear_weight): grad_hidden is the logits' gradient;
+    grad_linear_weight's entries are sums over the rows of it times hidden."""
+    _, term = gradient_scale(c, eps=0.1)
+    hidden = np.abs(np.asarray(c.x, np.float64))
+    largest = float(np.max(hidden[np.isfinite(hidden)], initial=0.0))
+    return (0.0, term, min(term * largest * max(np.size(c.target), 1), float(np.finfo(np.float64).max)))
+
+
 @dataclass(frozen=True)
 class Call:
     """How to call a function of a module (softmaxloss or its reference) on a case."""
@@ -114,6 +133,13 @@ CALLS = {
     "with_grad_in_place": Call(
         lambda f, c: _with_grad_in_place(f.cross_entropy_with_grad, c, reduction="sum"),
         lambda c: gradient_scale(c, reduction="sum"),
+    ),
+    "linear_cross_entropy": Call(
+        lambda f, c: f.linear_cross_entropy(*_as_linear(c), c.target, chunk_size=2), every_case=True
+    ),
+    "linear_with_grad": Call(
+        lambda f, c: f.linear_cross_entropy_with_grad(*_as_linear(c), c.target, chunk_size=2, label_smoothing=0.1),
+        _linear_scale,
     ),
     "gradient_hessian": Call(lambda f, c: f.gradient_hessian(c.x, c.labels), lambda c: (1.0, 1.0), every_case=True),
     "gradient_hessian_weighted_out": Call(
