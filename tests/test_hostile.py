@@ -152,20 +152,6 @@ CALLS = {
 }
 
 
-def _linear(f, c, with_grad):
-    """The fused linear + cross-entropy of the case as a head: hidden = the logits with the
-    class axis last (D = C) and an identity linear_weight, so logits = hidden."""
-    hidden = np.moveaxis(c.x, c.axis, -1) if c.x.ndim else c.x
-    eye = np.eye(c.n_classes, dtype=c.x.dtype if c.x.dtype.kind == "f" else np.float64)
-    function = f.linear_cross_entropy_with_grad if with_grad else f.linear_cross_entropy
-    return function(hidden, eye, c.target, reduction="sum" if with_grad else "mean", chunk_size=3)
-
-
-CALLS["linear_cross_entropy"] = Call(lambda f, c: _linear(f, c, False))
-CALLS["linear_cross_entropy_with_grad"] = Call(
-    lambda f, c: _linear(f, c, True), lambda c: gradient_scale(c, reduction="sum"))
-
-
 class _Recorder:
     """Stands in for a module and records which of its functions a call uses."""
 
