@@ -148,6 +148,13 @@ _TYPE_NAMES = {
 }
 
 
+def _probabilities_only_as_floats(x: np.ndarray, t: np.ndarray) -> None:
+    """PyTorch's rule: a floating-point target holds class probabilities (the NumPy API
+    also takes whole-number floats of the rows' shape as class indices; torch does not)."""
+    if t.dtype.kind == "f" and t.shape != x.shape:
+        raise ValueError(f"target of probabilities has shape {t.shape}; it must have the logits' shape {x.shape}")
+
+
 def _as_torch_error(error: ValueError, input: torch.Tensor, target: torch.Tensor,
                     weight: torch.Tensor | None, ignore_index: int | None) -> ValueError:
     """The facade's ValueError for these arguments (which check failed: its message) as
@@ -345,6 +352,7 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     )
     x, t = _numpy(input), _numpy(target)
     try:
+        _probabilities_only_as_floats(x, t)
         if with_grad:
             grad = torch.empty(input.shape, dtype=torch.float32 if input.dtype in _UPCAST else input.dtype)
             loss, _ = _np_cross_entropy_with_grad(x, t, out=grad.numpy(), **keywords)
@@ -967,6 +975,7 @@ def _eager_inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weig
     )
     x, t = _numpy(input), _numpy(target)
     try:
+        _probabilities_only_as_floats(x, t)
         if input.requires_grad and torch.is_grad_enabled():
             # In place only where x is input's own memory, as the kernel's output needs it.
             inplace = input.dtype in _NATIVE and input.is_contiguous()
