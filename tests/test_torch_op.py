@@ -212,7 +212,7 @@ def opcheck_samples():
                               f"-eps{eps}-z{z}-{str(dtype)[6:]}-grad{with_grad:d}")
 
 
-@pytest.mark.parametrize("args", opcheck_samples())
+@pytest.mark.parametrize("args", list(opcheck_samples()))
 def test_opcheck(args):
     """PyTorch's own checks of a custom op: schema (no mutation, no aliasing), autograd
     registration, the fake kernel against the CPU kernel, and AOT dispatch with dynamic
@@ -555,7 +555,7 @@ def opinfo_samples():
             yield pytest.param(sample, dtype, id=f"{str(dtype)[6:]}-{i}")
 
 
-@pytest.mark.parametrize("sample,dtype", opinfo_samples())
+@pytest.mark.parametrize("sample,dtype", list(opinfo_samples()))
 def test_opinfo_samples_of_nn_functional_cross_entropy(sample, dtype):
     """Every sample of PyTorch's OpInfo for nn.functional.cross_entropy (requires_grad:
     the probability targets too; weights of either sign): PyTorch's loss and gradients;
@@ -585,7 +585,7 @@ def moduleinfo_samples():
             yield pytest.param(sample, dtype, id=f"{str(dtype)[6:]}-{sample.desc}")
 
 
-@pytest.mark.parametrize("sample,dtype", moduleinfo_samples())
+@pytest.mark.parametrize("sample,dtype", list(moduleinfo_samples()))
 def test_moduleinfo_samples_of_nn_cross_entropy_loss(sample, dtype):
     """Every sample of PyTorch's ModuleInfo for nn.CrossEntropyLoss: the module's loss
     and gradients are PyTorch's (float16: computed in float32, compared with PyTorch's
