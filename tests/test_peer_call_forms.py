@@ -6,6 +6,7 @@ dtype, and `sml.reference` / `sml.testing` as attributes. Fast, reference and Sc
 stays a TypeError, a deliberate refusal: softmaxloss is for real logits)."""
 
 import math
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,28 @@ def test_zero_dimensional_input_is_one_element(value):
         np.testing.assert_array_equal(np.asarray(fast, np.float64), expected)
         np.testing.assert_array_equal(np.asarray(reference, np.float64), expected)
     assert sml.softmax(np.float32(2), axis=0).dtype == np.float32  # torch's dim=0 of a 0-d tensor
+
+
+@pytest.mark.parametrize("axis", [None, 0, -1, (), (0,), (-1,)])
+def test_zero_dimensional_input_takes_each_axis_form_scipy_and_torch_take(axis):
+    """A 0-d array's one element is its own row whatever form names it: axis None, 0, -1,
+    alone or in a tuple (torch's dim=(0,), SciPy's axis=(0,)), or the empty tuple."""
+    for name in ("logsumexp", "softmax", "log_softmax"):
+        for result in both(name, np.float64(2.0), axis=axis):
+            assert np.shape(result) == ()
+            assert float(result) == {"logsumexp": 2.0, "softmax": 1.0, "log_softmax": 0.0}[name]
+
+
+@pytest.mark.parametrize("axis,error,message", [
+    (1, np.exceptions.AxisError, "axis 1 is out of bounds for array of dimension 0"),
+    ((-2,), np.exceptions.AxisError, "axis -2 is out of bounds for array of dimension 0"),
+    ((0, -1), ValueError, "repeats an axis"),
+])
+def test_zero_dimensional_input_refuses_other_axes(axis, error, message):
+    for name in ("logsumexp", "softmax", "log_softmax"):
+        for module in (sml, sml.reference):
+            with pytest.raises(error, match=re.escape(message)):
+                getattr(module, name)(np.float64(2.0), axis=axis)
 
 
 # ---- logsumexp's b= and return_sign=, SciPy's cases --------------------------------------

@@ -7,12 +7,15 @@ nn.CrossEntropyLoss). Held to PyTorch where it has the same computation, else to
 below (softmaxloss's formulas in differentiable torch ops). Skips without torch."""
 
 import copy
+import importlib
 import itertools
 import re
 import warnings
 
 import numpy as np
 import pytest
+
+import softmaxloss
 
 torch = pytest.importorskip("torch")
 smt = pytest.importorskip("softmaxloss.torch")
@@ -500,13 +503,35 @@ def test_out_of_range_message_names_value_and_position_and_the_op_raises_it_too(
         OP(X, torch.tensor([0, 5]), None, None, -100, "mean", 0.0, 0.0, 0, True)
 
 
+def torch_test_internals(name):
+    """PyTorch's own test module torch.testing._internal.`name` (its OpInfo/ModuleInfo
+    samples), or None when it cannot be imported: it needs expecttest, which torch does not
+    install (.ci/run does)."""
+    try:
+        return importlib.import_module(f"torch.testing._internal.{name}")
+    except ImportError:
+        return None
+
+
+INTERNALS_MISSING = "PyTorch's test samples (torch.testing._internal) need expecttest"
+
+
+def samples_or_skip(make_samples, arity):
+    """The pytest params `make_samples()` builds from PyTorch's test internals, or one
+    skipped param of `arity` arguments when those cannot be imported, so that collection
+    never fails on a machine without expecttest."""
+    if torch_test_internals("common_methods_invocations") is None or torch_test_internals("common_modules") is None:
+        return [pytest.param(*[None] * arity, marks=pytest.mark.skip(reason=INTERNALS_MISSING))]
+    return list(make_samples())
+
+
 def module_db_entry():
-    from torch.testing._internal.common_modules import module_db
+    module_db = torch_test_internals("common_modules").module_db
     return next(m for m in module_db if m.module_cls is torch.nn.CrossEntropyLoss)
 
 
 def op_db_entry():
-    from torch.testing._internal.common_methods_invocations import op_db
+    op_db = torch_test_internals("common_methods_invocations").op_db
     return next(o for o in op_db if o.name == "nn.functional.cross_entropy")
 
 
@@ -514,6 +539,8 @@ def test_module_error_inputs_of_pytorchs_module_info():
     """The ModuleInfo of nn.CrossEntropyLoss: its error inputs raise its expected type
     and message at forward; label_smoothing outside [0, 1] already at construction (as
     softmaxloss's module checks its options there), with PyTorch's type and message."""
+    if torch_test_internals("common_modules") is None:
+        pytest.skip(INTERNALS_MISSING)
     module_info = module_db_entry()
     for error_input in module_info.module_error_inputs_func(module_info, "cpu", torch.float32,
                                                             requires_grad=False, training=True):
@@ -555,7 +582,7 @@ def opinfo_samples():
             yield pytest.param(sample, dtype, id=f"{str(dtype)[6:]}-{i}")
 
 
-@pytest.mark.parametrize("sample,dtype", list(opinfo_samples()))
+@pytest.mark.parametrize("sample,dtype", samples_or_skip(opinfo_samples, 2))
 def test_opinfo_samples_of_nn_functional_cross_entropy(sample, dtype):
     """Every sample of PyTorch's OpInfo for nn.functional.cross_entropy (requires_grad:
     the probability targets too; weights of either sign): PyTorch's loss and gradients;
@@ -585,7 +612,7 @@ def moduleinfo_samples():
             yield pytest.param(sample, dtype, id=f"{str(dtype)[6:]}-{sample.desc}")
 
 
-@pytest.mark.parametrize("sample,dtype", list(moduleinfo_samples()))
+@pytest.mark.parametrize("sample,dtype", samples_or_skip(moduleinfo_samples, 2))
 def test_moduleinfo_samples_of_nn_cross_entropy_loss(sample, dtype):
     """Every sample of PyTorch's ModuleInfo for nn.CrossEntropyLoss: the module's loss
     and gradients are PyTorch's (float16: computed in float32, compared with PyTorch's
@@ -616,3 +643,53 @@ def test_moduleinfo_samples_of_nn_cross_entropy_loss(sample, dtype):
         inputs = tuple(args[i] for i in wrt)  # fast mode: the samples have up to 600 logits
         assert torch.autograd.gradcheck(loss, inputs, fast_mode=True)
         assert torch.autograd.gradgradcheck(loss, inputs, fast_mode=True)
+
+
+# ---- PyTorch's OpInfo samples of softmax, log_softmax and logsumexp, against the NumPy API ----
+
+NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+NUMPY_FUNCTIONS = {"softmax": softmaxloss.softmax, "log_softmax": softmaxloss.log_softmax,
+                   "logsumexp": softmaxloss.logsumexp}
+
+
+def numpy_api_samples():
+    """Every sample of PyTorch's OpInfos for softmax (plain and with_dtype), log_softmax
+    (both) and logsumexp, float32 and float64, as (op, sample, dtype)."""
+    ops = [o for o in torch_test_internals("common_methods_invocations").op_db if o.name in NUMPY_FUNCTIONS]
+    assert {o.name for o in ops} == set(NUMPY_FUNCTIONS)
+    torch.manual_seed(0)
+    samples = []
+    for op in ops:
+        for dtype in NUMPY_DTYPES:
+            for i, sample in enumerate(op.sample_inputs_func(op, "cpu", dtype, requires_grad=False)):
+                samples.append(pytest.param(op, sample, dtype,
+                                            id=f"{op.name}-{op.variant_test_name or 'plain'}-{str(dtype)[6:]}-{i}"))
+    return samples
+
+
+def numpy_api_call(name, sample):
+    """The NumPy API's keywords for a torch call `op(input, dim[, keepdim], dtype=...)`:
+    dim is axis (an int or a tuple of them), keepdim keepdims, a torch dtype NumPy's."""
+    args, kwargs = list(sample.args), dict(sample.kwargs)
+    dim = args.pop(0) if args else kwargs.pop("dim")
+    keywords = {"axis": tuple(dim) if isinstance(dim, (list, tuple)) else dim}
+    if name == "logsumexp":
+        keywords["keepdims"] = args.pop(0) if args else kwargs.pop("keepdim", False)
+    if "dtype" in kwargs:
+        keywords["dtype"] = NUMPY_DTYPES[kwargs.pop("dtype")]
+    assert not args and not kwargs, f"a torch argument the mapping does not know: {args} {kwargs}"
+    return keywords
+
+
+@pytest.mark.parametrize("op,sample,dtype", samples_or_skip(numpy_api_samples, 3))
+def test_opinfo_samples_of_softmax_log_softmax_logsumexp_on_the_numpy_api(op, sample, dtype):
+    """softmaxloss.softmax/log_softmax/logsumexp called as torch's samples call torch
+    (0-d inputs, empty axes, tuples of dims, keepdim, dtype=) give torch's shape and dtype,
+    and torch's values computed in float64 to the input dtype's rounding."""
+    expected = op.op(sample.input.double(), *sample.args, **sample.kwargs)
+    expected_dtype = op.op(sample.input, *sample.args, **sample.kwargs).dtype
+    got = NUMPY_FUNCTIONS[op.name](sample.input.numpy(), **numpy_api_call(op.name, sample))
+    assert got.shape == tuple(expected.shape)
+    assert got.dtype == NUMPY_DTYPES[expected_dtype]
+    tolerance = 2e-6 if got.dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(got, expected.numpy(), rtol=tolerance, atol=tolerance)

@@ -109,9 +109,19 @@ def normalize_axis(axis: Any, ndim: int) -> int:
 def check_axes(axis: Any, ndim: int) -> int | tuple[int, ...]:
     """`axis` of a softmax or log-sum-exp: a non-negative int, or for SciPy's call forms
     (None: every axis; a tuple of axes; a 0-d array, which has one element and so is its
-    own row: axis None, 0 or -1) the tuple of axes to reduce over. numpy's AxisError when
-    out of range, ValueError for a repeated axis."""
-    if ndim == 0 and (axis is None or (not isinstance(axis, tuple) and normalize_axis(axis, 1) == 0)):
+    own row: axis None, 0 or -1, alone or in a tuple, as SciPy and torch take it) the tuple
+    of axes to reduce over. numpy's AxisError when out of range, ValueError for a repeated
+    axis."""
+    if ndim == 0 and axis is not None:
+        given = axis if isinstance(axis, tuple) else (axis,)
+        if len(given) > 1:
+            raise ValueError(f"axis {axis} repeats an axis")
+        for a in given:  # 0 or -1: the 0-d array's one element
+            try:
+                normalize_axis(a, 1)
+            except AxisError:
+                raise AxisError(a, 0) from None
+    if ndim == 0:
         return ()
     if axis is None:
         return tuple(range(ndim))
