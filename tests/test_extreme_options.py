@@ -308,6 +308,21 @@ def test_layer_backward_keeps_ignored_rows_zero_whatever_dout(dout, reduction):
     np.testing.assert_allclose(dx[defined], expected[defined], rtol=1e-12, atol=1e-15, equal_nan=True)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_layer_backward_of_float32_keeps_ignored_rows_zero_when_dout_overflows_float32(reduction):
+    """A float64 dout that is finite but overflows float32 (the gradient's dtype) is inf
+    once cast: ignored rows stay 0, not 0 * inf = NaN."""
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    t = np.array([0, -100, 2])
+    layer = sml.SoftmaxWithLoss(reduction=reduction)
+    layer.forward(x, t)
+    dout = np.full(3, 1e300) if reduction == "none" else 1e300
+    dx = layer.backward(dout)
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx[1], 0.0)
+    assert np.isinf(dx[[0, 2]]).all()
+
+
 def test_torch_backward_under_a_nan_upstream_with_an_ignore_index_past_int64():
     """No row is ignored, so no row is masked: every row's gradient is NaN, as the upstream."""
     torch = pytest.importorskip("torch")

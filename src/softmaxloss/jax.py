@@ -67,6 +67,7 @@ from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 import numpy as np
 
+from ._adapter import computes_in_float32, kept_rows, scaled_gradient
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._facade import log_softmax as _np_log_softmax
@@ -147,12 +148,10 @@ def _loss_and_grad(options: _Options, logits: Any, target: Any, weight: Any, sam
 
 
 def _kept_rows(options: _Options, target: Any) -> Any:
-    """target != ignore_index (an ignore_index outside the dtype's range matches nothing,
-    where jnp's comparison would wrap it)."""
-    info = jnp.iinfo(target.dtype)
-    if not info.min <= options.loss.ignore_index <= info.max:
-        return jnp.ones(target.shape, bool)
-    return target != jnp.asarray(options.loss.ignore_index, target.dtype)
+    """target != ignore_index, every row where no target can equal it (the contract's
+    `kept_rows`, as an array)."""
+    kept = kept_rows(jnp, target, options.loss.ignore_index)
+    return jnp.ones(target.shape, bool) if kept is None else kept
 
 
 def _given(tangent: Any) -> Any:
@@ -183,7 +182,7 @@ def _scaled_by_grad(grad: Any, kept: Any, tangent: Any) -> Any:
         return grad * tangent
 
     def masked_product(_: Any, v: Any) -> Any:
-        return jnp.where(kept | jnp.isfinite(v), grad * v, 0)
+        return scaled_gradient(jnp, grad, v, kept)
 
     return jax.lax.custom_linear_solve(lambda v: v, tangent, masked_product, symmetric=True)
 
@@ -302,7 +301,7 @@ def _as_input(array: Any) -> Any:
     if array is None:
         return None
     array = jnp.asarray(array)
-    if array.dtype in (jnp.float16, jnp.bfloat16):
+    if computes_in_float32(array.dtype):
         array = array.astype(jnp.float32)
     return array
 
@@ -347,7 +346,7 @@ def cross_entropy(
             "point logits (float32, float64; float16 and bfloat16 computed in float32)"
         )
     result_dtype = logits.dtype
-    compute = logits.astype(jnp.float32) if logits.dtype in (jnp.float16, jnp.bfloat16) else logits
+    compute = logits.astype(jnp.float32) if computes_in_float32(logits.dtype) else logits
     target = _as_input(target)
     weight = _as_input(weight)
     sample_weight = _as_input(sample_weight)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ._adapter import kept_rows, scaled_gradient
 from ._facade import cross_entropy_with_grad
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions
 
@@ -17,7 +18,8 @@ class SoftmaxWithLoss:
     `forward(x, t)` runs the fused kernel once: it returns the loss and keeps the
     gradient d(loss)/dx, the only thing `backward` needs. `backward(dout=1.0)` returns
     that gradient times `dout` (a scalar; for reduction="none" one value per row,
-    broadcast along the class axis). The keywords are those of `cross_entropy`.
+    broadcast along the class axis), ignored rows 0 whatever `dout`: the adapter
+    contract of `softmaxloss._adapter`. The keywords are those of `cross_entropy`.
     """
 
     def __init__(
@@ -69,10 +71,10 @@ class SoftmaxWithLoss:
         elif scale.ndim:
             raise ValueError(f"dout must be a scalar for reduction={reduction!r}")
         with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf, as the dout says
-            dx: np.ndarray = np.multiply(self.grad, scale, dtype=self.grad.dtype, casting="unsafe")
-        target = self._target
-        if target is not None and target.dtype.kind in "iu" and not np.all(np.isfinite(scale)):
-            # Ignored rows' gradient is 0 whatever dout, as PyTorch's: 0 * NaN is not.
-            ignored = np.expand_dims(target == self.loss_options.ignore_index, self.axis)
-            np.copyto(dx, 0, where=ignored)
+            scale = scale.astype(self.grad.dtype)  # a float64 dout may overflow float32
+            # A finite dout needs no mask: an ignored row's kept gradient is already 0.
+            kept = None if np.isfinite(scale).all() else kept_rows(np, self._target, self.loss_options.ignore_index)
+            if kept is not None:
+                kept = np.expand_dims(kept, self.axis)
+            dx: np.ndarray = np.asarray(scaled_gradient(np, self.grad, scale, kept), self.grad.dtype)
         return dx

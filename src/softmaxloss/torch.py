@@ -116,6 +116,7 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad
 
+from ._adapter import FLOAT32_COMPUTED, kept_rows, scaled_gradient
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, check_n_threads
@@ -123,7 +124,7 @@ from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, che
 __all__ = ["CrossEntropyLoss", "cross_entropy"]
 
 _NATIVE = (torch.float32, torch.float64)
-_UPCAST = (torch.float16, torch.bfloat16)
+_UPCAST = tuple(getattr(torch, name) for name in sorted(FLOAT32_COMPUTED))  # computed in float32
 _INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -411,16 +412,6 @@ torch.library.register_vmap("softmaxloss::cross_entropy", _vmap_rule, lib=_LIBRA
 
 # ---- derivatives, in torch ops --------------------------------------------------------
 
-def _kept(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
-    """target != ignore_index, or None when no target can equal it."""
-    if ignore_index is None:
-        return None
-    info = torch.iinfo(target.dtype)
-    if not info.min <= ignore_index <= info.max:
-        return None
-    return target != ignore_index
-
-
 def _product(coefficient: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """coefficient * value, 0 where the coefficient is 0 (a term the loss does not have:
     no 0 * inf = NaN from the log-probability of a class that is not the target)."""
@@ -458,7 +449,7 @@ class _Terms:
             self.ybar = y if eps == 0 else (1 - eps) * y + eps / n_classes
             self.zk: Any = z_loss
         else:
-            keep = _kept(target, ignore_index)
+            keep = kept_rows(torch, target, ignore_index)
             self.keep = torch.ones(target.shape, dtype=torch.bool) if keep is None else keep
             self.y = torch.where(self.keep, target, 0).long()
             self.onehot = (self.y.unsqueeze(-1) == torch.arange(n_classes)).to(self.dtype)
@@ -691,14 +682,12 @@ def _scaled_gradient(grad: torch.Tensor, cotangent: torch.Tensor, target: torch.
             finite = math.isfinite(upstream)
         if finite:
             return grad * (cotangent.unsqueeze(axis) if per_row else cotangent).to(grad.dtype)
-    keep = None if target.dtype.is_floating_point else _kept(target, ignore_index)
-    if keep is not None:
-        # PyTorch gives ignored rows 0 whatever the upstream (0 * NaN would be NaN)
-        cotangent = torch.where(keep, cotangent, 0)
-        per_row = True
+    keep = kept_rows(torch, target, ignore_index)
     if per_row:
         cotangent = cotangent.unsqueeze(axis)
-    return grad * cotangent.to(grad.dtype)
+    if keep is not None:
+        keep = keep.unsqueeze(axis)
+    return scaled_gradient(torch, grad, cotangent.to(grad.dtype), keep)
 
 
 def _transforms() -> list[Any]:
