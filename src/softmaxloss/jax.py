@@ -71,9 +71,9 @@ from ._adapter import computes_in_float32, kept_rows, scaled_gradient
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._facade import log_softmax as _np_log_softmax
-from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, check_n_threads
+from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_axes, check_loss_args, check_n_threads
 
-__all__ = ["cross_entropy"]
+__all__ = ["cross_entropy", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 
 
 class _Options(NamedTuple):
@@ -359,3 +359,96 @@ def cross_entropy(
     options = _Options(args.axis, args.options, check_n_threads(n_threads), args.probabilities)
     loss = _cross_entropy(options, compute, target, weight, sample_weight)
     return loss.astype(result_dtype)
+
+
+# ---- optax's call forms: class axes as a tuple, where= masks ---------------------------------
+
+
+def _classes_last(array: Any, axes: tuple[int, ...]) -> Any:
+    """`array` with the class axes `axes` moved last, in their order, and merged into one
+    (a class index is then a flat index into a slice of their shape, as optax's)."""
+    batch = tuple(i for i in range(array.ndim) if i not in axes)
+    moved = array.transpose(batch + axes)
+    return moved.reshape(moved.shape[: len(batch)] + (math.prod(moved.shape[len(batch):]),))
+
+
+def _class_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """optax's `axis` (an int, a tuple of ints, or None: every axis) as a tuple of
+    non-negative axes, with softmaxloss's errors (numpy's AxisError when out of range)."""
+    axes = check_axes(tuple(range(ndim)) if axis is None else axis, ndim)
+    return (axes,) if isinstance(axes, int) else axes
+
+
+# exp(x - max) is exactly 0 below this gap in float32 (the kernel's exp flushes
+# x - max < -104) and in float64 (< -745.2): the masked entries' stand-in lies this far
+# below the row's largest kept logit.
+_MASKED_GAP = {jnp.dtype(jnp.float32): 256.0, jnp.dtype(jnp.float64): 2048.0}
+
+
+def _masked_logits(x: Any, where: Any) -> tuple[Any, Any]:
+    """(x with its masked-out entries replaced by a value whose probability is exactly
+    0, the index of each row's largest kept logit). The stand-in is the row's largest
+    kept logit minus `_MASKED_GAP` (or the dtype's lowest finite value when the row keeps
+    no finite logit), constant to the derivatives: a masked entry gets gradient 0, and
+    no 0 * inf arises from a zero target there."""
+    kept_max_at = jnp.argmax(jnp.where(where, x, -jnp.inf), axis=-1)
+    kept_max = jax.lax.stop_gradient(jnp.max(jnp.where(where, x, -jnp.inf), axis=-1, keepdims=True))
+    lowest = jnp.finfo(x.dtype).min
+    stand_in = jnp.where(jnp.isfinite(kept_max), kept_max - _MASKED_GAP[jnp.dtype(x.dtype)], lowest)
+    return jnp.where(where, x, stand_in), kept_max_at
+
+
+def _mask_shaped(where: Any, logits: Any, axes: tuple[int, ...]) -> Any:
+    """optax's rule: a `where` of fewer dimensions than the logits (one value per
+    example) gets the class axes inserted, then is broadcast to the logits' shape."""
+    where = jnp.asarray(where, bool)
+    if where.ndim != logits.ndim:
+        where = jnp.expand_dims(where, axes)
+    return jnp.broadcast_to(where, logits.shape)
+
+
+def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> jax.Array:
+    """optax.softmax_cross_entropy on softmaxloss's kernel: the per-example
+    -sum_c labels_c log softmax(logits)_c over the class axis or axes (`axis`: an int, a
+    tuple, or None for every axis), optax's shape rules; `where` (a boolean mask of the
+    logits' shape, or of one value per example) leaves the masked-out classes out of the
+    softmax and of the sum, and an example with no class left has loss 0. Differentiable
+    as `cross_entropy` (logits and labels)."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    axes = _class_axes(axis, logits.ndim)
+    x, y = _classes_last(logits, axes), _classes_last(jnp.broadcast_to(labels, logits.shape), axes)
+    if where is None:
+        return cross_entropy(x, y, reduction="none")
+    kept = _classes_last(_mask_shaped(where, logits, axes), axes)
+    masked, _ = _masked_logits(x.astype(jnp.float32) if computes_in_float32(x.dtype) else x, kept)
+    loss = cross_entropy(masked, jnp.where(kept, y, 0), reduction="none")
+    return jnp.where(kept.any(-1), loss, 0).astype(logits.dtype)
+
+
+def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: Any = -1,
+                                              where: Any = None) -> jax.Array:
+    """optax.softmax_cross_entropy_with_integer_labels on softmaxloss's kernel: the
+    per-example logsumexp(logits) - logits[label] over the class axis, or over a tuple
+    of axes with the label a flat index into their slice (optax's rule); `where` (a
+    boolean mask of the logits' shape, or one value per example) leaves the masked-out
+    classes out of the log-sum-exp (not the label's logit, as optax), and an example with
+    no class left has loss 0. Labels equal to -100 are ignored (loss 0), as in
+    `cross_entropy`; other labels outside [0, C) are an error."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    axes = _class_axes(axis, logits.ndim)
+    x = _classes_last(logits, axes)
+    if where is None:
+        return cross_entropy(x, labels, reduction="none")
+    kept = _classes_last(_mask_shaped(where, logits, axes), axes)
+    compute = x.astype(jnp.float32) if computes_in_float32(x.dtype) else x
+    masked, kept_max_at = _masked_logits(compute, kept)
+    # A label whose class is masked out: optax's value, logsumexp over the kept classes
+    # minus the label's own logit, as the kernel's loss at the row's largest kept logit
+    # (a small, exact term) plus that logit minus the label's.
+    label_kept = jnp.take_along_axis(kept, jnp.clip(labels, 0, x.shape[-1] - 1)[..., None], -1)[..., 0]
+    label_kept = label_kept | (labels == DEFAULT_IGNORE_INDEX)
+    target = jnp.where(label_kept, labels, kept_max_at)
+    loss = cross_entropy(masked, target, reduction="none")
+    at = jnp.take_along_axis(compute, jnp.stack([kept_max_at, jnp.clip(labels, 0, x.shape[-1] - 1)], -1), -1)
+    loss = jnp.where(label_kept, loss, loss + (at[..., 0] - at[..., 1]))
+    return jnp.where(kept.any(-1), loss, 0).astype(logits.dtype)
