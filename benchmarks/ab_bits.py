@@ -24,8 +24,6 @@ compared per build and each difference; exits 1 on any.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import itertools
 import runpy
 import sys
@@ -35,19 +33,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-
-def load(directory: str, module: str) -> ModuleType:
-    """The compiled `module` found in `directory`, imported under its own name (as
-    ab_kernels.py does) so that two builds of one module live in one process."""
-    paths = glob.glob(str(Path(directory) / f"{module}.*.so")) + glob.glob(str(Path(directory) / f"{module}.*.pyd"))
-    if len(paths) != 1:
-        raise SystemExit(f"expected one {module} extension in {directory}, found {paths}")
-    spec = importlib.util.spec_from_file_location(f"softmaxloss.{module}", paths[0])
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+from ab_kernels import load  # this folder's interleaved timing A/B: a build's module, by path
 
 
 # ---- inputs ------------------------------------------------------------------------------

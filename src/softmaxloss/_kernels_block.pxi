@@ -7,12 +7,12 @@
 
 
 cdef struct Block:
-    # One block's rows i = 0 .. count - 1 (rows first + i of the call): where they are, the
-    # statistics of index_row_terms along them, and what the formula makes of them. (The
-    # row max m and the tie count, in the logits' precision, are arrays of their own: a
-    # struct cannot hold a fused type.)
-    const char *x_rows[BLOCK_ROWS]
-    char *g_rows[BLOCK_ROWS]
+    # One block's rows i = 0 .. count - 1 (rows first + i of the call): the statistics of
+    # index_row_terms along them, and what the formula makes of them. Arrays of their
+    # own: the row max m and the tie count, in the logits' precision (a struct cannot hold
+    # a fused type), and the rows' addresses, which go to the C tile code (a struct whose
+    # address escapes so could alias the loads through them: gcc would no longer
+    # vectorise block_labels).
     double rest[BLOCK_ROWS]        # the sum of the e_c that are not 1 (see sml_exp_split)
     double gap[BLOCK_ROWS]         # sum_c w_c (m - x_c), when eps != 0
     double excess[BLOCK_ROWS]      # S - 1
@@ -49,22 +49,25 @@ cdef inline void block_loss_grad_index(
     cdef Block b
     cdef floating m[BLOCK_ROWS]
     cdef floating ties[BLOCK_ROWS]   # a count (<= 23): exact in either precision
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef char *g_rows[BLOCK_ROWS]
     cdef Py_ssize_t i
     for i in range(count):
-        b.x_rows[i] = row_at(x, first + i)
-    block_statistics(&b, m, ties, x.step, count, n, o, xt)
+        x_rows[i] = row_at(x, first + i)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt)
     # Row i's logits are still intact here, also in place: the gradient is written only
     # after the formula.
-    block_labels(&b, m, ties, x.step, target, sample_weight, first, count, n, o, xt)
+    block_labels(&b, m, ties, x_rows, x.step, target, sample_weight, first, count, n, o, xt)
     block_formula(&b, m, row_loss + first, g.base != NULL, count, n, o, xt)
     if g.base == NULL:
         return
     for i in range(count):
-        b.g_rows[i] = row_at(g, first + i)
-    block_store(&b, g.step, count, n, o, xt)
+        g_rows[i] = row_at(g, first + i)
+    block_store(&b, g_rows, g.step, count, n, o, xt)
 
 
-cdef inline void block_statistics(Block *b, floating *m, floating *ties, Py_ssize_t step,
+cdef inline void block_statistics(Block *b, floating *m, floating *ties,
+                                  const char *const *x_rows, Py_ssize_t step,
                                   Py_ssize_t count, Py_ssize_t n, LossOptions o,
                                   floating *xt) noexcept nogil:
     """Step 1: the block transposed into xt (xt[c, i] = x[i, c]); each row's max m, gap
@@ -75,9 +78,9 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties, Py_ssiz
     cdef floating v
     cdef double w_c
     if floating is float:
-        sml_block_load_f(b.x_rows, step, count, n, xt, BLOCK_ROWS)
+        sml_block_load_f(x_rows, step, count, n, xt, BLOCK_ROWS)
     else:
-        sml_block_load_d(b.x_rows, step, count, n, xt, BLOCK_ROWS)
+        sml_block_load_d(x_rows, step, count, n, xt, BLOCK_ROWS)
     for i in range(count):
         m[i] = xt[i]
     for c in range(1, n):
@@ -107,10 +110,10 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties, Py_ssiz
         b.log_total[i] = sml_log1p(b.excess[i])
 
 
-cdef inline void block_labels(Block *b, const floating *m, const floating *ties, Py_ssize_t step,
-                              Rows target, Rows sample_weight, Py_ssize_t first,
-                              Py_ssize_t count, Py_ssize_t n, LossOptions o,
-                              const floating *xt) noexcept nogil:
+cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
+                              const char *const *x_rows, Py_ssize_t step, Rows target,
+                              Rows sample_weight, Py_ssize_t first, Py_ssize_t count,
+                              Py_ssize_t n, LossOptions o, const floating *xt) noexcept nogil:
     """Step 2: each row's class, and the inputs of the formula that depend on it. A row
     left out (left_out) gets class 0 as a stand-in, whose result is then dropped."""
     cdef const double *w = o.w
@@ -123,7 +126,7 @@ cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
             y = 0
         else:
             b.label[i] = y
-        b.x_y[i] = (<const floating *>(b.x_rows[i] + y * step))[0]
+        b.x_y[i] = (<const floating *>(x_rows[i] + y * step))[0]
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
         b.w_y[i] = w[y] if w != NULL else 1.0
         b.s[i] = sample_weight_at(sample_weight, first + i)
@@ -180,20 +183,21 @@ cdef inline void block_terms(Block *b, const floating *m, Py_ssize_t count, Py_s
         b.label_grad[i] = terms.label_grad
 
 
-cdef inline void block_store(Block *b, Py_ssize_t step, Py_ssize_t count, Py_ssize_t n,
-                             LossOptions o, const floating *xt) noexcept nogil:
+cdef inline void block_store(Block *b, char *const *g_rows, Py_ssize_t step,
+                             Py_ssize_t count, Py_ssize_t n, LossOptions o,
+                             const floating *xt) noexcept nogil:
     """Step 4: the gradient, transposed out of xt as it is formed (grad_c = p_scale e_c -
     smooth_scale w_c), then the label's entry, or the whole row if it is left out."""
     cdef Py_ssize_t i, c
     if floating is float:
-        sml_block_store_grad_f(b.g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
+        sml_block_store_grad_f(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
                                b.smooth_scale, o.w)
     else:
-        sml_block_store_grad_d(b.g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
+        sml_block_store_grad_d(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
                                b.smooth_scale, o.w)
     for i in range(count):
         if b.label[i] < 0:
             for c in range(n):
-                (<floating *>(b.g_rows[i] + c * step))[0] = <floating>b.fill[i]
+                (<floating *>(g_rows[i] + c * step))[0] = <floating>b.fill[i]
         else:
-            (<floating *>(b.g_rows[i] + b.label[i] * step))[0] = <floating>b.label_grad[i]
+            (<floating *>(g_rows[i] + b.label[i] * step))[0] = <floating>b.label_grad[i]
