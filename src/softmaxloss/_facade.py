@@ -33,6 +33,7 @@ from ._validation import (
     check_gradient_hessian_out,
     check_in_place,
     check_index_target,
+    class_out_of_range,
     check_logsumexp_args,
     check_n_threads,
     check_out,
@@ -216,23 +217,25 @@ def _kernel_totals(
     x_rows: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
     sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
     options: LossOptions, row_loss: np.ndarray, grad_rows: np.ndarray | None, threads: int,
-) -> tuple[float, float] | None:
+) -> tuple[float, float] | int:
     """Run the cross-entropy kernel, the one place that does, on rows views laid out by
-    the caller: (sum of the per-row losses, the mean's W), or None when a class index is
-    out of range and not ignored (the kernel checks before it writes anything)."""
+    the caller: (sum of the per-row losses, the mean's W); or, when a class index is out
+    of range and not ignored, the number r = a * B + b of the first such row of the rows
+    views, which the kernel finds and reports before it writes anything."""
     mean = options.reduction == "mean"
-    totals: tuple[float, float] | None
     if probabilities:
-        totals = _dispatch.specialised("cross_entropy_probs", x_rows.dtype, target_rows.dtype)(
+        totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs", x_rows.dtype, target_rows.dtype)(
             x_rows, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
             mean, row_loss, grad_rows, threads,
         )
-    else:
-        totals = _dispatch.specialised("cross_entropy_index", x_rows.dtype)(
-            x_rows, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
-            options.z_loss, mean, row_loss, grad_rows, threads,
-        )
-    return totals
+        return totals
+    index_totals: tuple[float, float] | None = _dispatch.specialised("cross_entropy_index", x_rows.dtype)(
+        x_rows, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
+        options.z_loss, mean, row_loss, grad_rows, threads, True,
+    )
+    if index_totals is None:  # the kernel reported the row in row_loss
+        return int(row_loss[0, 0])
+    return index_totals
 
 
 _INT64 = np.dtype(np.int64)
@@ -252,9 +255,9 @@ def _common_case(
     that is the logits or a C-contiguous array of their shape and dtype sharing no memory
     with the inputs. Such a call is valid exactly when its classes are in range, which
     the kernel checks before it writes anything: their rows views are the arrays
-    themselves, and `_kernel_totals` runs them. Returns (loss, grad or None), or None for
-    any other call (and for a class out of range), which then takes the general path and
-    its error messages."""
+    themselves, and `_kernel_totals` runs them (a class out of range raises the general
+    path's error). Returns (loss, grad or None), or None for any other call, which then
+    takes the general path and its error messages."""
     if not (
         type(logits) is np.ndarray and type(target) is np.ndarray
         and logits.ndim == 2 and target.ndim == 1 and type(axis) is int and axis in (-1, 1)
@@ -282,8 +285,8 @@ def _common_case(
         logits[:, None, :], target[:, None], None, None, DEFAULT_IGNORE_INDEX, False,
         _PLAIN_OPTIONS[reduction], row_loss, None if grad is None else grad[:, None, :], threads,
     )
-    if totals is None:
-        return None
+    if isinstance(totals, int):
+        raise class_out_of_range(target, totals, logits.shape[1], DEFAULT_IGNORE_INDEX)
     return _reduced_total(totals[0], totals[1], reduction, logits.dtype), grad
 
 
@@ -294,11 +297,14 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
     if with_grad:
         buffer, grad_rows = layout.output(out, args.dtypes.compute)
     x_rows = layout.readable(x, args.dtypes.compute)
+    if not (args.probabilities or args.values_checked) and (
+        not layout.rows_in_order or (x_rows is None and out is not None)
+    ):
+        # The kernel reports the first bad class in its order of the rows: check them here
+        # when that is not the target's own order, and when the logits are about to be
+        # copied into `out` before the kernel runs (`out` must be left as it was).
+        check_index_target(args.target, args.n_classes, args.options.ignore_index)
     if x_rows is None:
-        if out is not None and not args.probabilities and not args.values_checked:
-            # The logits are about to be copied into `out`, before the kernel checks
-            # the classes: refuse bad ones first, so that `out` is left as it was.
-            check_index_target(args.target, args.n_classes, args.options.ignore_index)
         x_rows = layout.input(x, args.dtypes.compute, into=buffer)
     weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
@@ -310,9 +316,8 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
         target_rows = layout.rows(args.target)
     totals = _kernel_totals(x_rows, target_rows, weight, sample_weight, args.target_ignore_index,
                             args.probabilities, args.options, row_loss, grad_rows, threads)
-    if totals is None:  # a class out of range: nothing was written; say which
-        check_index_target(args.target, args.n_classes, args.options.ignore_index)
-        raise RuntimeError("the targets changed while softmaxloss was reading them")
+    if isinstance(totals, int):  # a class out of range, in row `totals`: nothing was written
+        raise class_out_of_range(args.target, totals, args.n_classes, args.options.ignore_index)
     loss = _reduce(totals[0], totals[1], row_loss, layout, args)
     grad = None if buffer is None else _result(buffer, out, args.dtypes)
     return loss, grad

@@ -61,6 +61,7 @@ def cross_entropy_index(
     row_loss: npt.NDArray[np.float64],
     grad: npt.NDArray[_F] | None,
     n_threads: int,
+    report_invalid_row: bool = False,
 ) -> tuple[float, float] | None:
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
@@ -71,8 +72,10 @@ def cross_entropy_index(
     x's memory.
 
     Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]); (0.0, 0.0)
-    for no rows or no classes; None, having written nothing, when a class is out of range
-    and not ignore_index (the facade then finds and reports it).
+    for no rows or no classes; None, having written nothing but row_loss (its scratch),
+    when a class is out of range and not ignore_index: with report_invalid_row, the
+    first such row's number r = a * B + b is then in row_loss[0, 0] (the facade reports
+    it).
     """
 
 def cross_entropy_probs(

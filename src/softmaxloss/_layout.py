@@ -44,7 +44,7 @@ class RowsLayout:
     """The row order of one call: the non-class axes `row_axes`, the first `split`
     of them merged into A and the rest into B, for arrays of `shape`."""
 
-    __slots__ = ("shape", "axis", "row_axes", "rows_shape", "_row_order")
+    __slots__ = ("shape", "axis", "row_axes", "rows_shape", "rows_in_order", "_row_order")
 
     def __init__(self, shape: tuple[int, ...], axis: int, row_axes: tuple[int, ...], split: int) -> None:
         self.shape = shape
@@ -57,6 +57,9 @@ class RowsLayout:
         )
         # The row axes numbered as in a per-row array (the shape without the class axis).
         self._row_order = tuple(i if i < axis else i - 1 for i in row_axes)
+        # Whether row r = a * B + b is entry r of a per-row array in C order (the row
+        # axes in their own order): then so is the first row a kernel reports.
+        self.rows_in_order = self._row_order == tuple(sorted(self._row_order))
 
     @classmethod
     def of(cls, array: np.ndarray, axis: int) -> RowsLayout:

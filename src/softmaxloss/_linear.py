@@ -45,7 +45,7 @@ import numpy as np
 
 from ._facade import _as_result, _kernel_totals, _threads
 from ._layout import KERNEL_DTYPES
-from ._validation import DEFAULT_IGNORE_INDEX, LinearLossArgs, check_linear_cross_entropy_call
+from ._validation import DEFAULT_IGNORE_INDEX, LinearLossArgs, check_linear_cross_entropy_call, class_out_of_range
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "plan_chunks"]
 
@@ -245,8 +245,8 @@ def _run(args: LinearLossArgs, with_grad: bool) -> tuple[Any, tuple[np.ndarray, 
             args.target_ignore_index, args.probabilities, kernel_options, row_loss[start:stop],
             logits[:, None, :] if with_grad else None, threads,
         )
-        if totals is None:  # every class was checked up front
-            raise RuntimeError("the targets changed while softmaxloss was reading them")
+        if isinstance(totals, int):  # every class was checked up front: they changed since
+            raise class_out_of_range(args.target, start + totals, n_classes, args.options.ignore_index)
         if not with_grad:
             continue
         assert grad_hidden_rows is not None and grad_weight is not None

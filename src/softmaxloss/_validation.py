@@ -288,7 +288,8 @@ class LossArgs:
     itself, or its wrapped value for a uint64 target; a value no index can equal when no
     target can equal `ignore_index`). `values_checked` says whether every index has been
     checked to be in range or ignored (else the kernel checks them before it writes and
-    the caller reports the first bad one with `check_index_target`). `weight` is None or
+    reports the first bad one, which the caller raises as `class_out_of_range`; `target`
+    is then a signed integer array and `target_ignore_index` is `ignore_index`). `weight` is None or
     float64 of shape (C,); `sample_weight` None or float64 of shape `row_shape`.
     `options`: the checked scalar options.
     """
@@ -324,18 +325,25 @@ def check_index_target(
     if ignore_index is not None:
         bad &= target != ignore_index
     if bad.any():
-        flat = int(np.flatnonzero(bad)[0])
-        position = tuple(int(p) for p in np.unravel_index(flat, target.shape))
-        allowed = f"0 <= {name} < {n_classes}"
-        if ignore_index is not None:
-            allowed += f" or {name} == ignore_index ({ignore_index})"
-        raise ValueError(
-            f"{name} value {target[position]} at position {position} is out of range "
-            f"for {n_classes} classes: expected {allowed}"
-        )
+        raise class_out_of_range(target, int(np.flatnonzero(bad)[0]), n_classes, ignore_index, name)
     # Every value is now in [0, n_classes) or equal to ignore_index; int64 holds the
     # former, and a uint64 ignore_index past int64 wraps to `target_ignore_index`'s value.
     return target.astype(np.int64, copy=False)
+
+
+def class_out_of_range(
+    target: np.ndarray, flat: int, n_classes: int, ignore_index: int | None, name: str = "target"
+) -> ValueError:
+    """The error for the class index at C-order position `flat` of `target`, out of range
+    and not `ignore_index`: found by `check_index_target`, or reported by the kernel."""
+    position = tuple(int(p) for p in np.unravel_index(flat, target.shape))
+    allowed = f"0 <= {name} < {n_classes}"
+    if ignore_index is not None:
+        allowed += f" or {name} == ignore_index ({ignore_index})"
+    return ValueError(
+        f"{name} value {target[position]} at position {position} is out of range "
+        f"for {n_classes} classes: expected {allowed}"
+    )
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -491,7 +499,7 @@ def check_loss_args(
 
     check_range=False leaves the range of signed integer class indices to the caller
     (the kernel checks them in its first pass over the targets, before writing
-    anything, and the caller then calls `check_index_target` for the message)."""
+    anything, and reports the first bad one: the caller raises `class_out_of_range`)."""
     args = _check_loss_arguments(logits, target, axis, weight, sample_weight, options)
     _check_target_values(args, check_range)
     return args

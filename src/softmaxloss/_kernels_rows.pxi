@@ -1,0 +1,335 @@
+# Layer 2 of _kernels.pyx (see its docstring), one row at a time: the fused-type dispatch to
+# the C row primitives (2a), then the row kernels (2b). Included by _kernels.pyx, whose
+# declarations (fused types, LossOptions) it uses; not compiled on its own.
+
+# ---- layer 2a: fused-type dispatch to the C primitives ---------------------------
+
+cdef inline floating row_max(const floating *x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return sml_row_max_f(x, n)
+    else:
+        return sml_row_max_d(x, n)
+
+
+cdef inline double row_expsum(const floating *x, floating *e, Py_ssize_t n, floating m,
+                              double *excess) noexcept nogil:
+    """S = sum_c exp(x_c - m) in double (m the row max); e_c = exp(x_c - m) unless e is
+    NULL; S - 1, accurate also for S ~ 1, into excess unless it is NULL."""
+    if floating is float:
+        return sml_row_expsum_f(x, e, n, m, excess)
+    else:
+        return sml_row_expsum_d(x, e, n, m, excess)
+
+
+cdef inline double complement(double e, double total, double excess) noexcept nogil:
+    """1 - p = (S - e) / S for an entry e = exp(x - m), without cancellation: p > 1/2
+    only at the max, whose e is exactly 1, and there S - e = excess exactly."""
+    return (excess if e == 1.0 else total - e) / total
+
+
+cdef inline double row_gapsum(const floating *x, const double *w, Py_ssize_t n,
+                              double m) noexcept nogil:
+    """sum_c w_c (m - x_c) in double (w NULL: all ones)."""
+    if floating is float:
+        return sml_row_gapsum_f(x, w, n, m)
+    else:
+        return sml_row_gapsum_d(x, w, n, m)
+
+
+# ---- layer 2b: row kernels -----------------------------------------------------------
+
+cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
+                             bint log_output) noexcept nogil:
+    """out = softmax(x) = exp(x - max) / sum, or log_softmax(x) = x - max - log(sum)."""
+    cdef floating m = row_max(x, n)
+    cdef double total
+    cdef double log_total
+    cdef floating inv_total
+    cdef Py_ssize_t c
+    cdef double excess
+    if log_output:
+        row_expsum(x, <floating *>NULL, n, m, &excess)
+        log_total = sml_log1p(excess)
+        # (x_c - m) first: m + log(total) would round log(total) away for huge m.
+        for c in range(n):
+            out[c] = <floating>((<double>x[c] - <double>m) - log_total)
+    else:
+        total = row_expsum(x, out, n, m, NULL)
+        inv_total = <floating>(1.0 / total)
+        for c in range(n):
+            out[c] = out[c] * inv_total
+
+
+cdef inline double row_logsumexp(const floating *x, Py_ssize_t n) noexcept nogil:
+    """log(sum_c exp(x_c)) = max + log(sum_c exp(x_c - max))."""
+    cdef floating m = row_max(x, n)
+    if m == INFINITY or m == -INFINITY:
+        m = 0  # as PyTorch and SciPy: +inf for a row with +inf, -inf for all -inf
+    cdef double excess
+    row_expsum(x, <floating *>NULL, n, m, &excess)
+    return <double>m + sml_log1p(excess)
+
+
+# ---- the rule for class-index rows ----------------------------------------------------
+
+cdef inline bint out_of_range(int64_t y, Py_ssize_t n) noexcept nogil:
+    """A class index outside [0, n) (the unsigned compare covers y < 0): one the facade
+    refuses, and that is never used to address memory."""
+    return <uint64_t>y >= <uint64_t>n
+
+
+cdef inline bint invalid_class(int64_t y, Py_ssize_t n, int64_t ignore_index) noexcept nogil:
+    """A class out of range that is not ignore_index: the call is refused (the first such
+    row is reported, see row_weight_total) before anything is written."""
+    return (y != ignore_index) & out_of_range(y, n)
+
+
+cdef inline bint left_out(int64_t y, Py_ssize_t n, LossOptions o) noexcept nogil:
+    """Whether a row whose class-index target is y is left out of the formula: ignored
+    (y == ignore_index: it contributes nothing) or out of range. Its loss and every entry
+    of its gradient are then left_out_value(y, o)."""
+    return y == o.ignore_index or out_of_range(y, n)
+
+
+cdef inline double left_out_value(int64_t y, LossOptions o) noexcept nogil:
+    """The loss and gradient entries of a row left out: 0 if ignored, else NaN (a class
+    out of range gets here only if the targets changed after the call checked them)."""
+    return 0.0 if y == o.ignore_index else NAN
+
+
+cdef struct IndexRowTerms:
+    double loss           # loss_n
+    double p_scale        # grad_c = p_scale * e_c - smooth_scale * w_c   (c != y)
+    double smooth_scale   # s (eps/n) / W
+    double label_grad     # grad_y
+    # The factors of p_scale and smooth_scale, for the rows where those overflow:
+    double s              # the sample weight
+    double p_coef         # (1-eps) w_y + (eps/n) w_sum + 2 z lse
+    double inv_total      # 1 / S
+    double smooth         # eps / n
+
+
+cdef inline IndexRowTerms index_row_terms(
+    double m,             # the row max
+    double x_y,           # the label's logit
+    double gap_sum,       # sum_c w_c (m - x_c), needed when eps != 0
+    double total,         # S = sum_c e_c, e_c = exp(x_c - m)
+    double excess,        # S - 1, accurate for S ~ 1
+    double log_total,     # log(S) = log1p(excess)
+    double e_y,           # the label's e_y (for the gradient)
+    Py_ssize_t n,
+    double w_y,           # the label's class weight
+    double s,             # the row's sample weight
+    LossOptions o,        # eps, z, w_sum and the divisor W (reduction="mean", else 1)
+) noexcept nogil:
+    """The cross-entropy of one row with class index y, from its statistics.
+
+    With l = log_softmax(x) = x - m - log(S), lse = m + log(S), p = e / S:
+        loss_n = s ((1-eps) w_y (-l_y) + (eps/n) sum_c w_c (-l_c) + z lse^2)
+               = s ((1-eps) w_y (log S + m - x_y)
+                    + (eps/n) (w_sum log S + sum_c w_c (m - x_c)) + z lse^2)
+        grad_c = (s / W) (p_c ((1-eps) w_y + (eps/n) w_sum + 2 z lse)
+                          - (1-eps) w_y [c == y] - (eps/n) w_c)        (W = 1 unless "mean")
+    Terms whose coefficient is zero are skipped, not multiplied by 0: -l_c can be +inf.
+    The label's entry is grouped as the formula, in double, with p_y - 1 = -(1 - p_y)
+    from `complement`: it cancels when p_y is close to 1 (exactly 0 for one class).
+    """
+    cdef IndexRowTerms terms
+    cdef double eps = o.eps, z = o.z, w_sum = o.w_sum, divisor = o.divisor
+    cdef double smooth = eps / <double>n
+    cdef double lse = m + log_total
+    cdef double inv_total = 1.0 / total
+    cdef double p_y = e_y * inv_total
+    cdef double loss = 0.0, p_coef = 0.0, label_grad = 0.0
+    if eps != 1.0:
+        loss = (1.0 - eps) * w_y * (log_total + (m - x_y))
+        p_coef = (1.0 - eps) * w_y
+        label_grad = -(1.0 - eps) * w_y * complement(e_y, total, excess)
+    if eps != 0.0:
+        loss += smooth * (w_sum * log_total + gap_sum)
+        p_coef += smooth * w_sum
+        label_grad += smooth * (w_sum * p_y - w_y)
+    if z != 0.0:
+        loss += z * lse * lse
+        p_coef += 2.0 * z * lse
+        label_grad += 2.0 * z * lse * p_y
+    # Each coefficient times s, then divided by W: as the formula groups it, so that a
+    # tiny W (whose 1/W would overflow) still gives a finite gradient.
+    terms.loss = s * loss
+    terms.p_scale = (s * p_coef * inv_total) / divisor
+    terms.smooth_scale = (s * smooth) / divisor
+    terms.label_grad = (s * label_grad) / divisor
+    terms.s = s
+    terms.p_coef = p_coef
+    terms.inv_total = inv_total
+    terms.smooth = smooth
+    return terms
+
+
+cdef inline bint divide_last(double p_scale, double smooth_scale, double s,
+                             LossOptions o) noexcept nogil:
+    """Whether a row's gradient must be formed as grad_divided does: p_scale or
+    smooth_scale overflowed (a tiny W, whose 1/W overflows; huge weights or z lse),
+    where e_c = 0 would give 0 * inf = NaN; or smooth_scale fell below the normal range
+    (a subnormal s) while class weights, which may be huge, multiply it and would
+    magnify its lost digits."""
+    return (not (isfinite(p_scale) and isfinite(smooth_scale))
+            or (o.w != NULL and o.eps != 0.0 and s != 0.0 and fabs(smooth_scale) < DBL_MIN))
+
+
+cdef inline void grad_divided(
+    floating *g,               # IN e_c, OUT grad_c, element c at g[c * step]
+    Py_ssize_t step,
+    Py_ssize_t n,
+    IndexRowTerms terms,
+    LossOptions o,             # the class weights w and the divisor W
+) noexcept nogil:
+    """grad_c = s (p_coef p_c - (eps/n) w_c) / W, p_c = e_c / S, grouped as the formula
+    (and the reference) and divided last: for a row whose p_scale or smooth_scale
+    overflows (a tiny W, whose 1/W overflows; huge weights or z lse), where e_c = 0
+    would give 0 * inf = NaN. Each entry is then what the formula gives: 0 where p_c
+    and eps are 0, +-inf only where the entry itself overflows. The label's entry is
+    left to the caller."""
+    cdef const double *w = o.w
+    cdef double divisor = o.divisor
+    cdef Py_ssize_t c
+    cdef double smooth_term
+    for c in range(n):
+        smooth_term = terms.smooth * (w[c] if w != NULL else 1.0)
+        g[c * step] = <floating>((terms.s * (terms.p_coef * (<double>g[c * step] * terms.inv_total)
+                                             - smooth_term)) / divisor)
+
+
+cdef inline double row_loss_grad_index(
+    const floating *x,         # IN  (n,) logits of the row
+    floating *g,               # OUT (n,) gradient, or NULL for the loss only; may be x
+    Py_ssize_t n,
+    Py_ssize_t y,              # the row's class, 0 <= y < n
+    double s,                  # the row's sample weight
+    LossOptions o,
+) noexcept nogil:
+    """One row with a class-index target, vectorised along its classes: returns loss_n
+    and writes d(loss)/dx into g (see index_row_terms)."""
+    cdef const double *w = o.w
+    cdef floating m = row_max(x, n)
+    cdef double x_y = x[y]  # read before g overwrites x
+    cdef double gap_sum = row_gapsum(x, w, n, m) if o.eps != 0.0 else 0.0
+    cdef double excess
+    cdef double total = row_expsum(x, g, n, m, &excess)
+    cdef double e_y = g[y] if g != NULL else 0.0
+    cdef IndexRowTerms terms = index_row_terms(
+        m, x_y, gap_sum, total, excess, sml_log1p(excess), e_y, n, w[y] if w != NULL else 1.0, s, o)
+    if g == NULL:
+        return terms.loss
+    cdef floating p_scale = <floating>terms.p_scale
+    cdef floating smooth_scale = <floating>terms.smooth_scale
+    cdef Py_ssize_t c
+    if (not (isfinite(p_scale) and isfinite(smooth_scale))
+            or divide_last(terms.p_scale, terms.smooth_scale, s, o)):
+        # Overflow checked in the logits' precision too, as the loops below compute: a
+        # float32 scale may overflow where its double does not (inf - inf = NaN, not inf).
+        grad_divided(g, 1, n, terms, o)
+    elif o.eps == 0.0:
+        for c in range(n):
+            g[c] = g[c] * p_scale
+    elif w == NULL:
+        for c in range(n):
+            g[c] = g[c] * p_scale - smooth_scale
+    else:
+        for c in range(n):
+            g[c] = g[c] * p_scale - <floating>(terms.smooth_scale * w[c])
+    g[y] = <floating>terms.label_grad
+    return terms.loss
+
+
+cdef inline double smoothed_target(target_floating t, double eps, double smooth) noexcept nogil:
+    """y' = (1-eps) y + eps/n, leaving out a term whose coefficient is 0."""
+    if eps == 1.0:
+        return smooth
+    return (1.0 - eps) * <double>t + smooth
+
+
+cdef inline double row_loss_grad_probs(
+    const floating *x,                # IN  (n,) logits of the row
+    floating *g,                      # OUT (n,) gradient, or NULL; may be x
+    Py_ssize_t n,
+    const target_floating *t,         # IN  target probabilities, element c at t[c * t_step]
+    Py_ssize_t t_step,
+    double s,                         # the row's sample weight
+    LossOptions o,                    # w, eps, z and the divisor (w_sum unused)
+) noexcept nogil:
+    """One row with probability targets: returns loss_n and writes d(loss)/dx into g.
+
+    With y'_c = (1-eps) y_c + eps/n, T = sum_c w_c y'_c:
+        loss_n = s * (sum_c w_c y'_c (-l_c) + z lse^2)
+               = s * (T log S + sum_c w_c y'_c (m - x_c) + z lse^2)
+        grad_c = (s / W) ((T + 2 z lse) p_c - w_c y'_c)     (W = 1 unless "mean")
+    exact for any target row, also one that does not sum to 1.
+    """
+    cdef const double *w = o.w
+    cdef double eps = o.eps, z = o.z, divisor = o.divisor
+    cdef floating m = row_max(x, n)
+    cdef double smooth = eps / <double>n
+    cdef double weight_total = 0.0, gap_sum = 0.0, wy
+    cdef Py_ssize_t c
+    for c in range(n):  # before g overwrites x
+        wy = smoothed_target(t[c * t_step], eps, smooth)
+        if w != NULL:
+            wy = wy * w[c]
+        weight_total += wy
+        gap_sum += wy * (<double>m - <double>x[c])
+
+    cdef double excess
+    cdef double total = row_expsum(x, g, n, m, &excess)
+    cdef double log_total = sml_log1p(excess)
+    cdef double lse = <double>m + log_total
+    cdef double loss = weight_total * log_total + gap_sum
+    cdef double p_coef = weight_total
+    if z != 0.0:
+        loss += z * lse * lse
+        p_coef += 2.0 * z * lse
+    if g == NULL:
+        return s * loss
+
+    # Times s, then divided by W, as in index_row_terms; where that overflows, grouped
+    # as the formula and divided last (as in grad_divided): e_c = 0 gives 0, not 0 * inf.
+    cdef double p_scale = (s * p_coef / total) / divisor
+    cdef bint divide_last = not isfinite(p_scale)
+    for c in range(n):
+        wy = smoothed_target(t[c * t_step], eps, smooth)
+        if w != NULL:
+            wy = wy * w[c]
+        if divide_last:
+            g[c] = <floating>((s * (p_coef * (<double>g[c] / total) - wy)) / divisor)
+        else:
+            g[c] = <floating>(<double>g[c] * p_scale - (s * wy) / divisor)
+    return s * loss
+
+
+cdef inline void row_grad_hess(
+    const floating *x,   # IN  (n,) logits of the row
+    floating *g,         # OUT (n,) s (p - onehot); may be x
+    char *h,             # OUT hessian diagonal s p (1 - p), element c at h + c * h_step bytes
+    Py_ssize_t h_step,
+    Py_ssize_t n,
+    Py_ssize_t y,        # the row's class, 0 <= y < n
+    double s,            # the row's sample weight
+) noexcept nogil:
+    """Gradient s (p - onehot) and hessian diagonal s p (1 - p) of one row.
+
+    With e_c = exp(x_c - m) and S = sum_c e_c, 1 - p_c comes from `complement`, without
+    cancellation also at a max with p close to 1.
+    """
+    cdef floating m = row_max(x, n)
+    cdef double excess
+    cdef double total = row_expsum(x, g, n, m, &excess)
+    cdef double inv_total = 1.0 / total
+    cdef double e_y = g[y]
+    cdef double e
+    cdef Py_ssize_t c
+    for c in range(n):
+        e = g[c]
+        (<floating *>(h + c * h_step))[0] = <floating>(
+            s * (e * inv_total) * complement(e, total, excess))
+        g[c] = <floating>(s * e * inv_total)
+    g[y] = <floating>(-s * complement(e_y, total, excess))
