@@ -16,6 +16,7 @@ one worker process per thread count (pinned to that many CPUs, and with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -200,18 +201,23 @@ def _torch_module(threads: int) -> Any:
     return torch
 
 
-def _torch_cross_entropy(problem: Problem, threads: int) -> Call:
-    torch = _torch_module(threads)
+def _torch_backward(problem: Problem, loss_function: Callable[..., Any]) -> Call:
+    """A call of `loss_function(logits, target)` and its backward, as a training step makes."""
+    torch = sys.modules["torch"]
     logits = torch.from_numpy(problem.logits).requires_grad_()
     target = torch.from_numpy(problem.target)
 
     def call() -> Any:
         logits.grad = None
-        loss = torch.nn.functional.cross_entropy(logits, target)
+        loss = loss_function(logits, target)
         loss.backward()
         return loss
 
     return call
+
+
+def _torch_cross_entropy(problem: Problem, threads: int) -> Call:
+    return _torch_backward(problem, _torch_module(threads).nn.functional.cross_entropy)
 
 
 def _torch_compile_cross_entropy(problem: Problem, threads: int) -> Call:
@@ -223,16 +229,7 @@ def _torch_compile_cross_entropy(problem: Problem, threads: int) -> Call:
         torch._dynamo.reset()  # one problem at a time: no recompilation limit to reach
         compiled = torch.compile(torch.nn.functional.cross_entropy, fullgraph=True, dynamic=False)
         problem.cache["torch.compile"] = compiled
-    logits = torch.from_numpy(problem.logits).requires_grad_()
-    target = torch.from_numpy(problem.target)
-
-    def call() -> Any:
-        logits.grad = None
-        loss = compiled(logits, target)
-        loss.backward()
-        return loss
-
-    return call
+    return _torch_backward(problem, compiled)
 
 
 def _torch_gradient_hessian(problem: Problem, threads: int) -> Call:
@@ -579,11 +576,10 @@ def per_call_overhead(threads: Sequence[int | None], repeats: int = 9) -> list[d
     problem = Problem.random(64, 10, "float32")
     figures = []
     for count in threads:
+        call = functools.partial(_facade.cross_entropy_with_grad, problem.logits, problem.target, n_threads=count)
         timers: dict[str, Timer] = {
-            "out=": LocalTimer(lambda count=count: _facade.cross_entropy_with_grad(
-                problem.logits, problem.target, out=problem.grad, n_threads=count)),
-            "no out=": LocalTimer(lambda count=count: _facade.cross_entropy_with_grad(
-                problem.logits, problem.target, n_threads=count)),
+            "out=": LocalTimer(functools.partial(call, out=problem.grad)),
+            "no out=": LocalTimer(call),
         }
         seconds = interleaved_medians(timers, repeats, min_seconds=0.05)
         figures.append({"threads": count, "us_with_out": seconds["out="] * 1e6,
