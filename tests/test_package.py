@@ -115,18 +115,110 @@ def run_module(*args):
     )
 
 
-def test_command_line_bench_runs_and_reports_ratios(tmp_path):
+def test_command_line_bench_runs_chosen_shapes_and_reports_ratios(tmp_path):
     result = run_module(
         "bench", "--shapes", "64x10,32x100", "--dtypes", "float32", "--threads", "1",
         "--repeats", "2", "--contenders", "copyto,softmaxloss,numpy", "--json", str(tmp_path / "r.json"),
     )
     assert result.returncode == 0, result.stderr
-    assert "softmaxloss" in result.stdout and "x)" in result.stdout
+    assert "softmaxloss" in result.stdout and "numpy / softmaxloss" in result.stdout
     import json
 
-    rows = json.loads((tmp_path / "r.json").read_text())
-    assert [(r["n_rows"], r["n_classes"]) for r in rows] == [(64, 10), (32, 100)]
-    assert all(r["ratios_to_copyto"]["softmaxloss"] > 0 for r in rows)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["op"], r["n_rows"], r["n_classes"]) for r in rows] == [("cross_entropy", 64, 10), ("cross_entropy", 32, 100)]
+    assert all(r["ratios_to_copyto"]["softmaxloss"] > 0 and r["ratios_to_softmaxloss"]["numpy"] > 0 for r in rows)
+
+
+def _markdown_tables(text):
+    """{title: (header cells, [row cells])} of every '### title' + Markdown table in text."""
+    tables, title = {}, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            title = line[4:]
+            tables[title] = (None, [])
+        elif line.startswith("|") and title is not None:
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            head, rows = tables[title]
+            if head is None:
+                tables[title] = (cells, rows)
+            elif set(line) - set("|-"):
+                rows.append(cells)
+            else:
+                assert len(cells) == len(head), line  # the separator line
+    return tables
+
+
+def test_command_line_bench_quick_prints_a_well_formed_table_per_dtype_and_thread_count(tmp_path):
+    """The smoke run: one table per dtype x thread count, one line per class count, every
+    cell a positive number (or '-'), the per-call overhead, and the same figures as JSON."""
+    from softmaxloss import _benchmark
+
+    json_path = tmp_path / "quick.json"
+    result = run_module("bench", "--quick", "--json", str(json_path))
+    assert result.returncode == 0, result.stderr
+    tables = _markdown_tables(result.stdout)
+    expected = {f"{_benchmark.OP_TITLES['cross_entropy']}: {dtype}, {threads} thread{'s' * (threads != 1)}"
+                for dtype in ("float32", "float64") for threads in (1, 2)}
+    assert expected <= set(tables), sorted(tables)
+    for title in expected:
+        head, rows = tables[title]
+        assert head[:4] == ["C", "N", "softmaxloss ns/row", "softmaxloss / copyto"]
+        assert all(cell.endswith(" / softmaxloss") for cell in head[4:])
+        assert [int(row[0]) for row in rows] == list(_benchmark.QUICK_CLASSES)
+        for row in rows:
+            assert len(row) == len(head)
+            assert int(row[1]) == _benchmark.rows_for(int(row[0]), _benchmark.QUICK_LOGITS)
+            assert all(cell == "-" or float(cell) > 0 for cell in row[2:]), row
+            assert row[2] != "-" and row[3] != "-"
+    # every peer either has its column or is named as skipped, with the reason
+    for peer in ("torch", "torch.compile", "jax", "sklearn"):
+        in_table = all(f"{peer} / softmaxloss" in tables[title][0] for title in expected)
+        assert in_table or f"skipped {peer}: " in result.stdout, peer
+    overhead_head, overhead_rows = tables["per-call overhead: cross_entropy_with_grad"]
+    assert overhead_head == ["(64, 10) float32, us per call", "n_threads=1", "n_threads=2", "default threads"]
+    assert [row[0] for row in overhead_rows] == ["with out=", "without out="]
+    assert all(float(cell) > 0 for row in overhead_rows for cell in row[1:])
+    import json
+
+    report = json.loads(json_path.read_text())
+    assert len(report["rows"]) == 2 * 2 * len(_benchmark.QUICK_CLASSES)
+    for row in report["rows"]:
+        assert row["op"] == "cross_entropy" and row["seconds"]["softmaxloss"] > 0
+        assert row["ratios_to_softmaxloss"]["softmaxloss"] == 1.0
+    assert [f["threads"] for f in report["overhead"]] == [1, 2, None]
+    assert report["command"][-3:] == ["--quick", "--json", str(json_path)]
+
+
+def test_command_line_bench_rejects_unknown_names():
+    for option, value in (("--contenders", "copyto,tensorflow"), ("--ops", "softmax,argmax"), ("--dtypes", "float16")):
+        result = run_module("bench", option, value)
+        assert result.returncode == 2 and "unknown" in result.stderr and value.split(",")[-1] in result.stderr
+
+
+def test_bench_markdown_tables_skip_missing_peers_by_column():
+    """A peer missing from a case's timings is '-' in its row; a peer missing from every
+    row of a table has no column (the message naming it comes from the run)."""
+    from softmaxloss import _benchmark
+
+    rows = [
+        _benchmark.Row("softmax", 1000, 10, "float32", 1, {"copyto": 1e-4, "softmaxloss": 2e-4, "torch": 6e-4}),
+        _benchmark.Row("softmax", 100, 100, "float32", 1, {"copyto": 1e-4, "softmaxloss": 4e-4}),
+    ]
+    tables = _markdown_tables(_benchmark.markdown_tables(_benchmark.Run(rows=rows)))
+    head, cells = tables[f"{_benchmark.OP_TITLES['softmax']}: float32, 1 thread"]
+    assert head == ["C", "N", "softmaxloss ns/row", "softmaxloss / copyto", "torch / softmaxloss"]
+    assert cells == [["10", "1000", "200", "2.00", "3.00"], ["100", "100", "4000", "4.00", "-"]]
+
+
+def test_bench_interleaved_medians_alternate_the_contenders():
+    from softmaxloss import _benchmark
+
+    calls = []
+    timers = {name: _benchmark.LocalTimer(lambda name=name: calls.append(name)) for name in "abc"}
+    seconds = _benchmark.interleaved_medians(timers, repeats=3, min_seconds=0.0)
+    assert set(seconds) == set("abc") and all(value > 0 for value in seconds.values())
+    timed = calls[6:]  # after each one's two warm-up calls
+    assert timed == list("abc" "bca" "cab")
 
 
 def test_command_line_config():

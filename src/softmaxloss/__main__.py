@@ -1,12 +1,13 @@
 """`python -m softmaxloss`: the fused kernel against the NumPy reference (and PyTorch
-when installed) on built-in data; `python -m softmaxloss bench` for the full
-benchmark; `python -m softmaxloss config` for the build facts."""
+when installed) on built-in data; `python -m softmaxloss bench` for the benchmark
+sweep over class counts; `python -m softmaxloss config` for the build facts."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,10 +42,12 @@ def demo(threads: int) -> int:
             ok = error <= TOLERANCE[dtype]
             failures += not ok
             cells = []
-            fast = _benchmark.median_time(_benchmark._softmaxloss(problem, threads), repeats=5)
+            contenders = _benchmark.LOCAL["cross_entropy"]
+            fast = _benchmark.median_time(contenders["softmaxloss"](problem, threads), repeats=5)
             for name in ("numpy", "torch"):
-                call = _benchmark.CONTENDERS[name](problem, threads)
-                if call is None:
+                try:
+                    call = contenders[name](problem, threads)
+                except _benchmark.Unavailable:
                     cells.append(f"{'not installed':>16}")
                     continue
                 seconds = _benchmark.median_time(call, repeats=5)
@@ -68,26 +71,57 @@ def _list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _integers(text: str) -> list[int]:
+    return [int(item) for item in _list(text)]
+
+
+def _ops(text: str) -> list[str]:
+    return list(_benchmark.OPS) if text.strip() == "all" else _list(text)
+
+
 def bench(args: argparse.Namespace) -> int:
-    names = [name for name in _benchmark.CONTENDERS if name in args.contenders]
-    if not args.json or args.json != "-":
-        print(_benchmark.header(names))
-    rows = _benchmark.run(
-        shapes=args.shapes, dtypes=args.dtypes, threads=args.threads, contenders=names,
-        repeats=args.repeats,
-        progress=None if args.json == "-" else lambda row: print(_benchmark.format_row(row, names), flush=True),
+    """The sweep: progress and skipped contenders on stderr, the tables (or the JSON
+    with `--json -`) on stdout."""
+    quick = args.quick
+    classes = args.classes or (_benchmark.QUICK_CLASSES if quick else _benchmark.DEFAULT_CLASSES)
+    logits = args.logits or (_benchmark.QUICK_LOGITS if quick else _benchmark.DEFAULT_LOGITS)
+    shapes = args.shapes or [(_benchmark.rows_for(c, logits), c) for c in classes]
+    repeats = args.repeats or (_benchmark.QUICK_REPEATS if quick else _benchmark.DEFAULT_REPEATS)
+    start = time.perf_counter()
+    result = _benchmark.run(
+        shapes=shapes, ops=args.ops, dtypes=args.dtypes, threads=args.threads, contenders=args.contenders,
+        repeats=repeats, progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
-    if args.markdown:
-        print()
-        print(_benchmark.markdown_table(rows))
+    if "cross_entropy" in args.ops:
+        result.overhead = _benchmark.per_call_overhead([*args.threads, None], repeats=repeats + 2)
+    command = ["python", "-m", "softmaxloss", *sys.argv[1:]] if args.argv is None else args.argv
+    print(f"{time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.json:
-        text = json.dumps(_benchmark.as_json_ready(rows), indent=1)
+        text = json.dumps(_benchmark.as_json_ready(result, command), indent=1)
         if args.json == "-":
             print(text)
-        else:
-            with open(args.json, "w") as handle:
-                handle.write(text + "\n")
+            return 0
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
+    print(f"`{' '.join(command)}` ({_benchmark.cpu_count()} CPUs; medians of {repeats} samples, "
+          "contenders timed in alternation; ratios above 1: softmaxloss is faster)")
+    print()
+    for name, reason in result.skipped.items():
+        print(f"- skipped {name}: {reason}")
+    if result.skipped:
+        print()
+    print(_benchmark.markdown_tables(result))
+    if result.overhead:
+        print()
+        print(_benchmark.overhead_table(result.overhead))
     return 0
+
+
+BENCH_HELP = """Times softmaxloss against np.copyto (the memory floor) and its peers, over class counts:
+about --logits logits per case, every op x dtype x thread count, each case's contenders
+timed in alternation. Prints a Markdown table per op, dtype and thread count (softmaxloss's
+ns per row, its time over copyto's, each peer's time over softmaxloss's) and the per-call
+overhead at (64, 10) float32. JAX runs in a worker process per thread count."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,24 +130,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="threads for the demo (default: all CPUs)")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("config", help="print the build and runtime configuration")
-    bench_parser = commands.add_parser("bench", help="the full benchmark, as ratios to np.copyto")
-    bench_parser.add_argument("--shapes", type=_shapes, default=list(_benchmark.DEFAULT_SHAPES),
-                              help="comma-separated NxC (default: %(default)s)")
+    bench_parser = commands.add_parser("bench", help="the benchmark sweep, as ratios to np.copyto and to the peers",
+                                       description=BENCH_HELP)
+    bench_parser.add_argument("--classes", type=_integers, default=None,
+                              help=f"comma-separated class counts (default: {','.join(map(str, _benchmark.DEFAULT_CLASSES))})")
+    bench_parser.add_argument("--logits", type=int, default=None,
+                              help=f"logits per case: rows = logits / C (default: {_benchmark.DEFAULT_LOGITS})")
+    bench_parser.add_argument("--shapes", type=_shapes, default=None,
+                              help="comma-separated NxC, instead of --classes and --logits")
+    bench_parser.add_argument("--ops", type=_ops, default=["cross_entropy"],
+                              help=f"comma-separated subset of {','.join(_benchmark.OPS)}, or all (default: cross_entropy)")
     bench_parser.add_argument("--dtypes", type=_list, default=["float32", "float64"])
-    bench_parser.add_argument("--threads", type=lambda t: [int(x) for x in _list(t)], default=[1, 2])
-    bench_parser.add_argument("--repeats", type=int, default=7, help="samples per median")
-    bench_parser.add_argument("--contenders", type=_list, default=list(_benchmark.CONTENDERS),
-                              help=f"subset of {','.join(_benchmark.CONTENDERS)}")
-    bench_parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout only)")
-    bench_parser.add_argument("--markdown", action="store_true", help="also print a Markdown table of ratios")
+    bench_parser.add_argument("--threads", type=_integers, default=[1, 2])
+    bench_parser.add_argument("--repeats", type=int, default=None,
+                              help=f"samples per median (default: {_benchmark.DEFAULT_REPEATS}, --quick {_benchmark.QUICK_REPEATS})")
+    bench_parser.add_argument("--contenders", type=_list, default=list(_benchmark.DEFAULT_CONTENDERS),
+                              help=f"subset of {','.join(_benchmark.CONTENDERS)} (default: all but numpy, the slow "
+                                   "reference); softmaxloss is always timed")
+    bench_parser.add_argument("--quick", action="store_true",
+                              help=f"a smoke run: C in {','.join(map(str, _benchmark.QUICK_CLASSES))}, "
+                                   f"{_benchmark.QUICK_LOGITS} logits, {_benchmark.QUICK_REPEATS} samples")
+    bench_parser.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': JSON on stdout only)")
+    bench_parser.add_argument("--markdown", action="store_true", help="(the tables are always printed; kept for old commands)")
     args = parser.parse_args(argv)
     if args.command == "config":
         show_config()
         return 0
     if args.command == "bench":
-        unknown = set(args.contenders) - set(_benchmark.CONTENDERS)
-        if unknown:
-            parser.error(f"unknown contenders {sorted(unknown)}; choose from {list(_benchmark.CONTENDERS)}")
+        args.argv = None if argv is None else ["python", "-m", "softmaxloss", *argv]
+        for option, given, known in (("contenders", args.contenders, _benchmark.CONTENDERS),
+                                     ("ops", args.ops, _benchmark.OPS),
+                                     ("dtypes", args.dtypes, ("float32", "float64"))):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                parser.error(f"unknown {option} {unknown}; choose from {list(known)}")
+        if any(count < 1 for count in args.threads) or (args.repeats is not None and args.repeats < 1):
+            parser.error("--threads and --repeats must be positive")
+        if args.classes is not None and any(c < 1 for c in args.classes):
+            parser.error("--classes must be positive")
         return bench(args)
     return demo(args.threads)
 
