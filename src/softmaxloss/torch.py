@@ -1302,6 +1302,7 @@ _LINEAR_DOUBLE_BACKWARD = (
 
 def _linear_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
     ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*output[1:])  # the op's gradients: for its backward only
     hidden, linear_weight, target, linear_bias, weight, sample_weight, *options = inputs
     ctx.options = options
     ctx.has_bias, ctx.has_sample_weight = linear_bias is not None, sample_weight is not None
@@ -1311,7 +1312,7 @@ def _linear_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, 
 
 
 def _linear_backward(ctx: Any, d_loss: torch.Tensor | None, *d_grads: torch.Tensor | None) -> tuple[Any, ...]:
-    if any(d is not None for d in d_grads) or (torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         raise NotImplementedError(_LINEAR_DOUBLE_BACKWARD)
     saved = list(ctx.saved_tensors)
     hidden, linear_weight, target = saved[:3]
