@@ -131,7 +131,7 @@ def make_method(name: str, hidden: np.ndarray, weight: np.ndarray, target: np.nd
         def torch_gemms() -> tuple[Any, ...]:
             a, b = (hd.float(), wd.float()) if name.endswith("as float32") else (hd, wd)
             logits = a @ b.T
-            return None, (logits @ b).numpy(), (logits.T @ a).numpy()
+            return None, (logits @ b).float().numpy(), (logits.T @ a).float().numpy()
         return torch_gemms
 
     def run(loss_function: Callable[[], Any]) -> Callable[[], tuple[Any, ...]]:
