@@ -44,9 +44,14 @@ from typing import Any
 
 import numpy as np
 
-SIZES = {"smoke": (256, 64, 1000), "quick": (1024, 512, 8000), "full": (4096, 1024, 32000)}  # (N, D, V)
-METHODS = ["gemms", "softmaxloss", "numpy unfused", "torch unfused", "torch linear_cross_entropy",
-           "torch linear_cross_entropy auto"]
+SIZES = {"smoke": (256, 64, 1000), "quick": (1024, 512, 8000), "full": (4096, 1024, 32000),
+         "lm": (2048, 2048, 128256)}  # (N, D, V)
+METHODS = ["gemms", "softmaxloss", "numpy unfused", "torch gemms", "softmaxloss.torch", "torch unfused",
+           "torch linear_cross_entropy", "torch linear_cross_entropy auto"]
+# Through the torch adapter in bfloat16 (hidden and weight; the GEMMs' floor in two forms: torch's
+# bf16 matmul, and the float32 GEMMs of upcast operands that softmaxloss.torch runs).
+BF16_METHODS = ["torch gemms bf16", "torch gemms bf16 as float32", "softmaxloss.torch bf16", "torch unfused bf16",
+                "torch linear_cross_entropy bf16", "torch linear_cross_entropy auto bf16"]
 MiB = 2**20
 
 
@@ -110,10 +115,24 @@ def make_method(name: str, hidden: np.ndarray, weight: np.ndarray, target: np.nd
     import torch
     import torch.nn.functional as F
 
+    import softmaxloss.torch as smt
+
     torch.set_num_threads(threads)
-    h = torch.from_numpy(hidden).requires_grad_()
-    w = torch.from_numpy(weight).requires_grad_()
+    bf16 = name.endswith(" bf16") or name.endswith(" bf16 as float32")
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    h = torch.from_numpy(hidden).to(dtype).requires_grad_()
+    w = torch.from_numpy(weight).to(dtype).requires_grad_()
     t = torch.from_numpy(target)
+    name = name.replace(" bf16", "")
+
+    if name in ("torch gemms", "torch gemms as float32"):
+        hd, wd = h.detach(), w.detach()
+
+        def torch_gemms() -> tuple[Any, ...]:
+            a, b = (hd.float(), wd.float()) if name.endswith("as float32") else (hd, wd)
+            logits = a @ b.T
+            return None, (logits @ b).float().numpy(), (logits.T @ a).float().numpy()
+        return torch_gemms
 
     def run(loss_function: Callable[[], Any]) -> Callable[[], tuple[Any, ...]]:
         def call() -> tuple[Any, ...]:
@@ -121,9 +140,11 @@ def make_method(name: str, hidden: np.ndarray, weight: np.ndarray, target: np.nd
             loss = loss_function()
             loss.backward()
             assert h.grad is not None and w.grad is not None
-            return float(loss), h.grad.numpy(), w.grad.numpy()
+            return float(loss), h.grad.float().numpy(), w.grad.float().numpy()
         return call
 
+    if name == "softmaxloss.torch":
+        return run(lambda: smt.linear_cross_entropy(h, w, t))
     if name == "torch unfused":
         return run(lambda: F.cross_entropy(h @ w.T, t))
     if name == "torch linear_cross_entropy":
@@ -258,15 +279,24 @@ def run_worker(name: str, size: tuple[int, int, int], threads: int, repeats: int
     return report
 
 
+def floor_of(method: str) -> str:
+    """The three GEMMs a method is measured against: NumPy's for the NumPy methods, PyTorch's
+    float32 ones for the torch methods, those of bf16 operands upcast to float32 for bf16."""
+    if method.endswith("bf16") or method.endswith("as float32"):
+        return "torch gemms bf16 as float32"
+    return "torch gemms" if "torch" in method else "gemms"
+
+
 def table(reports: list[dict[str, Any]]) -> str:
-    floor = next((r["median"] for r in reports if r["method"] == "gemms"), None)
-    cpu_floor = next((r["cpu_median"] for r in reports if r["method"] == "gemms"), None)
     lines = [
-        "| method | median s (runs) | / 3 GEMMs | CPU s (/ 3 GEMMs) | loss | peak RSS growth MiB "
+        "| method | median s (runs) | / its 3 GEMMs | CPU s (/ its 3 GEMMs) | loss | peak RSS growth MiB "
         "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
+        base = next((f for f in reports if f["method"] == floor_of(r["method"])), None)
+        floor = None if base is None else base["median"]
+        cpu_floor = None if base is None else base["cpu_median"]
         runs = ", ".join(f"{t:.2f}" for t in r["times"])
         ratio = f"{r['median'] / floor:.3f}x" if floor else "-"
         cpu = f"{r['cpu_median']:.2f} ({r['cpu_median'] / cpu_floor:.2f}x)" if cpu_floor else f"{r['cpu_median']:.2f}"
@@ -296,6 +326,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--bf16", action="store_true", help="also the bfloat16 methods: " + ", ".join(BF16_METHODS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,7 +346,8 @@ def main() -> None:
         print(f"\n### N={n}, D={d}, V={v}, float32 ({size_name}; the logits would be {n * v * 4 / MiB:.0f} MiB)\n",
               flush=True)
         reports = []
-        for method in args.methods.split(","):
+        methods = args.methods.split(",") + (BF16_METHODS if args.bf16 else [])
+        for method in methods:
             report = run_worker(method, size, args.threads, args.repeats)
             if report is not None:
                 reports.append(report)

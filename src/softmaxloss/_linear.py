@@ -186,21 +186,88 @@ def _row_scale(args: LinearLossArgs, kept: np.ndarray) -> tuple[np.ndarray | Non
     return scaled, normaliser
 
 
+# ---- the GEMMs of the loop ----------------------------------------------------------------
+
+
+class NumpyGemms:
+    """The chunk loop's BLAS work through NumPy's matmul (its BLAS), on the validated arrays.
+
+    A backend of the loop (`_run`) provides: `buffer` (the reused (rows, V) logits buffer, a
+    NumPy array of the kernel's dtype), `logits(start, stop, out)` (H_c @ W.T + b into out),
+    `backward(start, stop, grad)` (dH[chunk], dW and db from the chunk's gradient G, which
+    it may overwrite) and `gradients()` (the returned tuple: dH, dW[, db]).
+    softmaxloss.torch has another (PyTorch's matmul, addmm_ into dW, bf16/f16 weights)."""
+
+    def __init__(self, args: LinearLossArgs, plan: ChunkPlan, with_grad: bool) -> None:
+        n_rows, n_classes, n_features, dtype = args.n_rows, args.n_classes, args.n_features, args.dtype
+        self.plan, self.n_rows, self.n_features, self.n_classes = plan, n_rows, n_features, n_classes
+        self.hidden_rows = _rows_of(_native(args.hidden), n_rows, n_features)
+        self.weight = _blas_ready(_native(args.linear_weight))
+        self.bias = None if args.linear_bias is None else _native(args.linear_bias)
+        self.buffer = np.empty((plan.rows, n_classes), dtype)
+        self.grad_hidden = self.grad_weight = self.scratch = self.ones = self.bias_total = None
+        self.h: np.ndarray | None = None
+        if with_grad:
+            self.grad_hidden = np.empty((*args.row_shape, n_features), dtype)
+            self.grad_weight = np.zeros((n_classes, n_features), dtype)
+            if plan.scratch_rows:
+                self.scratch = np.empty(plan.scratch_rows * n_features, dtype)
+            if self.bias is not None:
+                self.bias_total = np.zeros(n_classes)
+                self.ones = np.ones(plan.rows, dtype)
+
+    def logits(self, start: int, stop: int, out: np.ndarray) -> None:
+        self.h = h = _blas_ready(self.hidden_rows(start, stop))
+        np.matmul(h, self.weight.T, out=out)
+        if self.bias is not None:
+            np.add(out, self.bias, out=out)
+
+    def backward(self, start: int, stop: int, grad: np.ndarray) -> None:
+        assert self.grad_hidden is not None and self.grad_weight is not None and self.h is not None
+        h, weight, scratch, plan, n_features = self.h, self.weight, self.scratch, self.plan, self.n_features
+        grad_hidden_rows = self.grad_hidden.reshape(self.n_rows, n_features)
+        if scratch is None:  # no features: nothing to compute
+            np.matmul(grad, weight, out=grad_hidden_rows[start:stop])
+        else:
+            transposed = scratch[: n_features * (stop - start)].reshape(n_features, stop - start)
+            np.matmul(weight.T, grad.T, out=transposed)
+            grad_hidden_rows[start:stop] = transposed.T
+        grad_weight = self.grad_weight
+        if start == 0:
+            np.matmul(grad.T, h, out=grad_weight)
+        elif scratch is not None and plan.weight_block:
+            block = scratch[: plan.weight_block * n_features].reshape(plan.weight_block, n_features)
+            for first in range(0, self.n_classes, plan.weight_block):
+                last = min(self.n_classes, first + plan.weight_block)
+                part = block[: last - first]
+                np.matmul(grad[:, first:last].T, h, out=part)
+                np.add(grad_weight[first:last], part, out=grad_weight[first:last])
+        if self.bias_total is not None and self.ones is not None:
+            self.bias_total += np.matmul(self.ones[: stop - start], grad)
+
+    def gradients(self) -> tuple[np.ndarray, ...]:
+        assert self.grad_hidden is not None and self.grad_weight is not None
+        grads = [self.grad_hidden, self.grad_weight]
+        if self.bias_total is not None:
+            grads.append(self.bias_total.astype(self.buffer.dtype))
+        return tuple(grads)
+
+
+Backend = Callable[[LinearLossArgs, ChunkPlan, bool], Any]
+
+
 # ---- the loop over chunks -----------------------------------------------------------------
 
 
-def _run(args: LinearLossArgs, with_grad: bool) -> tuple[Any, tuple[np.ndarray, ...]]:
+def _run(args: LinearLossArgs, with_grad: bool,
+         backend: Backend = NumpyGemms) -> tuple[Any, tuple[Any, ...]]:
+    """The loss (as `_loss` returns it) and, with_grad, the backend's gradients."""
     n_rows, n_classes, n_features = args.n_rows, args.n_classes, args.n_features
-    dtype = args.dtype
-    hidden = _native(args.hidden)
-    weight_lin = _blas_ready(_native(args.linear_weight))
-    bias = None if args.linear_bias is None else _native(args.linear_bias)
-    plan = plan_chunks(n_rows, n_classes, n_features, dtype.itemsize, with_grad=with_grad,
+    plan = plan_chunks(n_rows, n_classes, n_features, args.dtype.itemsize, with_grad=with_grad,
                        chunk_size=args.chunk_size, memory_budget=args.memory_budget)
     threads = _threads(args.n_threads)
     # Each chunk's kernel call sums its rows; the mean's 1/W is in the sample weights.
     kernel_options = dataclasses.replace(args.options, reduction="sum")
-    hidden_rows = _rows_of(hidden, n_rows, n_features)
 
     if args.probabilities:
         kept = np.ones(n_rows, dtype=bool)
@@ -219,26 +286,13 @@ def _run(args: LinearLossArgs, with_grad: bool) -> tuple[Any, tuple[np.ndarray, 
     sample_weight, normaliser = _row_scale(args, kept)
     class_weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     row_loss = np.empty((n_rows, 1))
-    buffer = np.empty((plan.rows, n_classes), dtype)
-    grad_hidden = grad_weight = grad_bias = scratch = ones = None
-    bias_total = None
-    if with_grad:
-        grad_hidden = np.empty((*args.row_shape, n_features), dtype)
-        grad_weight = np.zeros((n_classes, n_features), dtype)
-        if plan.scratch_rows:
-            scratch = np.empty(plan.scratch_rows * n_features, dtype)
-        if bias is not None:
-            bias_total = np.zeros(n_classes)
-            ones = np.ones(plan.rows, dtype)
-    grad_hidden_rows = None if grad_hidden is None else grad_hidden.reshape(n_rows, n_features)
+    gemms = backend(args, plan, with_grad)
+    buffer = gemms.buffer
 
     for start in range(0, n_rows, plan.rows):
         stop = min(n_rows, start + plan.rows)
         logits = buffer[: stop - start]
-        h = _blas_ready(hidden_rows(start, stop))
-        np.matmul(h, weight_lin.T, out=logits)
-        if bias is not None:
-            np.add(logits, bias, out=logits)
+        gemms.logits(start, stop, logits)
         totals = _kernel_totals(
             logits[:, None, :], target_rows(start, stop), class_weight,
             None if sample_weight is None else sample_weight[start:stop, None],
@@ -247,32 +301,11 @@ def _run(args: LinearLossArgs, with_grad: bool) -> tuple[Any, tuple[np.ndarray, 
         )
         if isinstance(totals, int):  # every class was checked up front: they changed since
             raise class_out_of_range(args.target, start + totals, n_classes, args.options.ignore_index)
-        if not with_grad:
-            continue
-        assert grad_hidden_rows is not None and grad_weight is not None
-        if scratch is None:  # no features: nothing to compute
-            np.matmul(logits, weight_lin, out=grad_hidden_rows[start:stop])
-        else:
-            transposed = scratch[: n_features * (stop - start)].reshape(n_features, stop - start)
-            np.matmul(weight_lin.T, logits.T, out=transposed)
-            grad_hidden_rows[start:stop] = transposed.T
-        if start == 0:
-            np.matmul(logits.T, h, out=grad_weight)
-        elif scratch is not None and plan.weight_block:
-            block = scratch[: plan.weight_block * n_features].reshape(plan.weight_block, n_features)
-            for first in range(0, n_classes, plan.weight_block):
-                last = min(n_classes, first + plan.weight_block)
-                part = block[: last - first]
-                np.matmul(logits[:, first:last].T, h, out=part)
-                np.add(grad_weight[first:last], part, out=grad_weight[first:last])
-        if bias_total is not None and ones is not None:
-            bias_total += np.matmul(ones[: stop - start], logits)
+        if with_grad:
+            gemms.backward(start, stop, logits)
 
-    if with_grad and bias_total is not None:
-        grad_bias = bias_total.astype(dtype)
     loss = _loss(row_loss[:, 0], normaliser, args)
-    grads = tuple(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None)
-    return loss, grads
+    return loss, (gemms.gradients() if with_grad else ())
 
 
 def _loss(row_loss: np.ndarray, normaliser: float, args: LinearLossArgs) -> Any:

@@ -121,7 +121,7 @@ from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, check_n_threads
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
 
 _NATIVE = (torch.float32, torch.float64)
 _UPCAST = tuple(getattr(torch, name) for name in sorted(FLOAT32_COMPUTED))  # computed in float32
@@ -1110,3 +1110,427 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
         if self.inplace_grad:
             parts.append("inplace_grad=True")
         return ", ".join(parts)
+
+
+# =========================================================================================
+# linear_cross_entropy: the LM head's loss without its N x V logits (PyTorch's
+# F.linear_cross_entropy). Its own op, torch.ops.softmaxloss.linear_cross_entropy; it
+# shares with the cross-entropy above only the library, the conversions and the errors.
+# =========================================================================================
+
+from ._linear import _run as _linear_run  # noqa: E402
+from ._validation import check_linear_cross_entropy_call  # noqa: E402
+
+_LINEAR_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+class _LinearGemms:
+    """The chunk loop's GEMMs in PyTorch (its BLAS: MKL on x86 builds), for
+    softmaxloss._linear's loop, which runs the fused kernel on each chunk's logits in
+    place, through a NumPy view of the logits buffer (zero-copy).
+
+    float32 / float64 inputs are used as they are. bfloat16 / float16 ones are computed
+    in float32: linear_weight converted once per call (a V x D float32 copy), each
+    chunk of hidden as it is used; the logits are float32 (the kernel's dtype), dW is
+    accumulated in float32 across the chunks (addmm_ into one V x D float32 buffer) and
+    rounded to the weight's dtype once at the end, dH is rounded a chunk at a time.
+    (PyTorch 2.13's CPU build has no bf16 x bf16 -> float32 GEMM, and its bf16 and f16
+    GEMMs ran 2-20x slower than float32 ones on an AVX2 CPU without bf16 instructions,
+    whatever the operands' layout: see benchmarks/RESULTS.md.)"""
+
+    def __init__(self, hidden: torch.Tensor, linear_weight: torch.Tensor, linear_bias: torch.Tensor | None,
+                 want: tuple[bool, bool, bool], args: Any, plan: Any, with_grad: bool) -> None:
+        compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        n_rows, n_features, n_classes = args.n_rows, args.n_features, args.n_classes
+        self.dtype, self.compute = hidden.dtype, compute
+        self.hidden = hidden.detach().resolve_neg().reshape(n_rows, n_features)
+        self.weight = linear_weight.detach().resolve_neg().to(compute)
+        self.bias = None if linear_bias is None else linear_bias.detach().resolve_neg().to(compute)
+        self.logits_buffer = torch.empty((plan.rows, n_classes), dtype=compute)
+        self.buffer = self.logits_buffer.numpy()
+        self.want = want if with_grad else (False, False, False)
+        self.shapes = (hidden.shape, linear_weight.shape, None if linear_bias is None else linear_bias.shape)
+        self.h: torch.Tensor | None = None
+        self.grad_hidden = self.grad_weight = self.bias_total = self.scratch = None
+        if self.want[0]:
+            self.grad_hidden = torch.empty((n_rows, n_features), dtype=hidden.dtype)
+            if hidden.dtype != compute:  # each chunk's dH in float32, then rounded into it
+                self.scratch = torch.empty((plan.rows, n_features), dtype=compute)
+        if self.want[1]:
+            self.grad_weight = torch.empty((n_classes, n_features), dtype=compute)
+        if self.want[2]:
+            self.bias_total = torch.zeros(n_classes, dtype=torch.float64)
+
+    def logits(self, start: int, stop: int, out: np.ndarray) -> None:
+        h = self.hidden[start:stop]
+        self.h = h = h if h.dtype == self.compute else h.to(self.compute)
+        logits = self.logits_buffer[: stop - start]
+        if self.bias is None:
+            torch.mm(h, self.weight.T, out=logits)
+        else:
+            torch.addmm(self.bias, h, self.weight.T, out=logits)
+
+    def backward(self, start: int, stop: int, grad: np.ndarray) -> None:
+        g = self.logits_buffer[: stop - start]  # the kernel's gradient, over the logits
+        assert self.h is not None
+        if self.grad_hidden is not None:
+            if self.scratch is None:
+                torch.mm(g, self.weight, out=self.grad_hidden[start:stop])
+            else:
+                part = self.scratch[: stop - start]
+                torch.mm(g, self.weight, out=part)
+                self.grad_hidden[start:stop] = part
+        if self.grad_weight is not None:
+            if start == 0:
+                torch.mm(g.T, self.h, out=self.grad_weight)
+            else:
+                self.grad_weight.addmm_(g.T, self.h)  # BLAS's beta = 1: no scratch, no addition
+        if self.bias_total is not None:
+            self.bias_total += g.sum(0, dtype=torch.float64) if self.compute == torch.float64 else g.sum(0).double()
+
+    def gradients(self) -> tuple[torch.Tensor, ...]:
+        hidden_shape, weight_shape, bias_shape = self.shapes
+        empty = torch.empty((0,), dtype=self.dtype)
+        grad_hidden = empty if self.grad_hidden is None else self.grad_hidden.reshape(hidden_shape)
+        grad_weight = empty if self.grad_weight is None else self.grad_weight.to(self.dtype).reshape(weight_shape)
+        grad_bias = empty if self.bias_total is None else self.bias_total.to(self.dtype)
+        return grad_hidden, grad_weight, grad_bias
+
+
+def _stand_in(shape: Any, dtype: Any) -> np.ndarray:
+    """A zero-strided array of `shape`: what the checks read of a tensor whose values they
+    do not need."""
+    return np.broadcast_to(np.zeros((), dtype), tuple(int(n) for n in shape))
+
+
+def _linear_args(hidden: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                 linear_bias: torch.Tensor | None, weight: torch.Tensor | None,
+                 sample_weight: torch.Tensor | None, ignore_index: int, reduction: str,
+                 label_smoothing: float, z_loss: float, chunk_size: int, memory_budget: float,
+                 n_threads: int, values: bool) -> Any:
+    """softmaxloss's checks of the call (the NumPy function's, in its order and with its
+    messages), on stand-ins of hidden, the weights and the bias in the kernel's dtype;
+    with `values`, on the targets' and weights' values too (class range: all of them,
+    before any work), else on stand-ins of them (the fake kernel)."""
+    kernel_dtype = np.float64 if hidden.dtype == torch.float64 else np.float32
+    target_array = _numpy(target) if values else _abstract(target)
+    try:
+        return check_linear_cross_entropy_call(
+            _stand_in(hidden.shape, kernel_dtype), _stand_in(linear_weight.shape, kernel_dtype), target_array,
+            dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+            linear_bias=None if linear_bias is None else _stand_in(linear_bias.shape, kernel_dtype),
+            weight=None if weight is None else (_numpy(weight) if values else _abstract(weight)),
+            sample_weight=None if sample_weight is None else (_numpy(sample_weight) if values else _abstract(sample_weight)),
+            chunk_size=chunk_size or None, memory_budget=memory_budget or None,
+            n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
+        )
+    except ValueError as error:
+        raise _out_of_bounds(error, target, int(linear_weight.shape[0]), ignore_index) from None
+
+
+_LIBRARY.define(
+    "linear_cross_entropy(Tensor hidden, Tensor linear_weight, Tensor target, Tensor? linear_bias, "
+    "Tensor? weight, Tensor? sample_weight, int ignore_index, str reduction, float label_smoothing, "
+    "float z_loss, int chunk_size, float memory_budget, int n_threads, bool grad_hidden, "
+    "bool grad_linear_weight, bool grad_linear_bias) -> (Tensor loss, Tensor grad_hidden, "
+    "Tensor grad_linear_weight, Tensor grad_linear_bias)"
+)
+_LINEAR_OP = torch.ops.softmaxloss.linear_cross_entropy.default
+
+
+def _linear_cpu_kernel(hidden: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                       linear_bias: torch.Tensor | None, weight: torch.Tensor | None,
+                       sample_weight: torch.Tensor | None, ignore_index: int, reduction: str,
+                       label_smoothing: float, z_loss: float, chunk_size: int, memory_budget: float,
+                       n_threads: int, grad_hidden: bool, grad_linear_weight: bool,
+                       grad_linear_bias: bool) -> tuple[torch.Tensor, ...]:
+    """The chunked loss (and the gradients asked for, else empty tensors): every check
+    first, then PyTorch's GEMMs and softmaxloss's kernel a chunk of rows at a time."""
+    args = _linear_args(hidden, linear_weight, target, linear_bias, weight, sample_weight, ignore_index,
+                        reduction, label_smoothing, z_loss, chunk_size, memory_budget, n_threads, values=True)
+    want = (grad_hidden, grad_linear_weight, grad_linear_bias and linear_bias is not None)
+    backend = functools.partial(_LinearGemms, hidden, linear_weight, linear_bias, want)
+    loss, grads = _linear_run(args, any(want), backend)
+    if not any(want):
+        empty = hidden.new_empty((0,))
+        grads = (empty, empty.clone(), empty.clone())
+    return (torch.from_numpy(np.asarray(loss)).to(hidden.dtype).contiguous(), *grads)
+
+
+_LIBRARY.impl("linear_cross_entropy", _linear_cpu_kernel, "CPU")
+
+
+def _linear_fake_kernel(hidden: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                        linear_bias: torch.Tensor | None, weight: torch.Tensor | None,
+                        sample_weight: torch.Tensor | None, ignore_index: int, reduction: str,
+                        label_smoothing: float, z_loss: float, chunk_size: int, memory_budget: float,
+                        n_threads: int, grad_hidden: bool, grad_linear_weight: bool,
+                        grad_linear_bias: bool) -> tuple[torch.Tensor, ...]:
+    tensors = (hidden, linear_weight, target, linear_bias, weight, sample_weight)
+    if all(isinstance(n, int) for t in tensors if t is not None for n in t.shape):
+        _linear_args(hidden, linear_weight, target, linear_bias, weight, sample_weight, ignore_index, reduction,
+                     label_smoothing, z_loss, chunk_size, memory_budget, n_threads, values=False)
+    loss_shape = list(hidden.shape[:-1]) if reduction == "none" else []
+
+    def grad(wanted: bool, like: torch.Tensor | None) -> torch.Tensor:
+        return like.new_empty(like.shape) if wanted and like is not None else hidden.new_empty((0,))
+
+    return (hidden.new_empty(loss_shape), grad(grad_hidden, hidden), grad(grad_linear_weight, linear_weight),
+            grad(grad_linear_bias, linear_bias))
+
+
+torch.library.register_fake("softmaxloss::linear_cross_entropy", _linear_fake_kernel, lib=_LIBRARY)
+
+_LINEAR_DOUBLE_BACKWARD = (
+    "softmaxloss.torch.linear_cross_entropy is differentiable once (reverse mode, with "
+    "respect to hidden, linear_weight and linear_bias): double backward (create_graph=True "
+    "through this loss) is not supported; compute the logits with F.linear and use "
+    "softmaxloss.torch.cross_entropy there"
+)
+
+
+def _linear_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*output[1:])  # the op's gradients: for its backward only
+    hidden, linear_weight, target, linear_bias, weight, sample_weight, *options = inputs
+    ctx.options = options
+    ctx.has_bias, ctx.has_sample_weight = linear_bias is not None, sample_weight is not None
+    ctx.save_for_backward(hidden, linear_weight, target,
+                          *(t for t in (linear_bias, weight, sample_weight) if t is not None), *output[1:])
+    ctx.has_weight = weight is not None
+
+
+def _linear_backward(ctx: Any, d_loss: torch.Tensor | None, *d_grads: torch.Tensor | None) -> tuple[Any, ...]:
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise NotImplementedError(_LINEAR_DOUBLE_BACKWARD)
+    saved = list(ctx.saved_tensors)
+    hidden, linear_weight, target = saved[:3]
+    rest = iter(saved[3:])
+    linear_bias = next(rest) if ctx.has_bias else None
+    weight = next(rest) if ctx.has_weight else None
+    sample_weight = next(rest) if ctx.has_sample_weight else None
+    grads = list(rest)
+    ignore_index, reduction, label_smoothing, z_loss, chunk_size, memory_budget, n_threads = ctx.options[:7]
+    want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])
+    results: list[Any] = [None] * 3
+    if d_loss is None:
+        return (None, None, None, None, *([None] * 12))
+    if reduction == "none":
+        # The gradient of sum(d_loss * per-row losses): the sum's, with d_loss as sample weights
+        # (computed again, a chunk at a time; ignored rows' d_loss taken as 0, as in PyTorch).
+        cotangent = d_loss.to(torch.float64)
+        if not target.dtype.is_floating_point:
+            cotangent = torch.where(target == ignore_index, 0, cotangent)
+        rows = cotangent if sample_weight is None else cotangent * sample_weight.to(torch.float64)
+        _, *grads = _LINEAR_OP(hidden, linear_weight, target, linear_bias, weight, rows, ignore_index, "sum",
+                               label_smoothing, z_loss, chunk_size, memory_budget, n_threads, *want)
+        results = list(grads)
+    else:
+        for i, (wanted, grad) in enumerate(zip(want, grads)):
+            if wanted:
+                results[i] = grad * d_loss.to(grad.dtype)
+    results = [r if w else None for r, w in zip(results, want)]
+    return (results[0], results[1], None, results[2], *([None] * 12))
+
+
+torch.library.register_autograd("softmaxloss::linear_cross_entropy", _linear_backward,
+                                setup_context=_linear_setup_context, lib=_LIBRARY)
+
+
+def _linear_unfused(input: torch.Tensor, linear_weight: torch.Tensor, target: torch.Tensor,
+                    linear_bias: torch.Tensor | None, weight: torch.Tensor | None, reduction: str,
+                    ignore_index: int, label_smoothing: float, z_loss: float,
+                    sample_weight: torch.Tensor | None, n_threads: int | None) -> torch.Tensor:
+    """PyTorch's reference path: F.linear's logits (all N x V of them), then softmaxloss's
+    cross-entropy op, class dimension 1 ((N, C, d1, ..., dK) for a K-dimensional loss)."""
+    n_classes, out_features, in_features = linear_weight.shape[0], linear_weight.shape[1:-1], linear_weight.shape[-1]
+    flat = math.prod(out_features, start=n_classes)
+    logits = torch.nn.functional.linear(
+        input, linear_weight.reshape(flat, in_features), None if linear_bias is None else linear_bias.reshape(flat))
+    logits = logits.reshape(*input.shape[:-1], n_classes, *out_features)
+    return cross_entropy(logits, target, weight, ignore_index=ignore_index, reduction=reduction,
+                         label_smoothing=label_smoothing, z_loss=z_loss, sample_weight=sample_weight,
+                         n_threads=n_threads)
+
+
+def _check_linear_tensors(input: Any, linear_weight: Any, target: Any, linear_bias: Any, weight: Any,
+                          sample_weight: Any, options: Any) -> None:
+    """Types, devices and dtypes, before anything else."""
+    for name, tensor in (("input", input), ("linear_weight", linear_weight), ("target", target)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        _on_cpu(tensor, name)
+    for name, tensor in (("linear_bias", linear_bias), ("weight", weight), ("sample_weight", sample_weight)):
+        if tensor is not None:
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor or None, got {type(tensor).__name__}")
+            _on_cpu(tensor, name)
+    if input.dtype not in _LINEAR_DTYPES:
+        raise TypeError(f"input has dtype {input.dtype}; softmaxloss.torch.linear_cross_entropy takes float32 "
+                        "and float64 (computed natively) and bfloat16/float16 (logits and dW in float32)")
+    for name, tensor in (("linear_weight", linear_weight), ("linear_bias", linear_bias)):
+        if tensor is not None and tensor.dtype != input.dtype:
+            raise TypeError(f"{name} has dtype {tensor.dtype}; it must have input's dtype {input.dtype} "
+                            "(as F.linear requires)")
+    if not (target.dtype.is_floating_point or target.dtype in _INDEX_DTYPES):
+        raise TypeError(f"target has dtype {target.dtype}; expected integer class indices or floating "
+                        "point class probabilities")
+    for name, tensor in (("weight", weight), ("sample_weight", sample_weight)):
+        if tensor is not None and not tensor.dtype.is_floating_point:
+            raise TypeError(f"{name} has dtype {tensor.dtype}; it must be a floating-point tensor")
+    if options is not None and not isinstance(options, torch.nn.LinearCrossEntropyOptions):
+        raise TypeError(f"options must be None or a torch.nn.LinearCrossEntropyOptions, got {type(options).__name__}")
+
+
+def _wants_unfused(tensors: tuple[torch.Tensor | None, ...], input: torch.Tensor,
+                   others: tuple[torch.Tensor | None, ...]) -> bool:
+    """What the fused op does not differentiate: a target, weight or sample_weight that
+    requires grad, forward-mode tangents, torch.func transforms."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in others):
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return forward_ad._current_level >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options: Any = None,
+    z_loss: float = 0.0,
+    sample_weight: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    memory_budget: float | None = None,
+    n_threads: int | None = None,
+) -> torch.Tensor:
+    """`torch.nn.functional.linear_cross_entropy`, chunked: the loss of the logits
+    `input @ linear_weight.T + linear_bias` and its gradients, a chunk of rows at a time,
+    without the N x V logits (PyTorch's matmul for the GEMMs, softmaxloss's kernel on each
+    chunk's logits in place).
+
+    PyTorch's arguments and semantics: input (in_features,) or (N, in_features) (also
+    (..., in_features) here), linear_weight (C, in_features), linear_bias (C,), target
+    class indices of input's shape without its last dimension or probabilities of that
+    shape + (C,) (PyTorch's rule: probabilities when the target has the logits' shape),
+    `weight` (C,), `reduction`, `ignore_index` (None: -100 for class indices; an error with
+    probabilities), `label_smoothing`. `options` (a LinearCrossEntropyOptions, or None) is
+    accepted: softmaxloss always chunks, and takes its batch_chunk_size (with
+    chunking_method=None) as chunk_size. A K-dimensional loss (linear_weight
+    (C, d1, ..., dK, in_features)) is computed unfused, as PyTorch's reference path.
+    softmaxloss's keyword-only extras: `z_loss`, `sample_weight` (one per row),
+    `chunk_size` (rows per chunk) or `memory_budget` (bytes of working memory; default
+    at most 1/8 of the logits and 256 MiB), `n_threads` (the kernel's; None:
+    torch.get_num_threads()).
+
+    dtypes: float32 and float64 computed natively; bfloat16 and float16 with float32
+    logits, a float32 copy of linear_weight and dW accumulated in float32 over the chunks
+    (rounded to the weight's dtype once). Differentiable once, in reverse mode, with
+    respect to input, linear_weight and linear_bias, under torch.compile(fullgraph=True)
+    too (one opaque op). Gradients with respect to probability targets, `weight` or
+    `sample_weight`, forward-mode AD and torch.func transforms take the unfused path
+    (F.linear, then softmaxloss.torch.cross_entropy: the whole logits), which has them.
+    """
+    _check_linear_tensors(input, linear_weight, target, linear_bias, weight, sample_weight, options)
+    if input.dim() == 0:
+        raise ValueError("input must have at least one dimension (in_features); got a 0-d tensor")
+    if linear_weight.dim() < 2:
+        raise _TorchRuntimeError(
+            f"linear_weight must have shape (n_classes, in_features); got shape {tuple(linear_weight.shape)} "
+            f"[PyTorch: expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}]")
+    rows, n_classes = tuple(input.shape[:-1]), linear_weight.shape[0]
+    logits_shape = (*rows[:1], n_classes, *linear_weight.shape[1:-1], *rows[1:])
+    probabilities = tuple(target.shape) == logits_shape
+    if probabilities and ignore_index is not None:
+        raise _TorchRuntimeError(
+            f"ignore_index applies to class-index targets only; got probability targets with "
+            f"ignore_index={ignore_index} [PyTorch: ignore_index cannot be specified when target "
+            "contains probabilities]")
+    if target.dtype.is_floating_point and not probabilities:
+        raise _TorchRuntimeError(
+            f"target of probabilities has shape {tuple(target.shape)}; it must have the logits' shape "
+            f"{logits_shape} [PyTorch: expected target dtype to be Long or Byte, but got "
+            f"{_TYPE_NAMES.get(target.dtype, str(target.dtype))}]")
+    index = DEFAULT_IGNORE_INDEX if ignore_index is None else operator.index(ignore_index)
+    if chunk_size is None and options is not None and options.chunking_method is None:
+        chunk_size = options.batch_chunk_size
+    tensors = (input, linear_weight, target, linear_bias, weight, sample_weight)
+    if linear_weight.dim() > 2 or _wants_unfused(tensors, input, (target, weight, sample_weight)):
+        return _linear_unfused(input, linear_weight, target, linear_bias, weight, reduction, index,
+                               label_smoothing, z_loss, sample_weight, n_threads)
+    if not torch.compiler.is_compiling():  # compiled: the fake kernel checks them, once
+        options_checked = _checked_options(reduction, label_smoothing, z_loss, index)
+        reduction, label_smoothing, z_loss = options_checked.reduction, options_checked.label_smoothing, options_checked.z_loss
+    if not _INT64_MIN <= index <= _INT64_MAX:
+        index = _INT64_MAX if index > 0 else _INT64_MIN  # no int64 target equals it either
+    rows_per_chunk = 0 if chunk_size is None else chunk_size
+    budget = 0.0 if memory_budget is None else memory_budget
+    if not torch.compiler.is_compiling():
+        from ._validation import check_chunk_size, check_memory_budget
+        check_chunk_size(chunk_size)
+        check_memory_budget(memory_budget)
+    threads = _op_arguments(0, n_threads)[1]
+    grad = torch.is_grad_enabled() and reduction != "none"  # "none": computed in backward
+    result: torch.Tensor = torch.ops.softmaxloss.linear_cross_entropy(
+        input, linear_weight, target, linear_bias, weight, sample_weight, index, reduction,
+        float(label_smoothing), float(z_loss), rows_per_chunk, float(budget), threads,
+        grad and input.requires_grad, grad and linear_weight.requires_grad,
+        grad and linear_bias is not None and linear_bias.requires_grad,
+    )[0]
+    return result
+
+
+class LinearCrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
+    """`torch.nn.LinearCrossEntropyLoss`, computed by softmaxloss's chunked
+    `linear_cross_entropy`: a Linear(in_features, num_classes * prod(out_features)) head
+    (`self.linear`, PyTorch's parameter layout) and the cross-entropy of its logits.
+
+    PyTorch's arguments (in_features, num_classes, out_features, bias, device, dtype,
+    reduction, weight (a buffer), ignore_index, label_smoothing, options), plus
+    softmaxloss's keyword-only z_loss, chunk_size, memory_budget and n_threads.
+    `forward(input, target, sample_weight=None)`.
+    """
+
+    weight: torch.Tensor | None
+
+    def __init__(
+        self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (), bias: bool = False,
+        device: Any = None, dtype: Any = None, reduction: str = "mean", weight: torch.Tensor | None = None,
+        ignore_index: int | None = None, label_smoothing: float = 0.0, options: Any = None,
+        z_loss: float = 0.0, chunk_size: int | None = None, memory_budget: float | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        _checked_options(reduction, label_smoothing, z_loss, DEFAULT_IGNORE_INDEX if ignore_index is None else ignore_index)
+        if weight is not None and tuple(weight.shape) != (num_classes,):
+            raise ValueError(f"weight must have one entry per class, shape ({num_classes},); got {tuple(weight.shape)}")
+        check_n_threads(n_threads)
+        self.num_classes, self.out_features = num_classes, tuple(out_features)
+        self.linear = nn.Linear(in_features, math.prod(self.out_features, start=num_classes), bias=bias,
+                                device=device, dtype=dtype)
+        self.register_buffer("weight", weight)
+        self.reduction, self.ignore_index, self.label_smoothing, self.options = reduction, ignore_index, label_smoothing, options
+        self.z_loss, self.chunk_size, self.memory_budget, self.n_threads = z_loss, chunk_size, memory_budget, n_threads
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor,
+                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+        linear_weight = self.linear.weight.reshape(self.num_classes, *self.out_features, self.linear.in_features)
+        bias = None if self.linear.bias is None else self.linear.bias.reshape(self.num_classes, *self.out_features)
+        return linear_cross_entropy(
+            input, linear_weight, target, linear_bias=bias, weight=self.weight, reduction=self.reduction,
+            ignore_index=self.ignore_index, label_smoothing=self.label_smoothing, options=self.options,
+            z_loss=self.z_loss, sample_weight=sample_weight, chunk_size=self.chunk_size,
+            memory_budget=self.memory_budget, n_threads=self.n_threads,
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, out_features={self.out_features}, reduction={self.reduction!r}"
