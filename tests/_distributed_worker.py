@@ -32,11 +32,14 @@ def counting(calls):
 
 
 def run_case(case, rank, world, calls):
-    lo, hi = case["bounds"][world][rank], case["bounds"][world][rank + 1]
+    lo, hi = case["blocks"][world][rank]
     axis = case.get("axis", -1)
     logits = torch.from_numpy(case["logits"])
-    local = logits.narrow(axis, lo, hi - lo).clone().to(getattr(torch, case.get("torch_dtype", str(logits.dtype).split(".")[1])))
-    local.requires_grad_(case.get("requires_grad", True))
+    dtype = getattr(torch, case.get("torch_dtype", str(logits.dtype).split(".")[1]))
+    if rank == case.get("bad_rank"):
+        dtype = torch.int64
+    local = logits.narrow(axis, lo, hi - lo).clone().to(dtype)
+    local.requires_grad_(case.get("requires_grad", True) and local.is_floating_point())
     target = torch.from_numpy(case["target"])
     if case.get("probabilities"):
         target = target.narrow(axis, lo, hi - lo).clone()
@@ -44,8 +47,8 @@ def run_case(case, rank, world, calls):
     for name in ("weight", "sample_weight"):
         if kwargs.get(name) is not None:
             kwargs[name] = torch.from_numpy(kwargs[name])
-    if case.get("vocab_start"):
-        kwargs["vocab_start"] = lo
+    if case.get("vocab_start") is not None:
+        kwargs["vocab_start"] = case["vocab_start"][world][rank]
     calls.clear()
     try:
         loss = smd.vocab_parallel_cross_entropy(local, target, axis=axis, **kwargs)
