@@ -109,7 +109,7 @@ def assert_split_matches(actual, expected, dtype, n_classes, what="", logits=Non
             if name == "loss" and np.ndim(e) == 0:  # a mean or sum: the rows' allowances add up
                 spread = np.array(spread.max())
             else:
-                spread = spread[:, None] if name == "grad" else spread
+                spread = spread[..., None] if name == "grad" else spread
             unit = float(np.finfo(compute_dtype(ref_grad.dtype)).eps) / 2
             bound = bound + 2 * spread * unit * np.abs(e)
         bound = bound[finite] + float(np.finfo(ref_grad.dtype).tiny)
