@@ -174,7 +174,8 @@ def block_max(x: np.ndarray) -> np.ndarray:
     """Each row's max over the block (float64; a row with NaN gives NaN)."""
     if x.shape[0] == 0:
         return np.empty(0)
-    return np.max(x, axis=1).astype(np.float64)
+    top: np.ndarray = np.max(x, axis=1).astype(np.float64)
+    return top
 
 
 def block_stats(

@@ -54,7 +54,8 @@ _EXCHANGES = ("allreduce", "allgather")
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().resolve_conj().resolve_neg().numpy()
+    array: np.ndarray = tensor.detach().resolve_conj().resolve_neg().numpy()
+    return array
 
 
 class RefusedByAnotherRank(RuntimeError):
