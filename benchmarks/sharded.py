@@ -35,15 +35,18 @@ from datetime import timedelta
 import numpy as np
 
 
-def timed(function, repeats: int, seconds: float, barrier=None) -> list[float]:
+def timed(function, repeats: int, seconds: float, barrier=None, agree=None) -> list[float]:
     """Per repeat, the mean seconds per call of a loop lasting about `seconds` (the loop
-    length fixed by the first call, and agreed between ranks by a barrier)."""
+    length fixed by the first call; on ranks, `agree` makes it every rank's largest, and
+    each loop starts after a barrier)."""
     function()
     function()
     start = time.perf_counter()
     function()
     once = max(time.perf_counter() - start, 1e-6)
     loops = max(1, round(seconds / once))
+    if agree is not None:
+        loops = agree(loops)
     out = []
     for _ in range(repeats):
         if barrier:
@@ -114,13 +117,19 @@ def rank_main(rank: int, world: int, port: int, rows: int, classes: int, threads
         per_row[exchange] = (sum(payload.values()) - 3 * 8) / rows  # less the class ranges' all-gather
 
     barrier = dist.barrier
+
+    def agree(loops: int) -> int:
+        count = torch.tensor([loops])
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count.item())
+
     results = {}
     methods = {"softmaxloss allreduce": ours("allreduce"), "softmaxloss allgather": ours("allgather"),
                "loss_parallel": theirs}
     samples = {name: [] for name in methods}
     for r in range(repeats):
         for name in (list(methods) if r % 2 == 0 else list(reversed(methods))):
-            samples[name] += timed(methods[name], 1, seconds, barrier)
+            samples[name] += timed(methods[name], 1, seconds, barrier, agree)
     results = {name: statistics.median(times) for name, times in samples.items()}
     # agreement with the unsharded loss (rank 0 checks)
     import softmaxloss.torch as smt
