@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from softmaxloss import testing
@@ -66,3 +68,55 @@ def random_probabilities(rng, shape, axis):
     axis = axis % len(shape)
     moved = rng.dirichlet(np.full(shape[axis], 0.5), size=shape[:axis] + shape[axis + 1 :])
     return np.moveaxis(moved, -1, axis)
+
+
+# ---- sharded vs unsplit: "2 ulp-scale" (tests/test_class_blocks.py's docstring says why) -----
+
+F16, F32, F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+
+
+def ulp_tolerance(dtype, n_classes):
+    """2 ulp-scale in units of the result dtype's epsilon (see the module's docstring)."""
+    dtype = np.dtype(dtype)
+    ulps = 2.0 + (math.sqrt(n_classes) / 2 if dtype == F64 else 0.0)
+    return ulps * float(np.finfo(dtype).eps)
+
+
+def assert_split_matches(actual, expected, dtype, n_classes, what="", logits=None):
+    """Loss and gradient within 2 ulp-scale of the unsplit ones, NaN where NaN, infinities
+    equal; with `logits` (merge mode) also the gap allowance of the module's docstring."""
+    loss, grad = actual
+    ref_loss, ref_grad = expected
+    assert np.asarray(loss).dtype == np.asarray(ref_loss).dtype and grad.dtype == ref_grad.dtype, what
+    tol = ulp_tolerance(ref_grad.dtype, n_classes)
+    for name, a, e, scale in [
+        ("loss", np.asarray(loss, np.float64), np.asarray(ref_loss, np.float64), np.abs(np.asarray(ref_loss, np.float64))),
+        ("grad", grad.astype(np.float64), ref_grad.astype(np.float64),
+         np.nanmax(np.where(np.isfinite(ref_grad), np.abs(ref_grad.astype(np.float64)), 0), axis=-1, keepdims=True,
+                   initial=0.0)),
+    ]:
+        assert np.array_equal(np.isnan(a), np.isnan(e)), f"{what} {name}: NaN at other places"
+        infinite = np.isinf(e)
+        assert np.array_equal(a[infinite], e[infinite]), f"{what} {name}: infinities differ"
+        finite = np.isfinite(e)
+        bound = tol * np.broadcast_to(scale, e.shape)
+        if logits is not None:
+            finite_x = np.isfinite(logits)
+            x64 = logits.astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                spread = (np.where(finite_x, x64, -np.inf).max(axis=-1) - np.where(finite_x, x64, np.inf).min(axis=-1))
+            spread = np.where(finite_x.any(axis=-1), spread, 0.0)
+            if name == "loss" and np.ndim(e) == 0:  # a mean or sum: the rows' allowances add up
+                spread = np.array(spread.max())
+            else:
+                spread = spread[..., None] if name == "grad" else spread
+            unit = float(np.finfo(compute_dtype(ref_grad.dtype)).eps) / 2
+            bound = bound + 2 * spread * unit * np.abs(e)
+        bound = bound[finite] + float(np.finfo(ref_grad.dtype).tiny)
+        error = np.abs(a[finite] - e[finite])
+        worst = np.max(error / bound, initial=0.0)
+        assert worst <= 1.0, f"{what} {name}: {worst:.3g} x the tolerance ({tol / np.finfo(ref_grad.dtype).eps:.3g} ulp-scale)"
+
+
+def compute_dtype(dtype):
+    return F32 if np.dtype(dtype) == F16 else np.dtype(dtype)

@@ -31,7 +31,7 @@ EXAMPLE = pathlib.Path(__file__).resolve().parent / "typing_example.py"
 # - NumPy's stubs type many array expressions (reductions with keepdims, arithmetic on arrays
 #   of unknown dtype) as Any; the reference is written as SPEC's formulas read, and returning
 #   those expressions is not an error there. Parameters and return types are still checked.
-# - torch, JAX and scikit-learn are optional imports: treated as Any, so the check does not
+# - torch, JAX, scikit-learn and Dask are optional imports: treated as Any, so the check does not
 #   depend on which of them are installed (and does not spend a minute analysing torch).
 # - Modules not yet typed for --strict (remove a name once its module passes).
 PACKAGE_MYPY_CONFIG = textwrap.dedent(
@@ -42,7 +42,7 @@ PACKAGE_MYPY_CONFIG = textwrap.dedent(
     [mypy-softmaxloss.reference]
     warn_return_any = False
 
-    [mypy-torch.*,jax.*,sklearn.*]
+    [mypy-torch.*,jax.*,sklearn.*,dask.*]
     follow_imports = skip
     ignore_missing_imports = True
 

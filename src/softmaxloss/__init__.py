@@ -28,7 +28,7 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 
 # Submodules reachable as attributes (`sml.reference`, `sml.torch`, ...), imported on first
 # use: `import softmaxloss` imports neither the adapters' frameworks nor the test tools.
-_SUBMODULES = ("boosting", "jax", "reference", "testing", "torch")
+_SUBMODULES = ("boosting", "dask", "distributed", "jax", "reference", "testing", "torch")
 
 
 def __getattr__(name: str) -> Any:

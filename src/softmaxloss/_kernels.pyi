@@ -116,6 +116,83 @@ def gradient_hessian(
     hess (A, B, C); grad may be x's memory, hess may not.
     """
 
+def class_block_stats_index(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[np.int64],
+    c0: int,
+    weight: npt.NDArray[np.float64] | None,
+    with_gap: bool,
+    shift: npt.NDArray[np.float64] | None,
+    stats: npt.NDArray[np.float64],
+    exp_out: npt.NDArray[_F] | None,
+    n_threads: int,
+) -> None:
+    """Per-row partial statistics of a block of classes [c0, c0 + W) with class-index targets
+    (`_kernels_classblock.pxi`; softmaxloss._shards.STATS names the columns).
+
+    x (A, B, W) the block's logits; target (A, B) int64 class indices among all classes;
+    weight (W,) contiguous, the block's class weights, or None; with_gap: compute the
+    smoothing term; shift (A, B) each row's shift (its max over all blocks), or None for the
+    block's own max. OUT: stats (A, B, 6) C-contiguous; exp_out (A, B, W) exp(x - shift), or
+    None (needs shift; may be x's memory).
+    """
+
+def class_block_stats_probs(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[_T],
+    weight: npt.NDArray[np.float64] | None,
+    label_smoothing: float,
+    n_classes: int,
+    shift: npt.NDArray[np.float64] | None,
+    stats: npt.NDArray[np.float64],
+    exp_out: npt.NDArray[_F] | None,
+    n_threads: int,
+) -> None:
+    """Per-row partial statistics of a block of classes with probability targets: target
+    (A, B, W) the block's probabilities; n_classes: C of all blocks (for eps / C). As
+    class_block_stats_index otherwise.
+    """
+
+def class_block_grad_index(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[np.int64],
+    c0: int,
+    ignore_index: int,
+    weight: npt.NDArray[np.float64] | None,
+    coefs: npt.NDArray[np.float64],
+    from_exp: bool,
+    label_smoothing: float,
+    n_classes: int,
+    w_sum: float,
+    z_loss: float,
+    divisor: float,
+    grad: npt.NDArray[_F],
+    n_threads: int,
+) -> None:
+    """The gradient of a block of classes [c0, c0 + W) with class-index targets, from the
+    per-row coefficients (softmaxloss._shards.COEFS; coefs (A, B, 10) C-contiguous).
+
+    x (A, B, W) the logits, or exp(x - max) already (from_exp); w_sum: the sum of all C class
+    weights; divisor: W of reduction="mean" (NaN when 0), else 1. OUT: grad (A, B, W), may be
+    x's memory; ignored rows 0.
+    """
+
+def class_block_grad_probs(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[_T],
+    weight: npt.NDArray[np.float64] | None,
+    coefs: npt.NDArray[np.float64],
+    from_exp: bool,
+    label_smoothing: float,
+    n_classes: int,
+    divisor: float,
+    grad: npt.NDArray[_F],
+    n_threads: int,
+) -> None:
+    """The gradient of a block of classes with probability targets (target (A, B, W) the
+    block's probabilities), as class_block_grad_index otherwise.
+    """
+
 def exp(x: npt.NDArray[_F], out: npt.NDArray[_F]) -> None:
     """out = exp(x) with the kernels' own vectorised exp (a test hook for accuracy tests).
 

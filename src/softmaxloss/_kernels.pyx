@@ -434,3 +434,6 @@ def build_info():
         "openmp": bool(SML_OPENMP),
         "max_threads": sml_max_threads(),
     }
+
+
+include "_kernels_classblock.pxi"
