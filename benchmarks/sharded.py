@@ -148,12 +148,14 @@ def unsharded(rows: int, classes: int, threads: int, repeats: int, seconds: floa
     import torch
     import torch.nn.functional as F
 
+    import softmaxloss as sml
     import softmaxloss.torch as smt
 
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     full = (torch.randn(rows, classes, generator=gen) * 3).requires_grad_()
     target = torch.randint(0, classes, (rows,), generator=gen)
+    x, t = full.detach().numpy(), target.numpy()
 
     def with_loss(loss):
         def step():
@@ -161,7 +163,9 @@ def unsharded(rows: int, classes: int, threads: int, repeats: int, seconds: floa
             loss(full, target).backward()
         return step
 
-    methods = {"softmaxloss.torch": with_loss(smt.cross_entropy), "F.cross_entropy": with_loss(F.cross_entropy)}
+    methods = {"softmaxloss.torch": with_loss(smt.cross_entropy), "F.cross_entropy": with_loss(F.cross_entropy),
+               # the NumPy call on the same memory, a new gradient array each call (as autograd's)
+               "softmaxloss (NumPy) cross_entropy_with_grad": lambda: sml.cross_entropy_with_grad(x, t, n_threads=threads)}
     samples = {name: [] for name in methods}
     for r in range(repeats):
         for name in (list(methods) if r % 2 == 0 else list(reversed(methods))):
