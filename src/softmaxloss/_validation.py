@@ -141,21 +141,26 @@ def check_reduction(reduction: Any) -> str:
     return reduction
 
 
+def _optional_positive_int(value: Any, name: str, meaning: str = "") -> int | None:
+    """None, or `value` as a positive int (not a bool); TypeError/ValueError naming
+    `name` ("must be None or a positive integer" + `meaning`) otherwise."""
+    if value is None:
+        return None
+    rule = f"{name} must be None or a positive integer{meaning}"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{rule}, got {value!r}")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{rule}, got {value!r}") from None
+    if count < 1:
+        raise ValueError(f"{rule}, got {count}")
+    return count
+
+
 def check_n_threads(n_threads: Any) -> int | None:
     """None (OpenMP's default) or a positive int."""
-    if n_threads is None:
-        return None
-    if isinstance(n_threads, (bool, np.bool_)):
-        raise TypeError(f"n_threads must be None or a positive integer, got {n_threads!r}")
-    try:
-        count = operator.index(n_threads)
-    except TypeError:
-        raise TypeError(
-            f"n_threads must be None or a positive integer, got {n_threads!r}"
-        ) from None
-    if count < 1:
-        raise ValueError(f"n_threads must be None or a positive integer, got {count}")
-    return count
+    return _optional_positive_int(n_threads, "n_threads")
 
 
 def _check_float_scalar(value: Any, name: str, low: float, high: float) -> float:
@@ -699,19 +704,7 @@ def _check_linear_sample_weight(sample_weight: Any, row_shape: tuple[int, ...]) 
 
 def check_chunk_size(chunk_size: Any) -> int | None:
     """None (chosen from the memory budget) or a positive int: rows per chunk."""
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, (bool, np.bool_)):
-        raise TypeError(f"chunk_size must be None or a positive integer (rows per chunk), got {chunk_size!r}")
-    try:
-        rows = operator.index(chunk_size)
-    except TypeError:
-        raise TypeError(
-            f"chunk_size must be None or a positive integer (rows per chunk), got {chunk_size!r}"
-        ) from None
-    if rows < 1:
-        raise ValueError(f"chunk_size must be None or a positive integer (rows per chunk), got {rows}")
-    return rows
+    return _optional_positive_int(chunk_size, "chunk_size", " (rows per chunk)")
 
 
 def check_memory_budget(memory_budget: Any) -> float | None:

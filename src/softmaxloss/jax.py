@@ -391,8 +391,9 @@ def _masked_logits(x: Any, where: Any) -> tuple[Any, Any]:
     kept logit minus `_MASKED_GAP` (or the dtype's lowest finite value when the row keeps
     no finite logit), constant to the derivatives: a masked entry gets gradient 0, and
     no 0 * inf arises from a zero target there."""
-    kept_max_at = jnp.argmax(jnp.where(where, x, -jnp.inf), axis=-1)
-    kept_max = jax.lax.stop_gradient(jnp.max(jnp.where(where, x, -jnp.inf), axis=-1, keepdims=True))
+    kept_only = jnp.where(where, x, -jnp.inf)
+    kept_max_at = jnp.argmax(kept_only, axis=-1)
+    kept_max = jax.lax.stop_gradient(jnp.take_along_axis(kept_only, kept_max_at[..., None], -1))
     lowest = jnp.finfo(x.dtype).min
     stand_in = jnp.where(jnp.isfinite(kept_max), kept_max - _MASKED_GAP[jnp.dtype(x.dtype)], lowest)
     return jnp.where(where, x, stand_in), kept_max_at
@@ -445,10 +446,11 @@ def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: An
     # A label whose class is masked out: optax's value, logsumexp over the kept classes
     # minus the label's own logit, as the kernel's loss at the row's largest kept logit
     # (a small, exact term) plus that logit minus the label's.
-    label_kept = jnp.take_along_axis(kept, jnp.clip(labels, 0, x.shape[-1] - 1)[..., None], -1)[..., 0]
+    label_at = jnp.clip(labels, 0, x.shape[-1] - 1)  # ignored (-100) labels: any class
+    label_kept = jnp.take_along_axis(kept, label_at[..., None], -1)[..., 0]
     label_kept = label_kept | (labels == DEFAULT_IGNORE_INDEX)
     target = jnp.where(label_kept, labels, kept_max_at)
     loss = cross_entropy(masked, target, reduction="none")
-    at = jnp.take_along_axis(compute, jnp.stack([kept_max_at, jnp.clip(labels, 0, x.shape[-1] - 1)], -1), -1)
+    at = jnp.take_along_axis(compute, jnp.stack([kept_max_at, label_at], -1), -1)
     loss = jnp.where(label_kept, loss, loss + (at[..., 0] - at[..., 1]))
     return jnp.where(kept.any(-1), loss, 0).astype(logits.dtype)
