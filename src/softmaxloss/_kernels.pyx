@@ -97,6 +97,11 @@ cdef enum:
     BLOCK_ROWS = 64
     BLOCK_MAX_CLASSES_FLOAT = 23
     BLOCK_MAX_CLASSES_DOUBLE = 16
+    # Contiguous rows of more classes go in groups (group_loss_grad_index) of up to
+    # BLOCK_ROWS rows whose gradient fits in GROUP_BYTES, for rows of at most
+    # GROUP_MAX_CLASSES classes.
+    GROUP_BYTES = 16384
+    GROUP_MAX_CLASSES = 1024
 
 
 cdef struct Rows:
@@ -285,6 +290,7 @@ def cross_entropy_index(
     cdef ThreadScratch scratch
     cdef floating *buffer = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
+    cdef Py_ssize_t group = group_rows(n, sizeof(floating))
     if in_blocks(n, sizeof(floating)):
         scratch = thread_scratch(True, &failed)
         with nogil, parallel(num_threads=threads):
@@ -296,6 +302,17 @@ def cross_entropy_index(
                 block_loss_grad_index(
                     xv, gv, tv, sv, losses, block * BLOCK_ROWS,
                     min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, mine, buffer)
+            free(buffer)
+    elif group > 0 and not row_scratch(xv, gv, sizeof(floating), &failed).needed:
+        scratch = thread_scratch(True, &failed)
+        with nogil, parallel(num_threads=threads):
+            buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
+            mine = o
+            for block in prange((n_rows + group - 1) // group, schedule="static"):
+                if scratch_missing(scratch, buffer):
+                    continue
+                group_loss_grad_index(xv, gv, tv, sv, losses, block * group,
+                                      min(group, n_rows - block * group), n, mine, buffer)
             free(buffer)
     else:
         scratch = row_scratch(xv, gv, sizeof(floating), &failed)
