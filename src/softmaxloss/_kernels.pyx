@@ -246,45 +246,12 @@ def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
     scratch_raise(scratch)
 
 
-def cross_entropy_index(
-    const floating[:, :, :] x not None, # IN  (A, B, C) logits
-    const int64_t[:, :] target not None,  # IN  (A, B) class indices or ignore_index
-    const double[::1] weight,           # IN  (C,) class weights, or None
-    const double[:, :] sample_weight,   # IN  (A, B), or None
-    int64_t ignore_index,
-    double label_smoothing,
-    double z_loss,
-    bint mean,                          # reduction="mean": the gradient is divided by W
-    double[:, ::1] row_loss not None,   # OUT (A, B) per-row losses (0 where ignored)
-    floating[:, :, :] grad,             # OUT (A, B, C) gradient, or None; may be x's memory
-    int n_threads,
-    bint report_invalid_row=False,
-):
-    """Per-row cross-entropy losses of class-index targets, and their gradient.
-
-    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]), or None
-    when a class is out of range (and not ignore_index), having written nothing but
-    row_loss (its first pass uses it as scratch), and with report_invalid_row the
-    number r = a * B + b of the first such row into row_loss[0, 0]."""
-    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r, block
-    check_shape("target", target.shape, x.shape, 2)
-    check_loss_shapes(x.shape, row_loss, weight, sample_weight,
-                      grad.shape if grad is not None else NULL)
-    if n_rows == 0 or n == 0:
-        return 0.0, 0.0
-    cdef Rows xv = logits_rows(x), gv = output_rows(grad), tv = class_rows(target)
-    cdef Rows sv = sample_weight_rows(sample_weight)
-    cdef double *losses = &row_loss[0, 0]
-    cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, ignore_index)
-    cdef double normaliser
-    cdef Py_ssize_t invalid_row
-    with nogil:
-        normaliser = row_weight_total(tv, sv, o, n_rows, n, True, losses, &invalid_row)
-    if invalid_row >= 0:
-        if report_invalid_row:
-            losses[0] = <double>invalid_row
-        return None
-    o.divisor = gradient_divisor(mean, normaliser)
+cdef int index_loops(const floating *kind, Rows xv, Rows gv, Rows tv, Rows sv, double *losses,
+                     Py_ssize_t n_rows, Py_ssize_t n, LossOptions o, int n_threads) except -1:
+    """cross_entropy_index's loops over the rows, once its checks are done and o is
+    complete: blocks (few classes), groups (contiguous rows of up to GROUP_MAX_CLASSES)
+    or single rows. `kind` (the logits' first element) only selects the precision."""
+    cdef Py_ssize_t r, block
     cdef int threads = thread_count(n_threads, n_rows, n)
     cdef int failed = 0
     cdef ThreadScratch scratch
@@ -325,7 +292,109 @@ def cross_entropy_index(
                 index_row(xv, gv, tv, sv, losses, r, n, mine, buffer)
             free(buffer)
     scratch_raise(scratch)
+    return 0
+
+
+def cross_entropy_index(
+    const floating[:, :, :] x not None, # IN  (A, B, C) logits
+    const int64_t[:, :] target not None,  # IN  (A, B) class indices or ignore_index
+    const double[::1] weight,           # IN  (C,) class weights, or None
+    const double[:, :] sample_weight,   # IN  (A, B), or None
+    int64_t ignore_index,
+    double label_smoothing,
+    double z_loss,
+    bint mean,                          # reduction="mean": the gradient is divided by W
+    double[:, ::1] row_loss not None,   # OUT (A, B) per-row losses (0 where ignored)
+    floating[:, :, :] grad,             # OUT (A, B, C) gradient, or None; may be x's memory
+    int n_threads,
+    bint report_invalid_row=False,
+):
+    """Per-row cross-entropy losses of class-index targets, and their gradient.
+
+    Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]), or None
+    when a class is out of range (and not ignore_index), having written nothing but
+    row_loss (its first pass uses it as scratch), and with report_invalid_row the
+    number r = a * B + b of the first such row into row_loss[0, 0]."""
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r, block
+    check_shape("target", target.shape, x.shape, 2)
+    check_loss_shapes(x.shape, row_loss, weight, sample_weight,
+                      grad.shape if grad is not None else NULL)
+    if n_rows == 0 or n == 0:
+        return 0.0, 0.0
+    cdef Rows xv = logits_rows(x), gv = output_rows(grad), tv = class_rows(target)
+    cdef Rows sv = sample_weight_rows(sample_weight)
+    cdef double *losses = &row_loss[0, 0]
+    cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, ignore_index)
+    cdef double normaliser
+    cdef Py_ssize_t invalid_row
+    with nogil:
+        normaliser = row_weight_total(tv, sv, o, n_rows, n, True, losses, &invalid_row)
+    if invalid_row >= 0:
+        if report_invalid_row:
+            losses[0] = <double>invalid_row
+        return None
+    o.divisor = gradient_divisor(mean, normaliser)
+    index_loops(&x[0, 0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
     return sum_in_order(losses, n_rows), normaliser
+
+
+def cross_entropy_plain(
+    const floating[:, ::1] x not None,     # IN  (N, C) logits, C-contiguous
+    const int64_t[::1] target not None,    # IN  (N,) class indices or -100 (ignored)
+    floating[:, ::1] grad,                 # OUT (N, C) gradient, or None; may be x itself
+    bint mean,                             # reduction="mean" (else "sum")
+    int n_threads,
+):
+    """cross_entropy_index for the most common call, with fewer arguments to convert
+    (most of a small call's time): no class or sample weights, ignore_index -100, no
+    label smoothing or z-loss, the per-row losses kept in scratch of its own.
+
+    Returns (sum of the per-row losses, W); or the number of the first row whose class is
+    out of range (not -100), having written nothing; or None, having written nothing,
+    when grad shares memory with target, or with x without being x: the caller then
+    takes the general path."""
+    cdef Py_ssize_t n_rows = x.shape[0], n = x.shape[1]
+    if target.shape[0] != n_rows:
+        raise ValueError(f"softmaxloss kernels: target has shape [{target.shape[0]}], expected [{n_rows}]")
+    if grad is not None:
+        check_shape("grad", grad.shape, x.shape, 2)
+    if n_rows == 0 or n == 0:
+        return 0.0, 0.0
+    cdef const char *x_start = <const char *>&x[0, 0]
+    cdef const char *t_start = <const char *>&target[0]
+    cdef char *g_start = NULL
+    if grad is not None:
+        g_start = <char *>&grad[0, 0]
+        if (overlaps(g_start, n_rows * n * sizeof(floating), t_start, n_rows * sizeof(int64_t))
+                or (g_start != x_start
+                    and overlaps(g_start, n_rows * n * sizeof(floating), x_start,
+                                 n_rows * n * sizeof(floating)))):
+            return None
+    cdef Rows xv = make_rows(x_start, 1, n * sizeof(floating), 0, sizeof(floating))
+    cdef Rows gv = make_rows(g_start, 1, n * sizeof(floating), 0, sizeof(floating))
+    cdef Rows tv = per_row(t_start, 1, sizeof(int64_t), 0)
+    cdef Rows sv = per_row(NULL, 1, 0, 0)
+    cdef LossOptions o = loss_options(None, n, 0.0, 0.0, -100)
+    cdef Py_ssize_t invalid_row = -1
+    cdef double normaliser
+    cdef double *losses = <double *>malloc(n_rows * sizeof(double))
+    if losses == NULL:
+        raise MemoryError("softmaxloss: could not allocate the per-row losses")
+    try:
+        with nogil:
+            normaliser = kept_row_count(tv, n_rows, n, o.ignore_index, &invalid_row)
+        if invalid_row >= 0:
+            return invalid_row
+        o.divisor = gradient_divisor(mean, normaliser)
+        index_loops(&x[0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
+        return sum_in_order(losses, n_rows), normaliser
+    finally:
+        free(losses)
+
+
+cdef inline bint overlaps(const char *a, size_t a_size, const char *b, size_t b_size) noexcept nogil:
+    """Whether the byte ranges [a, a + a_size) and [b, b + b_size) overlap."""
+    return a < b + b_size and b < a + a_size
 
 
 def cross_entropy_probs(
