@@ -236,6 +236,19 @@ def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
     cdef ThreadScratch scratch = row_scratch(xv, make_rows(NULL, 1, 0, 0, 0), sizeof(floating),
                                              &failed)
     cdef floating *buffer = NULL
+    cdef Py_ssize_t block
+    if not scratch.needed:  # contiguous rows: BLOCK_ROWS at a time (group_logsumexp)
+        scratch = thread_scratch(True, &failed)
+        with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+            buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
+            for block in prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS, schedule="static"):
+                if scratch_missing(scratch, buffer):
+                    continue
+                group_logsumexp(xv, values, block * BLOCK_ROWS,
+                                min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, buffer)
+            free(buffer)
+        scratch_raise(scratch)
+        return
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
         buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
