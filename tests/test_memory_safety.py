@@ -141,8 +141,9 @@ ROW_LOSS = 8  # cross_entropy_index's argument that its range check uses as scra
 class KernelSpy:
     """Wraps the kernel module and records every call that wrote something: any call but
     cross_entropy_index's class-range refusal (it returns None when a class is out of range,
-    having written nothing but its own row_loss scratch, as its docstring says), or one
-    that changed an array it was given."""
+    having written nothing but its own row_loss scratch, as its docstring says) and
+    cross_entropy_plain's (a row number, or None for an `out` that overlaps the inputs,
+    having written nothing), or one that changed an array it was given."""
 
     def __init__(self, kernels):
         self._kernels = kernels
@@ -157,7 +158,9 @@ class KernelSpy:
             changed = [i for i, (a, b) in enumerate(zip(args, before)) if b is not None and not _same_bits(a, b)]
             if name == "cross_entropy_index" and result is None:
                 changed = [i for i in changed if i != ROW_LOSS]  # the facade's own scratch
-            if name != "cross_entropy_index" or result is not None or changed:
+            refused = (name == "cross_entropy_index" and result is None) or (
+                name == "cross_entropy_plain" and not isinstance(result, tuple))
+            if not refused or changed:
                 self.writes.append((name, "returned" if result is not None else "", changed))
             return result
 

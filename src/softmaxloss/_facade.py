@@ -218,8 +218,8 @@ def _kernel_totals(
     sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
     options: LossOptions, row_loss: np.ndarray, grad_rows: np.ndarray | None, threads: int,
 ) -> tuple[float, float] | int:
-    """Run the cross-entropy kernel, the one place that does, on rows views laid out by
-    the caller: (sum of the per-row losses, the mean's W); or, when a class index is out
+    """Run the cross-entropy kernel, the one place that does but for `_common_case`'s
+    `cross_entropy_plain`, on rows views laid out by the caller: (sum of the per-row losses, the mean's W); or, when a class index is out
     of range and not ignored, the number r = a * B + b of the first such row of the rows
     views, which the kernel finds and reports before it writes anything."""
     mean = options.reduction == "mean"
@@ -254,15 +254,17 @@ def _common_case(
     ignore_index, no smoothing or z-loss, reduction "mean" or "sum", and no `out` or one
     that is the logits or a C-contiguous array of their shape and dtype sharing no memory
     with the inputs. Such a call is valid exactly when its classes are in range, which
-    the kernel checks before it writes anything: their rows views are the arrays
-    themselves, and `_kernel_totals` runs them (a class out of range raises the general
-    path's error). Returns (loss, grad or None), or None for any other call, which then
-    takes the general path and its error messages."""
+    the kernel checks before it writes anything: the kernel's `cross_entropy_plain` takes
+    the arrays as they are (a class out of range raises the general path's error; it
+    tests the memory `out` shares, and an `out` that overlaps the inputs takes the general
+    path). Returns (loss, grad or None), or None for any other call, which then takes the
+    general path and its error messages."""
     if not (
         type(logits) is np.ndarray and type(target) is np.ndarray
         and logits.ndim == 2 and target.ndim == 1 and type(axis) is int and axis in (-1, 1)
         and logits.dtype in KERNEL_DTYPES and target.dtype == _INT64
-        and logits.flags.c_contiguous and logits.flags.aligned and target.flags.aligned
+        and logits.flags.c_contiguous and logits.flags.aligned
+        and target.flags.c_contiguous and target.flags.aligned
         and 0 < target.shape[0] == logits.shape[0] and logits.shape[1] > 0
         and weight is None and sample_weight is None
         and type(ignore_index) is int and ignore_index == DEFAULT_IGNORE_INDEX
@@ -274,17 +276,14 @@ def _common_case(
     if out is not None and not (
         type(out) is np.ndarray and out.dtype == logits.dtype and out.shape == logits.shape
         and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
-        and not np.may_share_memory(out, target)
-        and (out is logits or not np.may_share_memory(out, logits))
     ):
         return None
     threads = _threads(n_threads)
     grad = out if out is not None else np.empty_like(logits) if with_grad else None
-    row_loss = np.empty((logits.shape[0], 1))
-    totals = _kernel_totals(
-        logits[:, None, :], target[:, None], None, None, DEFAULT_IGNORE_INDEX, False,
-        _PLAIN_OPTIONS[reduction], row_loss, None if grad is None else grad[:, None, :], threads,
-    )
+    totals: tuple[float, float] | int | None = _dispatch.specialised("cross_entropy_plain", logits.dtype)(
+        logits, target, grad, reduction == "mean", threads)
+    if totals is None:  # `out` shares memory with the inputs (and is not the logits)
+        return None
     if isinstance(totals, int):
         raise class_out_of_range(target, totals, logits.shape[1], DEFAULT_IGNORE_INDEX)
     return _reduced_total(totals[0], totals[1], reduction, logits.dtype), grad

@@ -78,6 +78,23 @@ def cross_entropy_index(
     it).
     """
 
+def cross_entropy_plain(
+    x: npt.NDArray[_F],
+    target: npt.NDArray[np.int64],
+    grad: npt.NDArray[_F] | None,
+    mean: bool,
+    n_threads: int,
+) -> tuple[float, float] | int | None:
+    """cross_entropy_index for the most common call: (N, C) C-contiguous logits, (N,)
+    contiguous int64 class indices or -100 (ignored), no class or sample weights, no
+    label smoothing or z-loss; grad (N, C) C-contiguous, or None for the loss only, may
+    be x itself. mean: reduction="mean" (else "sum").
+
+    Returns (sum of the per-row losses, W); or the number of the first row whose class is
+    out of range and not -100, having written nothing; or None, having written nothing,
+    when grad shares memory with target, or with x without being x.
+    """
+
 def cross_entropy_probs(
     x: npt.NDArray[_F],
     target: npt.NDArray[_T],

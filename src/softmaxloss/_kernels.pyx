@@ -97,6 +97,11 @@ cdef enum:
     BLOCK_ROWS = 64
     BLOCK_MAX_CLASSES_FLOAT = 23
     BLOCK_MAX_CLASSES_DOUBLE = 16
+    # Contiguous rows of more classes go in groups (group_loss_grad_index) of up to
+    # BLOCK_ROWS rows whose gradient fits in GROUP_BYTES, for rows of at most
+    # GROUP_MAX_CLASSES classes.
+    GROUP_BYTES = 16384
+    GROUP_MAX_CLASSES = 1024
 
 
 cdef struct Rows:
@@ -231,6 +236,19 @@ def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
     cdef ThreadScratch scratch = row_scratch(xv, make_rows(NULL, 1, 0, 0, 0), sizeof(floating),
                                              &failed)
     cdef floating *buffer = NULL
+    cdef Py_ssize_t block
+    if not scratch.needed:  # contiguous rows: BLOCK_ROWS at a time (group_logsumexp)
+        scratch = thread_scratch(True, &failed)
+        with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+            buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
+            for block in prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS, schedule="static"):
+                if scratch_missing(scratch, buffer):
+                    continue
+                group_logsumexp(xv, values, block * BLOCK_ROWS,
+                                min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, buffer)
+            free(buffer)
+        scratch_raise(scratch)
+        return
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
         buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
@@ -239,6 +257,55 @@ def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
             values[r] = row_logsumexp(row_in(xv, r, n, buffer), n)
         free(buffer)
     scratch_raise(scratch)
+
+
+cdef int index_loops(const floating *kind, Rows xv, Rows gv, Rows tv, Rows sv, double *losses,
+                     Py_ssize_t n_rows, Py_ssize_t n, LossOptions o, int n_threads) except -1:
+    """cross_entropy_index's loops over the rows, once its checks are done and o is
+    complete: blocks (few classes), groups (contiguous rows of up to GROUP_MAX_CLASSES)
+    or single rows. `kind` (the logits' first element) only selects the precision."""
+    cdef Py_ssize_t r, block
+    cdef int threads = thread_count(n_threads, n_rows, n)
+    cdef int failed = 0
+    cdef ThreadScratch scratch
+    cdef floating *buffer = NULL
+    cdef LossOptions mine  # each thread's copy of o (see LossOptions)
+    cdef Py_ssize_t group = group_rows(n, sizeof(floating))
+    if in_blocks(n, sizeof(floating)):
+        scratch = thread_scratch(True, &failed)
+        with nogil, parallel(num_threads=threads):
+            buffer = <floating *>scratch_alloc(scratch, n * BLOCK_ROWS * sizeof(floating))
+            mine = o
+            for block in prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS, schedule="static"):
+                if scratch_missing(scratch, buffer):
+                    continue
+                block_loss_grad_index(
+                    xv, gv, tv, sv, losses, block * BLOCK_ROWS,
+                    min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, mine, buffer)
+            free(buffer)
+    elif group > 0 and not row_scratch(xv, gv, sizeof(floating), &failed).needed:
+        scratch = thread_scratch(True, &failed)
+        with nogil, parallel(num_threads=threads):
+            buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
+            mine = o
+            for block in prange((n_rows + group - 1) // group, schedule="static"):
+                if scratch_missing(scratch, buffer):
+                    continue
+                group_loss_grad_index(xv, gv, tv, sv, losses, block * group,
+                                      min(group, n_rows - block * group), n, mine, buffer)
+            free(buffer)
+    else:
+        scratch = row_scratch(xv, gv, sizeof(floating), &failed)
+        with nogil, parallel(num_threads=threads):
+            buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
+            mine = o
+            for r in prange(n_rows, schedule="static"):
+                if scratch_missing(scratch, buffer):
+                    continue
+                index_row(xv, gv, tv, sv, losses, r, n, mine, buffer)
+            free(buffer)
+    scratch_raise(scratch)
+    return 0
 
 
 def cross_entropy_index(
@@ -280,35 +347,67 @@ def cross_entropy_index(
             losses[0] = <double>invalid_row
         return None
     o.divisor = gradient_divisor(mean, normaliser)
-    cdef int threads = thread_count(n_threads, n_rows, n)
-    cdef int failed = 0
-    cdef ThreadScratch scratch
-    cdef floating *buffer = NULL
-    cdef LossOptions mine  # each thread's copy of o (see LossOptions)
-    if in_blocks(n, sizeof(floating)):
-        scratch = thread_scratch(True, &failed)
-        with nogil, parallel(num_threads=threads):
-            buffer = <floating *>scratch_alloc(scratch, n * BLOCK_ROWS * sizeof(floating))
-            mine = o
-            for block in prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS, schedule="static"):
-                if scratch_missing(scratch, buffer):
-                    continue
-                block_loss_grad_index(
-                    xv, gv, tv, sv, losses, block * BLOCK_ROWS,
-                    min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, mine, buffer)
-            free(buffer)
-    else:
-        scratch = row_scratch(xv, gv, sizeof(floating), &failed)
-        with nogil, parallel(num_threads=threads):
-            buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
-            mine = o
-            for r in prange(n_rows, schedule="static"):
-                if scratch_missing(scratch, buffer):
-                    continue
-                index_row(xv, gv, tv, sv, losses, r, n, mine, buffer)
-            free(buffer)
-    scratch_raise(scratch)
+    index_loops(&x[0, 0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
     return sum_in_order(losses, n_rows), normaliser
+
+
+def cross_entropy_plain(
+    const floating[:, ::1] x not None,     # IN  (N, C) logits, C-contiguous
+    const int64_t[::1] target not None,    # IN  (N,) class indices or -100 (ignored)
+    floating[:, ::1] grad,                 # OUT (N, C) gradient, or None; may be x itself
+    bint mean,                             # reduction="mean" (else "sum")
+    int n_threads,
+):
+    """cross_entropy_index for the most common call, with fewer arguments to convert
+    (most of a small call's time): no class or sample weights, ignore_index -100, no
+    label smoothing or z-loss, the per-row losses kept in scratch of its own.
+
+    Returns (sum of the per-row losses, W); or the number of the first row whose class is
+    out of range (not -100), having written nothing; or None, having written nothing,
+    when grad shares memory with target, or with x without being x: the caller then
+    takes the general path."""
+    cdef Py_ssize_t n_rows = x.shape[0], n = x.shape[1]
+    if target.shape[0] != n_rows:
+        raise ValueError(f"softmaxloss kernels: target has shape [{target.shape[0]}], expected [{n_rows}]")
+    if grad is not None:
+        check_shape("grad", grad.shape, x.shape, 2)
+    if n_rows == 0 or n == 0:
+        return 0.0, 0.0
+    cdef const char *x_start = <const char *>&x[0, 0]
+    cdef const char *t_start = <const char *>&target[0]
+    cdef char *g_start = NULL
+    if grad is not None:
+        g_start = <char *>&grad[0, 0]
+        if (overlaps(g_start, n_rows * n * sizeof(floating), t_start, n_rows * sizeof(int64_t))
+                or (g_start != x_start
+                    and overlaps(g_start, n_rows * n * sizeof(floating), x_start,
+                                 n_rows * n * sizeof(floating)))):
+            return None
+    cdef Rows xv = make_rows(x_start, 1, n * sizeof(floating), 0, sizeof(floating))
+    cdef Rows gv = make_rows(g_start, 1, n * sizeof(floating), 0, sizeof(floating))
+    cdef Rows tv = per_row(t_start, 1, sizeof(int64_t), 0)
+    cdef Rows sv = per_row(NULL, 1, 0, 0)
+    cdef LossOptions o = loss_options(None, n, 0.0, 0.0, -100)
+    cdef Py_ssize_t invalid_row = -1
+    cdef double normaliser
+    cdef double *losses = <double *>malloc(n_rows * sizeof(double))
+    if losses == NULL:
+        raise MemoryError("softmaxloss: could not allocate the per-row losses")
+    try:
+        with nogil:
+            normaliser = kept_row_count(tv, n_rows, n, o.ignore_index, &invalid_row)
+        if invalid_row >= 0:
+            return invalid_row
+        o.divisor = gradient_divisor(mean, normaliser)
+        index_loops(&x[0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
+        return sum_in_order(losses, n_rows), normaliser
+    finally:
+        free(losses)
+
+
+cdef inline bint overlaps(const char *a, size_t a_size, const char *b, size_t b_size) noexcept nogil:
+    """Whether the byte ranges [a, a + a_size) and [b, b + b_size) overlap."""
+    return a < b + b_size and b < a + a_size
 
 
 def cross_entropy_probs(

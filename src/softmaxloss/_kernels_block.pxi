@@ -201,3 +201,115 @@ cdef inline void block_store(Block *b, char *const *g_rows, Py_ssize_t step,
                 (<floating *>(g_rows[i] + c * step))[0] = <floating>b.fill[i]
         else:
             (<floating *>(g_rows[i] + b.label[i] * step))[0] = <floating>b.label_grad[i]
+
+
+# ---- groups of rows along their classes ------------------------------------------------
+# The row path (row_loss_grad_index) for rows of more classes than a block takes, a group
+# of up to BLOCK_ROWS rows at a time: each row's max and exponentials go along its classes
+# as there, but the formula of the whole group runs in one loop along the rows
+# (block_terms: vectorised, log1p and the divisions included) instead of once per row in
+# scalar code, whose latency (two log1p divisions, 1/S, p_scale / W) a row of a few dozen
+# classes cannot hide. The same operations on the same values as row_loss_grad_index: the
+# same bits.
+
+
+cdef inline Py_ssize_t group_rows(Py_ssize_t n, size_t itemsize) noexcept nogil:
+    """Rows per group for rows of n classes (0: the row path, one row at a time): as many
+    as keep the group's gradient within GROUP_BYTES (they are read again by its last
+    step), at most BLOCK_ROWS; none where the per-row formula is a small part of a row."""
+    cdef Py_ssize_t rows = GROUP_BYTES // (n * <Py_ssize_t>itemsize)
+    if n > GROUP_MAX_CLASSES:
+        return 0
+    return BLOCK_ROWS if rows > BLOCK_ROWS else (rows if rows >= 4 else 4)
+
+
+cdef inline void group_loss_grad_index(
+    Rows x,                    # IN  logits, classes contiguous
+    Rows g,                    # OUT gradient, classes contiguous (base NULL: the loss only)
+    Rows target,               # IN  int64 class indices or ignore_index
+    Rows sample_weight,        # IN  double (base NULL: all ones)
+    double *row_loss,          # OUT per-row losses, contiguous in row order
+    Py_ssize_t first,          # the group: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,
+    LossOptions o,
+    floating *m,               # scratch, BLOCK_ROWS: the rows' max
+) noexcept nogil:
+    """Rows first .. first+count-1 of cross_entropy_index's row path, as row_loss_grad_index
+    computes them (see the section's comment): statistics row by row, the formula along
+    the rows, the gradient row by row."""
+    cdef Block b
+    cdef const double *w = o.w
+    cdef const floating *xi
+    cdef floating *gi
+    cdef Py_ssize_t i, y
+    cdef double excess
+    cdef bint with_grad = g.base != NULL
+    for i in range(count):
+        y = (<const int64_t *>row_at(target, first + i))[0]
+        if left_out(y, n, o):
+            b.fill[i] = left_out_value(y, o)
+            b.label[i] = -1
+            m[i] = 0  # stand-in statistics of a row whose result is dropped
+            b.x_y[i] = 0.0
+            b.gap[i] = 0.0
+            b.total[i] = 1.0
+            b.excess[i] = 0.0
+            b.e_y[i] = 1.0
+            b.w_y[i] = 1.0
+            b.s[i] = 0.0
+            continue
+        b.label[i] = y
+        xi = <const floating *>row_at(x, first + i)
+        gi = <floating *>row_at(g, first + i) if with_grad else NULL
+        m[i] = row_max(xi, n)
+        b.x_y[i] = xi[y]  # read before gi overwrites xi
+        b.gap[i] = row_gapsum(xi, w, n, m[i]) if o.eps != 0.0 else 0.0
+        b.total[i] = row_expsum(xi, gi, n, m[i], &excess)
+        b.excess[i] = excess
+        b.e_y[i] = gi[y] if with_grad else 0.0
+        b.w_y[i] = w[y] if w != NULL else 1.0
+        b.s[i] = sample_weight_at(sample_weight, first + i)
+    for i in range(count):  # vectorised along the rows
+        b.log_total[i] = sml_log1p(b.excess[i])
+    cdef LossOptions constant = o
+    if o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
+        constant.eps = 0.0
+        constant.z = 0.0
+        block_terms(&b, m, count, n, constant)
+    else:
+        block_terms(&b, m, count, n, o)
+    for i in range(count):
+        if b.label[i] < 0:
+            row_loss[first + i] = b.fill[i]
+            if with_grad:
+                row_fill(g, first + i, n, <floating>b.fill[i])
+            continue
+        row_loss[first + i] = b.loss[i]
+        if with_grad:
+            group_row_grad(<floating *>row_at(g, first + i), n, b.label[i], &b, i, m[i], o)
+
+
+cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *b,
+                                Py_ssize_t i, floating m, LossOptions o) noexcept nogil:
+    """Row i's gradient over its e_c in g, as row_loss_grad_index forms it."""
+    cdef const double *w = o.w
+    cdef floating p_scale = <floating>b.p_scale[i]
+    cdef floating smooth_scale = <floating>b.smooth_scale[i]
+    cdef IndexRowTerms terms
+    cdef Py_ssize_t c
+    if (not (isfinite(p_scale) and isfinite(smooth_scale))
+            or divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o)):
+        terms = index_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+                                b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
+        grad_divided(g, 1, n, terms, o)
+    elif o.eps == 0.0:
+        for c in range(n):
+            g[c] = g[c] * p_scale
+    elif w == NULL:
+        for c in range(n):
+            g[c] = g[c] * p_scale - smooth_scale
+    else:
+        for c in range(n):
+            g[c] = g[c] * p_scale - <floating>(b.smooth_scale[i] * w[c])
+    g[y] = <floating>b.label_grad[i]

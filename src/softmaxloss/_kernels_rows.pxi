@@ -70,6 +70,25 @@ cdef inline double row_logsumexp(const floating *x, Py_ssize_t n) noexcept nogil
     return <double>m + sml_log1p(excess)
 
 
+cdef inline void group_logsumexp(Rows x, double *values, Py_ssize_t first, Py_ssize_t count,
+                                 Py_ssize_t n, floating *m) noexcept nogil:
+    """row_logsumexp of the contiguous rows first .. first+count-1 (count <= BLOCK_ROWS)
+    into values[first + i]: the max and exp-sum row by row, the log1p of all of them in
+    one loop along the rows (vectorised; the same bits as row by row), which a short row
+    cannot hide the latency of. m: scratch of BLOCK_ROWS."""
+    cdef double excess[BLOCK_ROWS]
+    cdef const floating *xi
+    cdef Py_ssize_t i
+    for i in range(count):
+        xi = <const floating *>row_at(x, first + i)
+        m[i] = row_max(xi, n)
+        if m[i] == INFINITY or m[i] == -INFINITY:
+            m[i] = 0  # as row_logsumexp
+        row_expsum(xi, <floating *>NULL, n, m[i], &excess[i])
+    for i in range(count):
+        values[first + i] = <double>m[i] + sml_log1p(excess[i])
+
+
 # ---- the rule for class-index rows ----------------------------------------------------
 
 cdef inline bint out_of_range(int64_t y, Py_ssize_t n) noexcept nogil:
