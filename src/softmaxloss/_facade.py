@@ -14,6 +14,7 @@ dtype conversion) is copied: into the gradient buffer when there is one, so that
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from . import _dispatch
 from ._layout import KERNEL_DTYPES, MergedAxes, RowsLayout
+from ._where import stand_in
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
@@ -322,6 +324,98 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
     return loss, grad
 
 
+def _masked_cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None,
+                          with_grad: bool) -> tuple[Any, np.ndarray | None]:
+    """`_cross_entropy` under the class mask `args.where`, on the unchanged kernel (the
+    math: `reference._masked_cross_entropy`). The logits are copied (into the gradient
+    buffer when there is one) with the masked entries replaced by `_where.stand_in`, so
+    the kernel's softmax, log-sum-exp and z-loss are the kept classes'. Index targets
+    without smoothing keep the index kernel, the rows that keep no class marked ignored;
+    otherwise the targets become probabilities over the kept classes (label smoothing
+    eps/|K|), 0 at masked classes. Each row's weight is s_n, 0 for a row left out, over
+    the mean's normaliser for "mean" (so the kernel sums). A label on a masked class
+    keeps its own logit (optax): the kernel's gradient is exact there (-s (1-eps) w[y]),
+    its loss is recomputed in float64 from the row (those rows only)."""
+    x, kept, axis = args.logits, args.where, args.axis
+    assert kept is not None
+    compute = args.dtypes.compute
+    eps = args.options.label_smoothing
+    any_kept = kept.any(axis=axis)
+    counted = any_kept
+    label_masked = None
+    if not args.probabilities:
+        labelled = args.target != args.target_ignore_index
+        y = np.where(labelled, args.target, 0)
+        label_kept = np.take_along_axis(kept, np.expand_dims(y, axis), axis).squeeze(axis)
+        counted = any_kept & labelled
+        label_masked = counted & ~label_kept
+    row_weight = np.ones(args.row_shape) if args.sample_weight is None else args.sample_weight
+    if args.probabilities:
+        normaliser = float(np.sum(row_weight, where=counted))
+    else:
+        class_weight = np.ones(args.n_classes) if args.weight is None else args.weight
+        normaliser = float(np.sum(row_weight * class_weight[y], where=counted))
+    scale = 1.0
+    if args.options.reduction == "mean":
+        scale = 1.0 / normaliser if normaliser != 0 else math.nan
+    row_weight = np.where(counted, row_weight * scale, 0.0)
+    apart = None
+    if label_masked is not None and label_masked.any():
+        apart = (np.moveaxis(x, axis, -1)[label_masked].astype(np.float64),
+                 np.moveaxis(kept, axis, -1)[label_masked], y[label_masked], row_weight[label_masked])
+
+    layout = RowsLayout.of(x if out is None else out, axis)
+    if with_grad:
+        buffer, x_rows = layout.output(out, compute)
+    else:
+        buffer, x_rows = layout.empty(compute)
+    if not (buffer is x or (np.may_share_memory(buffer, x) and check_in_place(buffer, x))):
+        np.copyto(buffer, x, casting="unsafe")
+    with np.errstate(invalid="ignore"):
+        kept_max = np.max(buffer, axis=axis, where=kept, initial=-np.inf, keepdims=True)
+    np.copyto(buffer, stand_in(np, kept_max, np.expand_dims(any_kept, axis), compute), where=~kept)
+    options = dataclasses.replace(args.options, reduction="sum", label_smoothing=0.0)
+    if args.probabilities or eps != 0:
+        np.copyto(buffer, 0, where=~np.expand_dims(counted, axis))  # rows left out: finite, weight 0
+        share = eps / np.maximum(kept.sum(axis=axis, keepdims=True), 1)  # eps/|K|
+        if args.probabilities:
+            target = np.zeros(x.shape) if eps == 1 else (1 - eps) * args.target
+            target = np.where(kept, target + share if eps != 0 else target, 0.0)
+        else:
+            target = np.where(kept, share, 0.0)
+            y_at = np.expand_dims(y, axis)
+            np.put_along_axis(target, y_at, np.take_along_axis(target, y_at, axis) + (1 - eps), axis)
+        target_rows = layout.input(target, np.dtype(np.float64))
+        probabilities = True
+    else:
+        target_rows = layout.rows(np.where(counted, args.target, args.target_ignore_index))
+        probabilities = False
+    weight = None if args.weight is None else np.ascontiguousarray(args.weight)
+    row_loss = np.empty(layout.rows_shape[:2])
+    totals = _kernel_totals(x_rows, target_rows, weight, layout.rows(row_weight), args.target_ignore_index,
+                            probabilities, options, row_loss, None if not with_grad else x_rows, threads)
+    assert not isinstance(totals, int)  # every class index was checked
+    total = totals[0]
+    losses = layout.per_row(row_loss)
+    if apart is not None:
+        from .reference import _masked_row_losses, _quiet
+        with _quiet():
+            exact, _, _ = _masked_row_losses(*apart[:3], False, class_weight, apart[3],
+                                             eps, args.options.z_loss)
+        losses = np.array(losses)
+        losses[label_masked] = exact
+        total = math.fsum(losses.ravel()) if np.isfinite(losses).all() else float(np.sum(losses))
+    if args.options.reduction == "mean" and normaliser == 0:
+        total = math.nan  # a mean over nothing
+    if args.options.reduction == "none":
+        with np.errstate(over="ignore"):
+            loss = np.asarray(losses).astype(args.dtypes.result)[()]
+    else:
+        loss = _as_result(total, args.dtypes.result)
+    grad = None if not with_grad else _result(buffer, out, args.dtypes)
+    return loss, grad
+
+
 def cross_entropy(
     logits: Any,
     target: Any,
@@ -333,6 +427,7 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    where: Any = None,
     n_threads: int | None = None,
 ) -> Any:
     """Cross-entropy of softmax(logits) against `target`, PyTorch's semantics.
@@ -345,17 +440,28 @@ def cross_entropy(
     reduction "mean" divides by sum of s*w[y] over non-ignored rows (probabilities:
     by the number of rows, or sum(s)); "sum" adds; "none" returns per-row losses.
     Returns a NumPy scalar (mean/sum) or array (none) of the logits' dtype.
+
+    `where`: a boolean mask of the logits' shape (or broadcastable to it), or of one
+    value per example (the logits' shape without `axis`), as optax's: masked-out classes
+    leave the softmax, the normaliser and the target sum (probability 0, gradient 0); a
+    class-index label on a masked class keeps its own logit (loss lse_kept - x[y], as
+    optax); label smoothing spreads eps over the kept classes (eps/|K|); an example that
+    keeps no class has loss 0 and gradient 0 and, like an ignored row, is left out of
+    the mean.
     """
-    common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
-                          label_smoothing, z_loss, n_threads, with_grad=False)
+    common = None if where is not None else _common_case(
+        logits, target, axis, weight, sample_weight, ignore_index, reduction,
+        label_smoothing, z_loss, n_threads, with_grad=False)
     if common is not None:
         return common[0]
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, check_range=False,
+        where=where,
     )
-    loss, _ = _cross_entropy(args, _threads(n_threads), None, with_grad=False)
+    compute = _masked_cross_entropy if args.where is not None else _cross_entropy
+    loss, _ = compute(args, _threads(n_threads), None, with_grad=False)
     return loss
 
 
@@ -370,6 +476,7 @@ def cross_entropy_with_grad(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    where: Any = None,
     out: np.ndarray | None = None,
     n_threads: int | None = None,
 ) -> tuple[Any, np.ndarray]:
@@ -378,18 +485,23 @@ def cross_entropy_with_grad(
     grad has the logits' shape and dtype and is d(returned loss)/d(logits); for
     reduction="none" it is the gradient of the sum of the per-row losses. Unweighted
     mean: (softmax(logits) - (1-eps) onehot - eps/C) / (number of non-ignored rows).
-    `out` may be a preallocated array or `logits` itself (in place).
+    `out` may be a preallocated array or `logits` itself (in place). `where`: as in
+    `cross_entropy`; masked classes get gradient exactly 0 (but a label's own masked
+    class: -s (1-eps) w[y] / W, its logit being in the loss).
     """
-    common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
-                          label_smoothing, z_loss, n_threads, with_grad=True, out=out)
+    common = None if where is not None else _common_case(
+        logits, target, axis, weight, sample_weight, ignore_index, reduction,
+        label_smoothing, z_loss, n_threads, with_grad=True, out=out)
     if common is not None and common[1] is not None:
         return common[0], common[1]
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out, check_range=False,
+        where=where,
     )
-    loss, grad = _cross_entropy(args, _threads(n_threads), out, with_grad=True)
+    compute = _masked_cross_entropy if args.where is not None else _cross_entropy
+    loss, grad = compute(args, _threads(n_threads), out, with_grad=True)
     assert grad is not None
     return loss, grad
 

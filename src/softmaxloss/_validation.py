@@ -296,7 +296,8 @@ class LossArgs:
     reports the first bad one, which the caller raises as `class_out_of_range`; `target`
     is then a signed integer array and `target_ignore_index` is `ignore_index`). `weight` is None or
     float64 of shape (C,); `sample_weight` None or float64 of shape `row_shape`.
-    `options`: the checked scalar options.
+    `options`: the checked scalar options. `where`: None, or the class mask (bool, the
+    logits' shape; a read-only broadcast view of the caller's mask, `check_where`).
     """
 
     logits: np.ndarray
@@ -311,6 +312,7 @@ class LossArgs:
     options: LossOptions
     target_ignore_index: int
     values_checked: bool
+    where: np.ndarray | None = None
 
 
 def _row_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
@@ -510,22 +512,49 @@ def check_loss_args(
     return args
 
 
+def check_where(where: Any, shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """A `where=` class mask as a boolean view of the logits' `shape` (no copy), or None.
+    optax's rule: a mask of the logits' number of dimensions broadcasts against them; one
+    of a dimension fewer holds one value per example (the class axis `axis` is inserted).
+    TypeError unless its dtype is bool; ValueError naming both shapes otherwise."""
+    if where is None:
+        return None
+    mask = np.asarray(where)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"where must be a boolean mask (dtype bool); got dtype {mask.dtype}")
+    given = mask.shape
+    if mask.ndim == len(shape) - 1:  # one value per example
+        mask = np.expand_dims(mask, axis)
+    if mask.ndim == len(shape):
+        try:
+            return np.broadcast_to(mask, shape)
+        except ValueError:
+            pass
+    rows = _row_shape(shape, axis)
+    raise ValueError(
+        f"where has shape {given}; it must broadcast to the logits' shape {shape} (a mask "
+        f"over the classes) or to {rows} (one value per example)"
+    )
+
+
 def check_cross_entropy_call(
     logits: Any, target: Any, options: OptionsGiven, *, axis: Any, weight: Any,
-    sample_weight: Any, n_threads: Any, out: Any = None, check_range: bool = True,
+    sample_weight: Any, n_threads: Any, out: Any = None, check_range: bool = True, where: Any = None,
 ) -> LossArgs:
     """All the checks of a `cross_entropy` / `cross_entropy_with_grad` call, in the one
-    order both implementations raise them: the arguments, `n_threads`, `out`, and last
-    the values of the class indices (check_range=False: signed indices are left to the
-    kernel, which checks them before writing anything, so the first error is the same)."""
+    order both implementations raise them: the arguments, `where`, `n_threads`, `out`,
+    and last the values of the class indices (check_range=False: signed indices are left
+    to the kernel, which checks them before writing anything, so the first error is the
+    same; with a mask every index is checked here)."""
     args = _check_loss_arguments(logits, target, axis, weight, sample_weight, options)
+    args.where = check_where(where, args.logits.shape, args.axis)
     check_n_threads(n_threads)
     if out is not None:
         check_out(out, args.logits.shape, args.dtypes, args.axis)
         check_in_place(out, args.logits)
         check_no_overlap(out, "out", target=args.target, weight=args.weight,
-                         sample_weight=args.sample_weight)
-    _check_target_values(args, check_range)
+                         sample_weight=args.sample_weight, where=args.where)
+    _check_target_values(args, check_range or args.where is not None)
     return args
 
 

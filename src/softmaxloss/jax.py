@@ -72,6 +72,7 @@ from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._facade import log_softmax as _np_log_softmax
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_axes, check_loss_args, check_n_threads
+from ._where import stand_in
 
 __all__ = ["cross_entropy", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
 
@@ -379,24 +380,16 @@ def _class_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     return (axes,) if isinstance(axes, int) else axes
 
 
-# exp(x - max) is exactly 0 below this gap in float32 (the kernel's exp flushes
-# x - max < -104) and in float64 (< -745.2): the masked entries' stand-in lies this far
-# below the row's largest kept logit.
-_MASKED_GAP = {jnp.dtype(jnp.float32): 256.0, jnp.dtype(jnp.float64): 2048.0}
-
-
 def _masked_logits(x: Any, where: Any) -> tuple[Any, Any]:
     """(x with its masked-out entries replaced by a value whose probability is exactly
-    0, the index of each row's largest kept logit). The stand-in is the row's largest
-    kept logit minus `_MASKED_GAP` (or the dtype's lowest finite value when the row keeps
-    no finite logit), constant to the derivatives: a masked entry gets gradient 0, and
-    no 0 * inf arises from a zero target there."""
+    0, `softmaxloss._where.stand_in`, the index of each row's largest kept logit). The
+    stand-in is constant to the derivatives: a masked entry gets gradient 0, and no
+    0 * inf arises from a zero target there."""
     kept_only = jnp.where(where, x, -jnp.inf)
     kept_max_at = jnp.argmax(kept_only, axis=-1)
     kept_max = jax.lax.stop_gradient(jnp.take_along_axis(kept_only, kept_max_at[..., None], -1))
-    lowest = jnp.finfo(x.dtype).min
-    stand_in = jnp.where(jnp.isfinite(kept_max), kept_max - _MASKED_GAP[jnp.dtype(x.dtype)], lowest)
-    return jnp.where(where, x, stand_in), kept_max_at
+    value = stand_in(jnp, kept_max, where.any(-1, keepdims=True), x.dtype)
+    return jnp.where(where, x, value), kept_max_at
 
 
 def _mask_shaped(where: Any, logits: Any, axes: tuple[int, ...]) -> Any:

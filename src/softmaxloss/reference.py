@@ -251,6 +251,8 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
     is 0 (no rows, or only rows of weight 0) is NaN, and so is the gradient of its kept rows
     (as PyTorch's 0/0); ignored rows' gradient stays 0 even then.
     """
+    if args.where is not None:
+        return _masked_cross_entropy(args, with_grad)
     x = _float64_rows(args.logits, args.axis)
     n_classes = args.n_classes
     w = np.ones(n_classes) if args.weight is None else args.weight
@@ -284,6 +286,106 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
         normaliser = np.float64(np.nan)
     if grads is not None:
         grads = np.where(kept[..., None], grads / normaliser, 0.0)
+    return total / normaliser, grads
+
+
+def _masked_row_losses(
+    x: np.ndarray, kept: np.ndarray, target: np.ndarray, probabilities: bool,
+    w: np.ndarray, s: np.ndarray, eps: float, z: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row losses under a class mask, (losses, log_p, lse): x float64 (..., C), kept
+    bool (..., C), each row keeping at least one class; target valid class indices (...)
+    or probabilities (..., C). K the kept classes, lse = logsumexp over K,
+    l_c = log_softmax over K for c in K and x_c - lse for a masked c (a label's own
+    logit, as optax). Index targets:
+        s ((1-eps) w[y] -l[y] + (eps/|K|) sum_K w_c -l_c + z lse^2);
+    probabilities: s (sum_K w_c y'_c -l_c + z lse^2), y' = (1-eps) y + eps/|K|.
+    Masked classes are left out of every sum (never multiplied by 0)."""
+    xm = np.where(kept, x, -np.inf)
+    lse = _logsumexp(xm)
+    log_p = np.where(kept, _log_softmax(xm), x - lse[..., None])
+    share = eps / np.sum(kept, axis=-1)  # eps/|K|
+    loss = np.zeros(lse.shape)
+    if probabilities:
+        yp = np.zeros(x.shape)
+        if eps != 1:
+            yp = yp + (1 - eps) * target
+        if eps != 0:
+            yp = yp + share[..., None]
+        loss = loss + np.sum(w * yp * -log_p, axis=-1, where=kept)
+    else:
+        if eps != 1:
+            loss = loss + (1 - eps) * w[target] * -_pick(log_p, target)
+        if eps != 0:
+            loss = loss + share * np.sum(w * -log_p, axis=-1, where=kept)
+    if z != 0:
+        loss = loss + z * lse**2
+    return s * loss, log_p, lse
+
+
+def _masked_cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """`_cross_entropy` under the class mask `args.where` (optax's semantics, SPEC's
+    formulas over the kept classes K of each row; `_masked_row_losses`). A row that keeps
+    no class, like an ignored row, has loss 0 and gradient 0 and is left out of the mean's
+    normaliser (index targets: sum of s_n w[y_n] over the other rows; probabilities: their
+    number, or sum of their s_n). Gradient, p = softmax over K (0 at masked classes):
+    index g_n = s_n ((1-eps) w[y] (p - onehot(y)) + (eps/|K|)(sum_K w_c p - w 1_K)
+    + 2 z lse p), so a label on a masked class has gradient -s_n (1-eps) w[y] there (its
+    own logit is in the loss); probabilities g_n = s_n ((sum_K w y') p - w y' 1_K
+    + 2 z lse p). Every other masked class has gradient exactly 0."""
+    assert args.where is not None
+    x = _float64_rows(args.logits, args.axis)
+    kept = np.moveaxis(args.where, args.axis, -1)
+    n_classes = args.n_classes
+    w = np.ones(n_classes) if args.weight is None else args.weight
+    s = np.ones(args.row_shape) if args.sample_weight is None else args.sample_weight
+    eps, z = args.options.label_smoothing, args.options.z_loss
+    counted = kept.any(axis=-1)
+    if args.probabilities:
+        target = np.moveaxis(args.target, args.axis, -1)
+    else:
+        counted = counted & (args.target != args.target_ignore_index)
+        target = np.where(counted, args.target, 0)  # the rows left out get class 0, then are dropped
+    # The rows left out compute a row that keeps every class (then are dropped).
+    row_kept = np.where(counted[..., None], kept, True)
+    losses, log_p, lse = _masked_row_losses(x, row_kept, target, args.probabilities, w, s, eps, z)
+    losses = np.where(counted, losses, 0.0)
+    grads: np.ndarray | None = None
+    if with_grad:
+        p = np.where(row_kept, _softmax(np.where(row_kept, x, -np.inf)), 0.0)
+        share = (eps / np.sum(row_kept, axis=-1))[..., None]
+        if args.probabilities:
+            yp = np.zeros(x.shape)
+            if eps != 1:
+                yp = yp + (1 - eps) * target
+            if eps != 0:
+                yp = yp + share
+            yp = np.where(row_kept, yp, 0.0)
+            grads = np.sum(w * yp, axis=-1, keepdims=True) * p - w * yp
+        else:
+            grads = np.zeros(x.shape)
+            if eps != 1:
+                onehot = _onehot(target, n_classes)
+                minus = np.where(onehot == 1, -_softmax_complement(np.where(row_kept, x, -np.inf)), p)
+                grads = grads + (1 - eps) * w[target][..., None] * minus
+            if eps != 0:
+                grads = grads + share * (np.sum(np.where(row_kept, w, 0.0), axis=-1, keepdims=True) * p - np.where(row_kept, w, 0.0))
+        if z != 0:
+            grads = grads + 2 * z * lse[..., None] * p
+        grads = np.where(counted[..., None], s[..., None] * grads, 0.0)
+    if args.probabilities:
+        normaliser = np.sum(s, where=counted) if args.sample_weight is not None else np.float64(np.sum(counted))
+    else:
+        normaliser = np.sum(s * w[target], where=counted)
+    if args.options.reduction == "none":
+        return losses, grads
+    total = np.sum(losses)
+    if args.options.reduction == "sum":
+        return total, grads
+    if normaliser == 0:
+        normaliser = np.float64(np.nan)
+    if grads is not None:
+        grads = np.where(counted[..., None], grads / normaliser, 0.0)
     return total / normaliser, grads
 
 
@@ -403,6 +505,7 @@ def cross_entropy(
     reduction: Any = "mean",
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
+    where: Any = None,
     n_threads: Any = None,
 ) -> Any:
     """Cross-entropy of softmax(logits) along `axis` against `target` (SPEC.md's formulas).
@@ -413,12 +516,12 @@ def cross_entropy(
     s_n w[y_n]. Probability targets: loss_n = s_n (sum_c w_c y'_c -l[n,c] + z lse_n^2) with
     y' = (1-eps) y + eps/C; "mean" divides by the number of rows (sum(s) if given).
     Returns a result-dtype scalar for "mean"/"sum", the per-row losses (shape of the rows,
-    0 for ignored rows) for "none".
+    0 for ignored rows) for "none". `where`: a boolean class mask (`_masked_cross_entropy`).
     """
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
-        axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads,
+        axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, where=where,
     )
     with _quiet():
         loss, _ = _cross_entropy(args, with_grad=False)
@@ -436,6 +539,7 @@ def cross_entropy_with_grad(
     reduction: Any = "mean",
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
+    where: Any = None,
     out: np.ndarray | None = None,
     n_threads: Any = None,
 ) -> tuple[Any, np.ndarray]:
@@ -451,6 +555,7 @@ def cross_entropy_with_grad(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out,
+        where=where,
     )
     with _quiet():
         loss, grad = _cross_entropy(args, with_grad=True)
