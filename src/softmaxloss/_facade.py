@@ -88,7 +88,7 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
         merged = MergedAxes(array.shape, axes)
         result = merged.unmerge(_softmax(merged.merge(array), -1, None, threads or None, log_output))
         if out is None:
-            return result
+            return result[()] if array.ndim == 0 else result  # a 0-d input: a NumPy scalar, as SciPy's
         np.copyto(out, result, casting="unsafe")
         return out
     if out is not None:
@@ -106,9 +106,9 @@ def softmax(x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any
     """Softmax along `axis`: exp(x_c - max(x)) / sum_k exp(x_k - max(x)).
 
     `axis` may also be None (all axes) or a tuple of axes, as in SciPy; a 0-d x is one
-    element (softmax 1). A row with NaN or +inf, or of all -inf, gives NaN; -inf beside
-    finite values gives an exact 0. `out` may be `x` itself (in place), or an array of
-    another float dtype (the result is cast to it). `dtype`: x is cast to it first (as
+    element (softmax 1, a NumPy scalar as SciPy's). A row with NaN or +inf, or of all
+    -inf, gives NaN; -inf beside finite values gives an exact 0. `out` may be `x` itself
+    (in place), or an array of another float dtype (the result is cast to it). `dtype`: x is cast to it first (as
     torch.softmax's). Returns an array of x's dtype (float16 computed in float32,
     integers and bools in float64).
     """

@@ -430,7 +430,8 @@ def _over_axes(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, dtype:
             check_in_place(out, array)
     with _quiet():
         result = merged.unmerge(formula(_float64_rows(merged.merge(array), -1)))
-    return _write(result, dtypes, out)
+    written = _write(result, dtypes, out)
+    return written[()] if out is None and array.ndim == 0 else written  # a 0-d input: a NumPy scalar
 
 
 def softmax(
