@@ -340,7 +340,7 @@ def _masked_cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, 
     w = np.ones(n_classes) if args.weight is None else args.weight
     s = np.ones(args.row_shape) if args.sample_weight is None else args.sample_weight
     eps, z = args.options.label_smoothing, args.options.z_loss
-    counted = kept.any(axis=-1)
+    counted = np.asarray(kept.any(axis=-1))
     if args.probabilities:
         target = np.moveaxis(args.target, args.axis, -1)
     else:
