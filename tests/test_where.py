@@ -281,3 +281,24 @@ def test_the_mask_is_checked_before_any_work():
         with pytest.raises(ValueError, match="out shares memory with where"):
             f.cross_entropy_with_grad(x, labels, where=shared_mask, out=buffer.view(np.float64).reshape(mask.shape))
     np.testing.assert_array_equal(shared_mask, mask)
+
+
+def test_jax_drop_ins_share_the_stand_in_and_its_gap_at_large_logits():
+    """The optax drop-ins use the same stand-in: at float32 logits of 1e10 a stand-in of
+    kept_max - 256 would round to kept_max and the masked class would take a share."""
+    optax = optax_losses()
+    import jax.numpy as jnp
+
+    import softmaxloss.jax as smj
+
+    x = jnp.asarray(np.array([[1e10, 1e10, 5.0], [-1e10, -1e10, 5.0]], np.float32))
+    where = jnp.asarray([[True, True, False]] * 2)
+    y = jnp.asarray(np.array([[0.5, 0.5, 0.0]] * 2, np.float32))
+    got = np.asarray(smj.softmax_cross_entropy(x, y, where=where))
+    np.testing.assert_allclose(got, np.asarray(optax.softmax_cross_entropy(x, y, where=where)), rtol=1e-6)
+    np.testing.assert_allclose(got, [np.log(2)] * 2, rtol=1e-6)
+    labels = jnp.asarray([1, 0])
+    np.testing.assert_allclose(np.asarray(smj.softmax_cross_entropy_with_integer_labels(x, labels, where=where)),
+                               [np.log(2)] * 2, rtol=1e-6)
+    np.testing.assert_allclose(sml.cross_entropy(np.asarray(x), np.asarray(labels), where=np.asarray(where),
+                                                 reduction="none"), [np.log(2)] * 2, rtol=1e-6)
