@@ -79,7 +79,8 @@ def run_linear_case(case, rank, world, calls):
     hidden = torch.from_numpy(case["hidden"]).to(dtype)
     if rank == case.get("short_rank"):
         hidden = hidden[1:]
-    hidden.requires_grad_(case.get("grad_hidden", True))
+    hidden.requires_grad_(case.get("grad_hidden", True) if "grad_hidden_rank" not in case
+                          else rank == case["grad_hidden_rank"])
     local_weight = torch.from_numpy(case["weight"][lo:hi]).to(torch.float64 if rank == case.get("bad_rank") else dtype)
     local_weight.requires_grad_(True)
     local_bias = None

@@ -316,6 +316,8 @@ def make_linear_cases():
                                  options=dict(label_smoothing=0.1, chunk_size=8)),
         "no grad for hidden (no all-reduce of it)": dict(hidden=h32, weight=w32, bias=b32, target=target,
                                                          grad_hidden=False, options=dict(chunk_size=16)),
+        "hidden needs a gradient on rank 0 only": dict(hidden=h64, weight=w64, target=target, grad_hidden_rank=0,
+                                                       options=dict(chunk_size=20)),
         "bfloat16": dict(hidden=bf16(h32), weight=bf16(w32), target=target, torch_dtype="bfloat16",
                          options=dict(chunk_size=12)),
         "mean over no rows: NaN": dict(hidden=h32, weight=w32, target=np.full(LN, -100), options=dict(weight=cw)),
@@ -428,6 +430,8 @@ def test_linear_equals_single_process(linear_results, world, name):
               None if case.get("bias") is None else gathered_linear(case, linear_results[world], index, "grad_bias")]
     if not case.get("grad_hidden", True):
         assert all(r["grad_hidden"] is None for r in ranks)
+    if "grad_hidden_rank" in case:
+        assert all((r["grad_hidden"] is None) == (rank != case["grad_hidden_rank"]) for rank, r in enumerate(ranks))
     for reference, tol in ((linear_expected(case), rtol), (linear_torch_float64(case), max(rtol, 1e-10))):
         for key, a, e in zip(keys, actual, reference):
             if e is None or (key == "grad_hidden" and not case.get("grad_hidden", True)):
@@ -437,7 +441,7 @@ def test_linear_equals_single_process(linear_results, world, name):
             assert_close_scaled(a, e, tol, f"{name}, world {world}: {key}")
     for result in ranks[1:]:  # the same loss and hidden gradient on every rank, bit for bit
         np.testing.assert_array_equal(result["loss"], ranks[0]["loss"])
-        if case.get("grad_hidden", True):
+        if case.get("grad_hidden", True) and "grad_hidden_rank" not in case:
             np.testing.assert_array_equal(result["grad_hidden"], ranks[0]["grad_hidden"])
 
 

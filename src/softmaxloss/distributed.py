@@ -108,9 +108,10 @@ def _local_checks(local_logits: Any, target: Any, weight: Any, sample_weight: An
 
 
 def _extents(width: int, vocab_start: Any, error: Exception | None, group: Any, device: torch.device,
-             n_rows: int = 0, chunk_rows: int = 0) -> tuple[int, int, int]:
-    """(this rank's first class, C, the least `chunk_rows` of the ranks) from every rank's
-    (start, width, refused flag, n_rows, chunk_rows): one all-gather of five int64. Each
+             n_rows: int = 0, chunk_rows: int = 0, flag: bool = False) -> tuple[int, int, int, bool]:
+    """(this rank's first class, C, the least `chunk_rows` of the ranks, whether any rank
+    raised `flag`) from every rank's (start, width, refused flag, n_rows, chunk_rows,
+    flag): one all-gather of six int64. Each
     rank's block must be [start, start + width), tiling [0, C), and every rank must hold
     the same number of rows (else the per-row collectives would not match). A rank with
     an `error` (its own bad arguments) raises it, the others RefusedByAnotherRank."""
@@ -118,7 +119,8 @@ def _extents(width: int, vocab_start: Any, error: Exception | None, group: Any, 
             isinstance(vocab_start, bool) or not isinstance(vocab_start, int) or vocab_start < 0):
         error = ValueError(f"vocab_start must be None or a non-negative integer; got {vocab_start!r}")
     start = -1 if vocab_start is None or error is not None else vocab_start
-    mine = torch.tensor([start, width, int(error is not None), n_rows, chunk_rows], dtype=torch.int64, device=device)
+    mine = torch.tensor([start, width, int(error is not None), n_rows, chunk_rows, int(flag)], dtype=torch.int64,
+                        device=device)
     size = dist.get_world_size(group)
     everyone = [torch.empty_like(mine) for _ in range(size)]
     dist.all_gather(everyone, mine, group=group)
@@ -147,7 +149,7 @@ def _extents(width: int, vocab_start: Any, error: Exception | None, group: Any, 
         end = hi
     if end == 0:
         raise ValueError("the ranks' class blocks hold zero classes in all")
-    return int(starts[dist.get_rank(group)]), end, min(row[4] for row in table)
+    return int(starts[dist.get_rank(group)]), end, min(row[4] for row in table), any(row[5] for row in table)
 
 
 def _refused(error: Exception | None) -> Exception:
@@ -210,7 +212,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):  # type: ignore[misc,
             x_torch = x_torch.float()
         x = _numpy(x_torch)
         probabilities = target.dtype.is_floating_point and tuple(target.shape) == tuple(local_logits.shape)
-        c0, n_classes, _ = _extents(width, call["vocab_start"], None, group, device, n_rows=x.shape[0])
+        c0, n_classes, _, _ = _extents(width, call["vocab_start"], None, group, device, n_rows=x.shape[0])
 
         # Checks that need C: on replicated arguments, so every rank raises alike; a flag in
         # the max all-reduce makes every rank raise if one does.
@@ -327,6 +329,11 @@ def vocab_parallel_cross_entropy(
 # =========================================================================================
 
 
+# d hidden's SUM all-reduce: once per call (False), or per chunk, asynchronous (True): the
+# benchmark's alternative (benchmarks/sharded.py --only linear; see benchmarks/RESULTS.md).
+_GRAD_HIDDEN_PER_CHUNK = False
+
+
 def _stand_in(shape: Any, dtype: Any) -> np.ndarray:
     """A zero-strided array of `shape`: what the local checks read of a tensor whose
     values they do not need."""
@@ -401,6 +408,7 @@ def _linear_pass(hidden: torch.Tensor, local_weight: torch.Tensor, local_bias: t
     n_rows = args.n_rows
     row_loss = np.zeros(n_rows)
     computed = np.empty((n_rows, len(_shards.STATS))) if merged is None else merged
+    works: list[Any] = []
     for start in range(0, n_rows, plan.rows) if n_rows else [0]:
         stop = min(n_rows, start + plan.rows)
         x = backend.buffer[: stop - start]
@@ -420,11 +428,16 @@ def _linear_pass(hidden: torch.Tensor, local_weight: torch.Tensor, local_bias: t
             _shards.block_grad(x, tc, call.c0, coefs, spec, divide_by, out=x, from_exp=from_exp,
                                n_threads=call.n_threads)
             backend.backward(start, stop, x)
+            if want[0] and _GRAD_HIDDEN_PER_CHUNK:
+                works.append(dist.all_reduce(backend.grad_hidden[start:stop], op=dist.ReduceOp.SUM,
+                                             group=call.group, async_op=True))
     if not with_grad:
         return row_loss, computed, None
     grads = backend.gradients()
-    if want[0]:
+    if want[0] and not _GRAD_HIDDEN_PER_CHUNK:
         dist.all_reduce(grads[0], op=dist.ReduceOp.SUM, group=call.group)
+    for work in works:
+        work.wait()
     return row_loss, computed, grads
 
 
@@ -443,8 +456,10 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):  # type: ignore
         itemsize = 8 if hidden.dtype == torch.float64 else 4
         plan = plan_chunks(args.n_rows, args.n_classes, args.n_features, itemsize, with_grad=any(want),
                            chunk_size=args.chunk_size, memory_budget=args.memory_budget)
-        c0, n_classes, rows = _extents(args.n_classes, given["vocab_start"], None, group, device,
-                                       n_rows=args.n_rows, chunk_rows=plan.rows)
+        c0, n_classes, rows, grad_hidden = _extents(args.n_classes, given["vocab_start"], None, group, device,
+                                                    n_rows=args.n_rows, chunk_rows=plan.rows, flag=want[0])
+        # d hidden's all-reduce needs every rank: a rank whose hidden needs no gradient sends its part too
+        want = (grad_hidden, want[1], want[2])
         if rows != plan.rows:  # every rank's chunks must be the same rows: the least of theirs
             plan = plan_chunks(args.n_rows, args.n_classes, args.n_features, itemsize, with_grad=any(want),
                                chunk_size=rows)
@@ -476,7 +491,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):  # type: ignore
         row_loss, merged, grads = _linear_pass(hidden, local_weight, local_bias,
                                                (False, False, False) if per_row else want, call, divide_by, s,
                                                error=error)
-        ctx.dtype, ctx.per_row, ctx.want = dtype, per_row, want
+        ctx.dtype, ctx.per_row, ctx.want, ctx.returned = dtype, per_row, want, ctx.needs_input_grad[:3]
         if per_row:  # backward recomputes the logits, its gradients weighted by the upstream
             ctx.call, ctx.merged = call, merged
             ctx.save_for_backward(hidden, local_weight, local_bias)
@@ -504,7 +519,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):  # type: ignore
             grads = ctx.saved_tensors
             if not (not torch.is_grad_enabled() and bool((grad_output == 1).all())):
                 grads = tuple(None if g is None else g * grad_output.to(g.dtype) for g in grads)
-        out = [None if not w or g is None else g.to(ctx.dtype) for g, w in zip(grads, want)]
+        out = [None if not w or g is None else g.to(ctx.dtype) for g, w in zip(grads, ctx.returned)]
         return out[0], out[1], out[2], None, None, None, None
 
 
