@@ -1,10 +1,15 @@
 """Vocabulary-parallel cross-entropy over `torch.distributed`: the loss of logits whose
-classes are split across ranks (tensor parallelism), equal to the single-process loss.
+classes are split across ranks (tensor parallelism), equal to the single-process loss;
+and the same for an LM head whose weight rows are split (`vocab_parallel_linear_cross_entropy`,
+at the end of this module: the logits are never whole, not even a rank's block of them).
 
     import softmaxloss.distributed as smd
     # rank r holds the classes [start_r, start_r + W_r) of every row, W_r may differ
     loss = smd.vocab_parallel_cross_entropy(local_logits, target, group=None)
     loss.backward()                        # local_logits.grad: the gradient of its classes
+    # rank r holds the rows [start_r, start_r + V_r) of the head's weight (V, D)
+    loss = smd.vocab_parallel_linear_cross_entropy(hidden, local_weight, target)
+    loss.backward()                        # hidden.grad: the whole one; local_weight.grad: its rows'
 
 Every rank passes its own block of the logits (rows x its classes; class axis `axis`, last
 by default) and the same replicated arguments: `target` (class indices among all C
@@ -16,8 +21,9 @@ classes, not each rank's own), z-loss, sample weights, probability targets, and 
 reductions with `mean` normalised over all rows (the loss is the same on every rank).
 
 Communication (`softmaxloss._shards` has the math): per call one all-gather of each rank's
-class range (two int64 and a flag, for the checks: the ranks' blocks must tile [0, C) and
-every rank's arguments must be valid, else every rank raises); then per row one all-reduce
+class range (six int64: its start and width, its number of rows and flags, for the checks:
+the ranks' blocks must tile [0, C), every rank must hold the same rows and every rank's
+arguments must be valid, else every rank raises); then per row one all-reduce
 (MAX) of the row maxima, in the logits' dtype, and one all-reduce (SUM) of the packed
 float64 sums (index targets: the two parts of sum exp(x - max), the label's logit, and the
 smoothing term when label_smoothing != 0; probabilities: the two parts, the smoothing-
