@@ -190,6 +190,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_ranks(world: int, threads: int, argv: list[str]) -> dict:
+    """This script once per rank (`argv` its arguments), `threads` threads each: rank 0's result."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "rank0.pkl")
+        port = free_port()
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        procs = [subprocess.Popen([sys.executable, __file__, *argv, "--rank", str(r), "--world", str(world), "--port",
+                                   str(port), "--out", out, "--threads", str(threads)], env=env)
+                 for r in range(world)]
+        for p in procs:
+            if p.wait() != 0:
+                raise SystemExit(f"a rank of world size {world} failed")
+        with open(out, "rb") as f:
+            result: dict = pickle.load(f)
+    return result
+
+
 def torch_part(args) -> None:
     print(f"## Vocabulary-parallel forward + backward, ({args.rows}, {args.classes}) float32, "
           f"mean over all rows, {args.threads} thread(s) per rank; medians of {args.repeats}\n")
@@ -202,20 +219,9 @@ def torch_part(args) -> None:
     for name, t in all_threads.items():
         print(f"| 1 (unsharded) | {name}, {2 * args.threads} threads | {t * 1e3:.1f} | {base['softmaxloss.torch'] / t:.2f}x | 0 |")
     for world in (1, 2):
-        with tempfile.TemporaryDirectory() as folder:
-            out = os.path.join(folder, "rank0.pkl")
-            port = free_port()
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            procs = [subprocess.Popen([sys.executable, __file__, "--rank", str(r), "--world", str(world),
-                                       "--port", str(port), "--out", out, "--rows", str(args.rows),
-                                       "--classes", str(args.classes), "--threads", str(args.threads),
-                                       "--repeats", str(args.repeats), "--seconds", str(args.seconds)], env=env)
-                     for r in range(world)]
-            for p in procs:
-                if p.wait() != 0:
-                    raise SystemExit(f"a rank of world size {world} failed")
-            with open(out, "rb") as f:
-                result = pickle.load(f)
+        result = run_ranks(world, args.threads, ["--rank-of", "torch", "--rows", str(args.rows), "--classes",
+                                                 str(args.classes), "--repeats", str(args.repeats), "--seconds",
+                                                 str(args.seconds)])
         item = np.dtype(np.float32).itemsize
         for name, t in result["times"].items():
             if name == "loss_parallel":
@@ -364,20 +370,8 @@ def linear_part(args) -> None:
         for name, t in times.items():
             print(f"| 1 (unsharded) | {name}, {threads} thread(s) | {t * 1e3:.0f} | {first / t:.2f}x | | 0 |")
     for world in (1, 2):
-        with tempfile.TemporaryDirectory() as folder:
-            out = os.path.join(folder, "rank0.pkl")
-            port = free_port()
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            procs = [subprocess.Popen([sys.executable, __file__, "--linear-rank", str(r), "--world", str(world),
-                                       "--port", str(port), "--out", out, "--rows", str(rows), "--classes",
-                                       str(classes), "--features", str(features), "--threads", str(args.threads),
-                                       "--repeats", str(args.repeats)], env=env)
-                     for r in range(world)]
-            for p in procs:
-                if p.wait() != 0:
-                    raise SystemExit(f"a rank of world size {world} failed")
-            with open(out, "rb") as f:
-                result = pickle.load(f)
+        result = run_ranks(world, args.threads, ["--rank-of", "linear", "--rows", str(rows), "--classes", str(classes),
+                                                 "--features", str(features), "--repeats", str(args.repeats)])
         alone = result["times"][UNSHARDED_IN_RANKS]
         for name, t in result["times"].items():
             if name == UNSHARDED_IN_RANKS:
@@ -451,17 +445,17 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=256, help="hidden size of the linear head (--only linear)")
     parser.add_argument("--only", choices=["torch", "linear", "dask"])
     parser.add_argument("--rank", type=int)
-    parser.add_argument("--linear-rank", type=int)
+    parser.add_argument("--rank-of", choices=["torch", "linear"], help="(internal) which benchmark a rank runs")
     parser.add_argument("--world", type=int)
     parser.add_argument("--port", type=int)
     parser.add_argument("--out")
     args = parser.parse_args()
-    if args.rank is not None:
+    if args.rank is not None and args.rank_of == "torch":
         rank_main(args.rank, args.world, args.port, args.rows, args.classes, args.threads, args.repeats,
                   args.seconds, args.out)
         return
-    if args.linear_rank is not None:
-        linear_rank_main(args.linear_rank, args.world, args.port, args.rows, args.classes, args.features,
+    if args.rank is not None and args.rank_of == "linear":
+        linear_rank_main(args.rank, args.world, args.port, args.rows, args.classes, args.features,
                          args.threads, args.repeats, args.out)
         return
     if args.only in (None, "torch"):
