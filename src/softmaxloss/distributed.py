@@ -435,8 +435,9 @@ def _linear_pass(hidden: torch.Tensor, local_weight: torch.Tensor, local_bias: t
                                n_threads=call.n_threads)
             backend.backward(start, stop, x)
             if want[0] and _GRAD_HIDDEN_PER_CHUNK:
-                works.append(dist.all_reduce(backend.grad_hidden[start:stop], op=dist.ReduceOp.SUM,
-                                             group=call.group, async_op=True))
+                grad_hidden: torch.Tensor = backend.grad_hidden
+                works.append(dist.all_reduce(grad_hidden[start:stop], op=dist.ReduceOp.SUM, group=call.group,
+                                             async_op=True))
     if not with_grad:
         return row_loss, computed, None
     grads = backend.gradients()
