@@ -335,11 +335,6 @@ def vocab_parallel_cross_entropy(
 # =========================================================================================
 
 
-# d hidden's SUM all-reduce: once per call (False), or per chunk, asynchronous (True): the
-# benchmark's alternative (benchmarks/sharded.py --only linear; see benchmarks/RESULTS.md).
-_GRAD_HIDDEN_PER_CHUNK = False
-
-
 def _stand_in(shape: Any, dtype: Any) -> np.ndarray:
     """A zero-strided array of `shape`: what the local checks read of a tensor whose
     values they do not need."""
@@ -414,7 +409,6 @@ def _linear_pass(hidden: torch.Tensor, local_weight: torch.Tensor, local_bias: t
     n_rows = args.n_rows
     row_loss = np.zeros(n_rows)
     computed = np.empty((n_rows, len(_shards.STATS))) if merged is None else merged
-    works: list[Any] = []
     for start in range(0, n_rows, plan.rows) if n_rows else [0]:
         stop = min(n_rows, start + plan.rows)
         x = backend.buffer[: stop - start]
@@ -434,17 +428,11 @@ def _linear_pass(hidden: torch.Tensor, local_weight: torch.Tensor, local_bias: t
             _shards.block_grad(x, tc, call.c0, coefs, spec, divide_by, out=x, from_exp=from_exp,
                                n_threads=call.n_threads)
             backend.backward(start, stop, x)
-            if want[0] and _GRAD_HIDDEN_PER_CHUNK:
-                grad_hidden: torch.Tensor = backend.grad_hidden
-                works.append(dist.all_reduce(grad_hidden[start:stop], op=dist.ReduceOp.SUM, group=call.group,
-                                             async_op=True))
     if not with_grad:
         return row_loss, computed, None
     grads = backend.gradients()
-    if want[0] and not _GRAD_HIDDEN_PER_CHUNK:
+    if want[0]:  # once per call: a chunk at a time, asynchronously, was slower (benchmarks/RESULTS.md)
         dist.all_reduce(grads[0], op=dist.ReduceOp.SUM, group=call.group)
-    for work in works:
-        work.wait()
     return row_loss, computed, grads
 
 
