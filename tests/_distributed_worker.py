@@ -3,9 +3,10 @@
     python _distributed_worker.py CASES.pkl OUT_DIR RANK WORLD_SIZE PORT
 
 Joins a gloo group on 127.0.0.1:PORT, runs every case of CASES.pkl (a list of dicts) on
-this rank's block of classes, and writes OUT_DIR/rank{RANK}.pkl: per case the loss, this
-rank's gradient, the collective calls made in forward and in backward, or the error
-raised (its type name and message)."""
+this rank's block of classes (vocab_parallel_cross_entropy; for cases of kind "linear",
+vocab_parallel_linear_cross_entropy on this rank's rows of the head's weight), and writes
+OUT_DIR/rank{RANK}.pkl: per case the loss, this rank's gradients, the collective calls
+made in forward and in backward, or the error raised (its type name and message)."""
 
 import pickle
 import sys

@@ -5,7 +5,10 @@ compared with the single-process softmaxloss.cross_entropy_with_grad (within 2 u
 tests/test_class_blocks.py), for every option, and the collectives are counted: two
 all-reduces (or one all-gather of the statistics) and one all-gather of the class ranges
 in forward, none in backward. Also the cases where torch's loss_parallel fails (class
-weights with an ignored row; label smoothing) and bad arguments on one rank or all."""
+weights with an ignored row; label smoothing) and bad arguments on one rank or all.
+vocab_parallel_linear_cross_entropy likewise (each rank an uneven block of the head's rows),
+against the single-process linear_cross_entropy_with_grad and float64 PyTorch autograd,
+in the same launches."""
 
 from __future__ import annotations
 
