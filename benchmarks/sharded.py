@@ -10,7 +10,16 @@
    the collectives per row of logits (measured by wrapping torch.distributed's functions
    for softmaxloss; for loss_parallel, its three all-reduces of N values in the logits'
    dtype, from its source), excluding the per-call all-gather of the class ranges.
-2. Dask: `softmaxloss.dask` of a (2^20, 1024) float32 array in (65536, 256) chunks on the
+2. Vocabulary-parallel linear + cross-entropy (`--only linear`): an LM head of
+   (`--classes`, `--features`) float32 split by rows over the ranks, forward + backward of
+   `vocab_parallel_linear_cross_entropy` at world sizes 1 and 2 (exchange "allreduce" or
+   "allgather"), against the unsharded fused call in one process
+   (`softmaxloss.torch.linear_cross_entropy` and the NumPy `linear_cross_entropy_with_grad`,
+   same threads per rank and twice as many; PyTorch's `F.linear_cross_entropy`), and against
+   `softmaxloss.torch.linear_cross_entropy` on rank 0 timed in the ranks' own run,
+   interleaved with them (the other ranks wait at a barrier): the fair ratio on a shared
+   machine. Bytes per row: the statistics' payload and d hidden's.
+3. Dask: `softmaxloss.dask` of a (2^20, 1024) float32 array in (65536, 256) chunks on the
    threaded scheduler (`--threads` workers, one kernel thread each) against the in-memory
    call (`--threads` OpenMP threads) on the same data: the loss alone, and the loss with
    the gradient stored into a preallocated array (da.store / out=).
@@ -33,6 +42,10 @@ from collections import Counter
 from datetime import timedelta
 
 import numpy as np
+
+
+# The per-call all-gather of each rank's class range, rows and flags: six int64.
+EXTENTS_BYTES = 6 * 8
 
 
 def timed(function, repeats: int, seconds: float, barrier=None, agree=None) -> list[float]:
@@ -114,7 +127,7 @@ def rank_main(rank: int, world: int, port: int, rows: int, classes: int, threads
         ours(exchange)()
         for name, original in originals.items():
             setattr(dist, name, original)
-        per_row[exchange] = (sum(payload.values()) - 3 * 8) / rows  # less the class ranges' all-gather
+        per_row[exchange] = (sum(payload.values()) - EXTENTS_BYTES) / rows  # less the class ranges' all-gather
 
     barrier = dist.barrier
 
@@ -179,6 +192,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_ranks(world: int, threads: int, argv: list[str]) -> dict:
+    """This script once per rank (`argv` its arguments), `threads` threads each: rank 0's result."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "rank0.pkl")
+        port = free_port()
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        procs = [subprocess.Popen([sys.executable, __file__, *argv, "--rank", str(r), "--world", str(world), "--port",
+                                   str(port), "--out", out, "--threads", str(threads)], env=env)
+                 for r in range(world)]
+        for p in procs:
+            if p.wait() != 0:
+                raise SystemExit(f"a rank of world size {world} failed")
+        with open(out, "rb") as f:
+            result: dict = pickle.load(f)
+    return result
+
+
 def torch_part(args) -> None:
     print(f"## Vocabulary-parallel forward + backward, ({args.rows}, {args.classes}) float32, "
           f"mean over all rows, {args.threads} thread(s) per rank; medians of {args.repeats}\n")
@@ -191,20 +221,9 @@ def torch_part(args) -> None:
     for name, t in all_threads.items():
         print(f"| 1 (unsharded) | {name}, {2 * args.threads} threads | {t * 1e3:.1f} | {base['softmaxloss.torch'] / t:.2f}x | 0 |")
     for world in (1, 2):
-        with tempfile.TemporaryDirectory() as folder:
-            out = os.path.join(folder, "rank0.pkl")
-            port = free_port()
-            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-            procs = [subprocess.Popen([sys.executable, __file__, "--rank", str(r), "--world", str(world),
-                                       "--port", str(port), "--out", out, "--rows", str(args.rows),
-                                       "--classes", str(args.classes), "--threads", str(args.threads),
-                                       "--repeats", str(args.repeats), "--seconds", str(args.seconds)], env=env)
-                     for r in range(world)]
-            for p in procs:
-                if p.wait() != 0:
-                    raise SystemExit(f"a rank of world size {world} failed")
-            with open(out, "rb") as f:
-                result = pickle.load(f)
+        result = run_ranks(world, args.threads, ["--rank-of", "torch", "--rows", str(args.rows), "--classes",
+                                                 str(args.classes), "--repeats", str(args.repeats), "--seconds",
+                                                 str(args.seconds)])
         item = np.dtype(np.float32).itemsize
         for name, t in result["times"].items():
             if name == "loss_parallel":
@@ -217,7 +236,152 @@ def torch_part(args) -> None:
               f"{reference!r} (unsharded softmaxloss.torch))\n")
 
 
-# ---- 2. dask --------------------------------------------------------------------------------
+# ---- 2. the linear head ------------------------------------------------------------------
+
+def head(rows: int, classes: int, features: int):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, features, generator=gen)
+    weight = torch.randn(classes, features, generator=gen) * features**-0.5 * 3
+    target = torch.randint(0, classes, (rows,), generator=gen)
+    return hidden, weight, target
+
+
+UNSHARDED_IN_RANKS = "unsharded softmaxloss.torch.linear_cross_entropy on rank 0 (interleaved with the above)"
+
+
+def linear_rank_main(rank: int, world: int, port: int, rows: int, classes: int, features: int, threads: int,
+                     repeats: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    import softmaxloss.distributed as smd
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=300))
+    hidden, weight, target = head(rows, classes, features)
+    width = classes // world
+    local = weight[rank * width:(rank + 1) * width].contiguous().requires_grad_()
+    hidden.requires_grad_()
+
+    def ours(exchange):
+        def step():
+            hidden.grad = local.grad = None
+            smd.vocab_parallel_linear_cross_entropy(hidden, local, target, exchange=exchange).backward()
+        return step
+
+    import softmaxloss.torch as smt
+
+    full_weight = weight.clone().requires_grad_()
+
+    def unsharded():  # rank 0 alone, the others wait at the barrier: the same cores, interleaved
+        if rank == 0:
+            hidden.grad = full_weight.grad = None
+            smt.linear_cross_entropy(hidden, full_weight, target).backward()
+
+    methods = {"allreduce": ours("allreduce"), "allgather": ours("allgather")}
+    payload = Counter()
+    originals = {name: getattr(dist, name) for name in ("all_reduce", "all_gather")}
+
+    def wrap(name):
+        def wrapper(tensor_or_list, *args, **kwargs):
+            tensor = args[0] if name == "all_gather" else tensor_or_list
+            kind = "d hidden" if tensor.ndim == 2 and tensor.shape[1] == features and tensor.dtype == torch.float32 \
+                else "statistics"
+            payload[kind] += tensor.numel() * tensor.element_size()
+            return originals[name](tensor_or_list, *args, **kwargs)
+        return wrapper
+
+    per_row = {}
+    for name, method in methods.items():
+        payload.clear()
+        for op in originals:
+            setattr(dist, op, wrap(op))
+        method()
+        for op, original in originals.items():
+            setattr(dist, op, original)
+        per_row[name] = ((payload["statistics"] - EXTENTS_BYTES) / rows, payload["d hidden"] / rows)
+
+    def agree(loops: int) -> int:
+        count = torch.tensor([loops])
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return int(count.item())
+
+    methods[UNSHARDED_IN_RANKS] = unsharded
+    samples = {name: [] for name in methods}
+    for r in range(repeats):
+        for name in (list(methods) if r % 2 == 0 else list(reversed(methods))):
+            samples[name] += timed(methods[name], 1, 0.0, dist.barrier, agree)
+    loss = smd.vocab_parallel_linear_cross_entropy(hidden, local, target).item()
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank == 0:
+        with open(out, "wb") as f:
+            pickle.dump(dict(times={k: statistics.median(v) for k, v in samples.items()}, per_row=per_row, loss=loss), f)
+
+
+def linear_unsharded(rows: int, classes: int, features: int, threads: int, repeats: int) -> tuple[dict, float]:
+    import torch
+    import torch.nn.functional as F
+    from threadpoolctl import threadpool_limits
+
+    import softmaxloss as sml
+    import softmaxloss.torch as smt
+
+    torch.set_num_threads(threads)
+    hidden, weight, target = head(rows, classes, features)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    h, w, t = hidden.detach().numpy(), weight.detach().numpy(), target.numpy()
+
+    def with_loss(loss):
+        def step():
+            hidden.grad = weight.grad = None
+            loss(hidden, weight, target).backward()
+        return step
+
+    methods = {"softmaxloss.torch.linear_cross_entropy": with_loss(smt.linear_cross_entropy),
+               "softmaxloss (NumPy) linear_cross_entropy_with_grad":
+                   lambda: sml.linear_cross_entropy_with_grad(h, w, t, n_threads=threads),
+               "F.linear_cross_entropy": with_loss(F.linear_cross_entropy)}
+    samples = {name: [] for name in methods}
+    with threadpool_limits(threads):
+        for r in range(repeats):
+            for name in (list(methods) if r % 2 == 0 else list(reversed(methods))):
+                samples[name] += timed(methods[name], 1, 0.0)
+    return {name: statistics.median(v) for name, v in samples.items()}, smt.linear_cross_entropy(hidden, weight, target).item()
+
+
+def linear_part(args) -> None:
+    rows, classes, features = args.rows, args.classes, args.features
+    print(f"## Vocabulary-parallel linear + cross-entropy, forward + backward: hidden ({rows}, {features}), "
+          f"head ({classes}, {features}) float32, mean; {args.threads} thread(s) per rank; medians of {args.repeats}\n")
+    print("| world size | method | ms per call | vs unsharded softmaxloss.torch (same threads per rank) "
+          "| vs the same, timed in the ranks' run | bytes per row per rank: statistics + d hidden |")
+    print("|---|---|---|---|---|---|")
+    base, reference = linear_unsharded(rows, classes, features, args.threads, args.repeats)
+    both, _ = linear_unsharded(rows, classes, features, 2 * args.threads, args.repeats)
+    first = base["softmaxloss.torch.linear_cross_entropy"]
+    for threads, times in ((args.threads, base), (2 * args.threads, both)):
+        for name, t in times.items():
+            print(f"| 1 (unsharded) | {name}, {threads} thread(s) | {t * 1e3:.0f} | {first / t:.2f}x | | 0 |")
+    for world in (1, 2):
+        result = run_ranks(world, args.threads, ["--rank-of", "linear", "--rows", str(rows), "--classes", str(classes),
+                                                 "--features", str(features), "--repeats", str(args.repeats)])
+        alone = result["times"][UNSHARDED_IN_RANKS]
+        for name, t in result["times"].items():
+            if name == UNSHARDED_IN_RANKS:
+                print(f"| {world} | {name} | {t * 1e3:.0f} | {first / t:.2f}x | 1.00x | 0 |")
+                continue
+            stats, dh = result["per_row"][name]
+            print(f"| {world} | vocab_parallel_linear_cross_entropy, {name} | {t * 1e3:.0f} | {first / t:.2f}x "
+                  f"| {alone / t:.2f}x | {stats:.0f} + {dh:.0f} |")
+        print(f"\n(world size {world}: loss {result['loss']!r}; unsharded softmaxloss.torch {reference!r})\n")
+
+
+# ---- 3. dask --------------------------------------------------------------------------------
 
 def dask_part(args) -> None:
     import dask
@@ -276,18 +440,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads per rank (dask: scheduler threads)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of each timed loop")
-    parser.add_argument("--only", choices=["torch", "dask"])
+    parser.add_argument("--features", type=int, default=256, help="hidden size of the linear head (--only linear)")
+    parser.add_argument("--only", choices=["torch", "linear", "dask"])
     parser.add_argument("--rank", type=int)
+    parser.add_argument("--rank-of", choices=["torch", "linear"], help="(internal) which benchmark a rank runs")
     parser.add_argument("--world", type=int)
     parser.add_argument("--port", type=int)
     parser.add_argument("--out")
     args = parser.parse_args()
-    if args.rank is not None:
+    if args.rank is not None and args.rank_of == "torch":
         rank_main(args.rank, args.world, args.port, args.rows, args.classes, args.threads, args.repeats,
                   args.seconds, args.out)
         return
+    if args.rank is not None and args.rank_of == "linear":
+        linear_rank_main(args.rank, args.world, args.port, args.rows, args.classes, args.features,
+                         args.threads, args.repeats, args.out)
+        return
     if args.only in (None, "torch"):
         torch_part(args)
+    if args.only in (None, "linear"):
+        linear_part(args)
     if args.only in (None, "dask"):
         dask_part(argparse.Namespace(**{**vars(args), "threads": 2 if args.threads == 1 else args.threads}))
 
