@@ -327,3 +327,102 @@ def test_kernel_refuses_an_unknown_kind(name):
     x = np.zeros((1, 1, 3), np.uint16)
     with pytest.raises(ValueError, match="kind must be 0"):
         _dispatch.kernels.softmax_half(x, x.copy(), False, 2, 1)
+
+
+# ---- the PyTorch adapter ------------------------------------------------------------------------
+
+def torch_half(name):
+    torch = pytest.importorskip("torch")
+    return torch, getattr(torch, name)
+
+
+@pytest.mark.parametrize("name", sorted(HALF))
+def test_torch_half_tensors_are_read_and_written_as_stored(rng, name):
+    torch, dtype = torch_half(name)
+    import softmaxloss.torch as st
+
+    base = torch.from_numpy(rng.standard_normal((40, 1200)).astype(np.float32) * 3).to(dtype)
+    for x in (base, base[:, ::2], base.t()):  # contiguous, strided classes, F order (class axis 0 of .t())
+        array = st._numpy(x)
+        assert array.dtype == HALF[name] and np.shares_memory(array, x.view(torch.uint16).numpy())
+    y = torch.from_numpy(rng.integers(0, 600, 40))
+    for x in (base, base[:, ::2].contiguous()):
+        x = x.clone().requires_grad_()
+        loss = st.cross_entropy(x, y, label_smoothing=0.1)
+        loss.backward()
+        n_loss, n_grad = sml.cross_entropy_with_grad(st._numpy(x), y.numpy(), label_smoothing=0.1)
+        assert loss.dtype == dtype and x.grad.dtype == dtype
+        assert same_bits(st._numpy(x.grad), n_grad) and same_bits(st._numpy(loss.detach()), np.asarray(n_loss))
+
+
+def test_torch_bfloat16_without_ml_dtypes_takes_a_float32_copy(rng, monkeypatch):
+    torch, dtype = torch_half("bfloat16")
+    import softmaxloss.torch as st
+
+    x = torch.from_numpy(rng.standard_normal((8, 50)).astype(np.float32)).to(dtype).requires_grad_()
+    y = torch.from_numpy(rng.integers(0, 50, 8))
+    st.cross_entropy(x, y).backward()
+    expected = x.grad.clone()
+    x.grad = None
+    monkeypatch.setattr(st, "_bfloat16", lambda: None)
+    assert st._numpy(x).dtype == np.float32
+    loss = st.cross_entropy(x, y)
+    loss.backward()
+    assert loss.dtype == dtype and torch.equal(x.grad, expected)  # the float32 gradient rounded once
+
+
+def relative_error_off_label(grad, exact, y):
+    off = np.ones(exact.shape, bool)
+    off[np.arange(len(y)), y] = False
+    return np.abs(grad.astype(np.float64)[off] - exact[off]) / np.abs(exact[off])
+
+
+def test_torch_bfloat16_gradient_is_more_exact_than_pytorchs(rng):
+    """PyTorch's CPU bf16 cross-entropy rebuilds p from rounded bf16 log-probabilities; the
+    kernel rounds its float32 gradient once. Compared in float64 with the exact gradient."""
+    torch, dtype = torch_half("bfloat16")
+    import softmaxloss.torch as st
+
+    n, c = 64, 8000
+    x = torch.from_numpy(rng.standard_normal((n, c)).astype(np.float32) * 2).to(dtype)
+    y = torch.from_numpy(rng.integers(0, c, n))
+    exact = reference.cross_entropy_with_grad(x.double().numpy(), y.numpy())[1]
+    mine = x.clone().requires_grad_()
+    st.cross_entropy(mine, y).backward()
+    theirs = x.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(theirs, y).backward()
+    error = relative_error_off_label(mine.grad.double().numpy(), exact, y.numpy())
+    torch_error = relative_error_off_label(theirs.grad.double().numpy(), exact, y.numpy())
+    assert np.median(error) <= 2.0**-9  # rounded once: at most half an ulp, 2^-9 relative
+    assert np.max(error) <= 2.0**-8
+    assert np.median(torch_error) > 4 * np.median(error)
+
+
+# ---- the JAX adapter ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(HALF))
+def test_jax_half_logits(rng, name):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    import softmaxloss.jax as sj
+
+    x = jnp.asarray(rng.standard_normal((32, 500)) * 3, getattr(jnp, name))
+    y = jnp.asarray(rng.integers(0, 500, 32))
+    loss, grad = jax.value_and_grad(sj.cross_entropy)(x, y)
+    n_loss, n_grad = sml.cross_entropy_with_grad(np.asarray(x), np.asarray(y))
+    assert loss.dtype == x.dtype and grad.dtype == x.dtype
+    assert same_bits(np.asarray(grad), n_grad) and same_bits(np.asarray(loss), np.asarray(n_loss))
+    assert same_bits(np.asarray(jax.jit(jax.grad(sj.cross_entropy))(x, y)), n_grad)
+    # forward mode: the tangent sum_c grad * dx formed in float32, rounded once to the dtype
+    dx = jnp.asarray(rng.standard_normal(x.shape), x.dtype)
+    _, tangent = jax.jvp(lambda a: sj.cross_entropy(a, y), (x,), (dx,))
+    expected = (n_grad.astype(np.float64) * np.asarray(dx).astype(np.float64)).sum()
+    assert tangent.dtype == x.dtype
+    assert abs(float(tangent) - expected) <= 2.0**-7 * abs(expected) + 1e-6
+    # probability targets' tangent, computed in float32 from the half logits
+    t = jnp.asarray(rng.dirichlet(np.ones(500), 32), jnp.float32)
+    d_target = jax.grad(sj.cross_entropy, argnums=1)(x, t)
+    assert d_target.dtype == jnp.float32
+    expected_target = -reference.log_softmax(np.asarray(x)).astype(np.float64) / 32
+    np.testing.assert_allclose(np.asarray(d_target), expected_target, rtol=2.0**-7)
