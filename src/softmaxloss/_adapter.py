@@ -2,8 +2,9 @@
 and `softmaxloss.jax` each do with the kernel, written once for all three.
 
 1. Convert: the logits reach the kernel as a NumPy view of their memory when their
-   dtype is float32 or float64; float16 and bfloat16 are computed in float32
-   (`computes_in_float32`) and results are returned in the input dtype.
+   dtype is float32 or float64, and also float16 and bfloat16 (an ml_dtypes.bfloat16
+   array), which the kernel reads as stored and computes in float32
+   (`computes_in_float32`); results are returned in the input dtype, rounded once.
 2. Call once: a forward pass that will be differentiated runs the fused loss-and-gradient
    kernel once and keeps the gradient d(loss)/d(logits); nothing else is kept.
 3. Keep and scale: the backward pass is the kept gradient times the upstream gradient
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# The dtypes, by name, that every adapter computes in float32 (the kernels have
-# float32 and float64 builds only).
+# The dtypes, by name, that every adapter computes in float32 (the kernels' arithmetic is
+# float32 and float64; half precision is a storage format around the float32 kernels).
 FLOAT32_COMPUTED = frozenset({"float16", "bfloat16"})
 
 

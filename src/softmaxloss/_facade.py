@@ -10,6 +10,8 @@ C- or F-contiguous (N, C) array and for PyTorch's (N, C, d1, ...) layout that vi
 shares the array's memory. Only an input that cannot be viewed so (or that needs a
 dtype conversion) is copied: into the gradient buffer when there is one, so that
 `cross_entropy_with_grad` never allocates an N x C temporary besides its result.
+float16 and bfloat16 arrays are read and written as stored, by the kernels' half entry
+points (`_storage`); their results are rounded once from float64 (`round_float64`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import _dispatch
+from ._halfdtypes import half_kind, is_bfloat16, round_float64
 from ._layout import KERNEL_DTYPES, MergedAxes, RowsLayout
 from ._where import stand_in
 from ._validation import (
@@ -42,6 +45,7 @@ from ._validation import (
 )
 
 _LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
+_BITS = np.dtype(np.uint16)  # how the kernels take half-precision arrays
 
 __all__ = [
     "softmax",
@@ -65,6 +69,21 @@ def _result(buffer: np.ndarray, out: np.ndarray | None, dtypes: Dtypes) -> np.nd
         with np.errstate(over="ignore"):
             return buffer.astype(dtypes.result)
     return buffer
+
+
+def _storage(dtypes: Dtypes) -> np.dtype[Any]:
+    """The dtype the kernels read and write for `dtypes`: float16 and bfloat16 as stored
+    (the half entry points, computing in float32), else the compute dtype."""
+    return dtypes.result if half_kind(dtypes.result) is not None else dtypes.compute
+
+
+def _output(layout: RowsLayout, out: np.ndarray | None, storage: np.dtype[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """layout.output; a half-precision `out` the kernels cannot address (unaligned, or rows
+    no rows view reaches) is filled from a new buffer instead, as any `out` of a dtype
+    other than the kernels' is (check_out does not hold it to their layout)."""
+    if out is not None and out.dtype == storage and half_kind(storage) is not None and layout.view(out) is None:
+        return layout.empty(storage)
+    return layout.output(out, storage)
 
 
 def _threads(n_threads: Any) -> int:
@@ -95,9 +114,14 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
         check_out(out, array.shape, dtypes, axes)
         check_in_place(out, array)
     layout = RowsLayout.of(array if out is None else out, axes)
-    buffer, result_rows = layout.output(out, dtypes.compute)
-    x_rows = layout.input(array, dtypes.compute, into=buffer)
-    _dispatch.specialised("softmax", dtypes.compute)(x_rows, result_rows, log_output, threads)
+    storage = _storage(dtypes)
+    buffer, result_rows = _output(layout, out, storage)
+    x_rows = layout.input(array, storage, into=buffer)
+    kind = half_kind(storage)
+    if kind is None:
+        _dispatch.specialised("softmax", storage)(x_rows, result_rows, log_output, threads)
+    else:
+        _dispatch.kernels.softmax_half(x_rows.view(_BITS), result_rows.view(_BITS), log_output, kind, threads)
     return _result(buffer, out, dtypes)
 
 
@@ -129,7 +153,10 @@ def _row_logsumexp(rows: np.ndarray, dtypes: Dtypes, threads: int) -> np.ndarray
     layout = RowsLayout.of(rows, rows.ndim - 1)
     n_a, n_b, n_classes = layout.rows_shape
     row_values = np.full((n_a, n_b), -np.inf)
-    if n_classes:
+    kind = half_kind(rows.dtype) if rows.dtype == dtypes.result else None
+    if n_classes and kind is not None:  # half-precision rows as stored
+        _dispatch.kernels.logsumexp_half(layout.input(rows, rows.dtype).view(_BITS), row_values, kind, threads)
+    elif n_classes:
         _dispatch.specialised("logsumexp", dtypes.compute)(
             layout.input(rows, dtypes.compute), row_values, threads)
     per_row: np.ndarray = layout.per_row(row_values)
@@ -181,10 +208,10 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
             if not return_sign:
                 lse = np.where(sign < 0, np.nan, lse)
     with np.errstate(over="ignore"):
-        result = merged.reduced(lse, keepdims).astype(dtypes.result, copy=False)[()]
+        result = round_float64(merged.reduced(lse, keepdims), dtypes.result)[()]
         if not return_sign:
             return result
-        return result, merged.reduced(np.asarray(sign), keepdims).astype(dtypes.result, copy=False)[()]
+        return result, round_float64(merged.reduced(np.asarray(sign), keepdims), dtypes.result)[()]
 
 
 # ---- cross-entropy ------------------------------------------------------------------
@@ -192,7 +219,10 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
 
 def _as_result(value: float, dtype: np.dtype[Any]) -> Any:
     """A Python float as a NumPy scalar of `dtype`, rounded as NumPy rounds (to +-inf
-    beyond the range: the rounding, not an error, so without a warning)."""
+    beyond the range: the rounding, not an error, so without a warning); bfloat16
+    rounded once (`round_float64`)."""
+    if is_bfloat16(dtype):
+        return round_float64(value, dtype)[()]
     if abs(value) > _LARGEST[dtype] and math.isfinite(value):
         with np.errstate(over="ignore"):
             return dtype.type(value)
@@ -211,7 +241,7 @@ def _reduce(total: float, normaliser: float, row_loss: np.ndarray, layout: RowsL
     """The returned loss: per-row losses ("none"), else `_reduced_total`."""
     if args.options.reduction == "none":
         with np.errstate(over="ignore"):
-            return layout.per_row(row_loss).astype(args.dtypes.result)[()]
+            return round_float64(layout.per_row(row_loss), args.dtypes.result)[()]
     return _reduced_total(total, normaliser, args.options.reduction, args.dtypes.result)
 
 
@@ -223,8 +253,14 @@ def _kernel_totals(
     """Run the cross-entropy kernel, the one place that does but for `_common_case`'s
     `cross_entropy_plain`, on rows views laid out by the caller: (sum of the per-row losses, the mean's W); or, when a class index is out
     of range and not ignored, the number r = a * B + b of the first such row of the rows
-    views, which the kernel finds and reports before it writes anything."""
+    views, which the kernel finds and reports before it writes anything. Half-precision
+    logits (and gradient) go to the half entry points, as their uint16 bits."""
     mean = options.reduction == "mean"
+    kind = half_kind(x_rows.dtype)
+    if kind is not None:
+        return _half_totals(x_rows.view(_BITS), target_rows, weight, sample_weight, target_ignore_index,
+                            probabilities, options, row_loss,
+                            None if grad_rows is None else grad_rows.view(_BITS), threads, kind)
     if probabilities:
         totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs", x_rows.dtype, target_rows.dtype)(
             x_rows, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
@@ -234,6 +270,28 @@ def _kernel_totals(
     index_totals: tuple[float, float] | None = _dispatch.specialised("cross_entropy_index", x_rows.dtype)(
         x_rows, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
         options.z_loss, mean, row_loss, grad_rows, threads, True,
+    )
+    if index_totals is None:  # the kernel reported the row in row_loss
+        return int(row_loss[0, 0])
+    return index_totals
+
+
+def _half_totals(
+    x_bits: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
+    sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
+    options: LossOptions, row_loss: np.ndarray, grad_bits: np.ndarray | None, threads: int, kind: int,
+) -> tuple[float, float] | int:
+    """_kernel_totals for half-precision logits given as their bits."""
+    mean = options.reduction == "mean"
+    if probabilities:
+        totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs_half", target_rows.dtype)(
+            x_bits, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
+            mean, row_loss, grad_bits, kind, threads,
+        )
+        return totals
+    index_totals: tuple[float, float] | None = _dispatch.kernels.cross_entropy_index_half(
+        x_bits, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
+        options.z_loss, mean, row_loss, grad_bits, kind, threads, True,
     )
     if index_totals is None:  # the kernel reported the row in row_loss
         return int(row_loss[0, 0])
@@ -294,10 +352,11 @@ def _common_case(
 def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
     x = args.logits
     layout = RowsLayout.of(x if out is None else out, args.axis)
+    storage = _storage(args.dtypes)
     buffer = grad_rows = None
     if with_grad:
-        buffer, grad_rows = layout.output(out, args.dtypes.compute)
-    x_rows = layout.readable(x, args.dtypes.compute)
+        buffer, grad_rows = _output(layout, out, storage)
+    x_rows = layout.readable(x, storage)
     if not (args.probabilities or args.values_checked) and (
         not layout.rows_in_order or (x_rows is None and out is not None)
     ):
@@ -306,7 +365,7 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
         # copied into `out` before the kernel runs (`out` must be left as it was).
         check_index_target(args.target, args.n_classes, args.options.ignore_index)
     if x_rows is None:
-        x_rows = layout.input(x, args.dtypes.compute, into=buffer)
+        x_rows = layout.input(x, storage, into=buffer)
     weight = None if args.weight is None else np.ascontiguousarray(args.weight)
     sample_weight = None if args.sample_weight is None else layout.rows(args.sample_weight)
     row_loss = np.empty(layout.rows_shape[:2])

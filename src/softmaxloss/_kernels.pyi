@@ -226,3 +226,58 @@ def build_info() -> _BuildInfo:
 
 def runs_single_threaded_after_fork() -> bool:
     """Whether this process is a forked child, in which every kernel runs on one thread."""
+
+# ---- half-precision storage (_kernels_half.pxi) ------------------------------------------
+# bfloat16 and float16 logits (and gradient, softmax) as their bits, uint16 arrays (a
+# bfloat16 array's `.view(np.uint16)`); `kind` 0 for bfloat16, 1 for float16 (another kind
+# is a ValueError). Computed by the float32 kernels on each row converted exactly to float32,
+# the results rounded once to nearest-even.
+
+def softmax_half(
+    x: npt.NDArray[np.uint16], out: npt.NDArray[np.uint16], log_output: bool, kind: int, n_threads: int
+) -> None:
+    """softmax (log_output False) or log_softmax of x (A, B, C) into out (A, B, C), which
+    may be x's memory."""
+
+def logsumexp_half(x: npt.NDArray[np.uint16], out: npt.NDArray[np.float64], kind: int, n_threads: int) -> None:
+    """out[a, b] = log(sum_c exp(x[a, b, c])); out (A, B) float64, C-contiguous."""
+
+def cross_entropy_index_half(
+    x: npt.NDArray[np.uint16],
+    target: npt.NDArray[np.int64],
+    weight: npt.NDArray[np.float64] | None,
+    sample_weight: npt.NDArray[np.float64] | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    mean: bool,
+    row_loss: npt.NDArray[np.float64],
+    grad: npt.NDArray[np.uint16] | None,
+    kind: int,
+    n_threads: int,
+    report_invalid_row: bool = False,
+) -> tuple[float, float] | None:
+    """cross_entropy_index of half logits (the same arguments and returns, and `kind`); the
+    gradient, if any, in the logits' half dtype."""
+
+def cross_entropy_probs_half(
+    x: npt.NDArray[np.uint16],
+    target: npt.NDArray[_T],
+    weight: npt.NDArray[np.float64] | None,
+    sample_weight: npt.NDArray[np.float64] | None,
+    label_smoothing: float,
+    z_loss: float,
+    mean: bool,
+    row_loss: npt.NDArray[np.float64],
+    grad: npt.NDArray[np.uint16] | None,
+    kind: int,
+    n_threads: int,
+) -> tuple[float, float]:
+    """cross_entropy_probs of half logits (the same arguments and returns, and `kind`)."""
+
+def half_from_float32(x: npt.NDArray[np.float32], out: npt.NDArray[np.uint16], kind: int) -> None:
+    """out = x rounded once to bfloat16 / float16 bits by the kernels' conversion (a test
+    hook); 1-D, contiguous, the same length."""
+
+def half_to_float32(x: npt.NDArray[np.uint16], out: npt.NDArray[np.float32], kind: int) -> None:
+    """out = the half bits x as float32, exactly, by the kernels' conversion (a test hook)."""

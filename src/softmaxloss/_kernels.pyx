@@ -27,7 +27,13 @@ Design, bottom up (each layer calls only the one below it):
    (`row_weight_total`, the mean's W) also finds the first row whose class is out of
    range (`invalid_class`): the call is then refused before anything is written, and
    that row reported to the facade, which raises its error.
-4. The Python facade (`softmaxloss._facade`) validates, builds the rows views, reduces
+4. Half-precision storage (`_kernels_half.pxi`, `_csrc/_half.h`): bfloat16 and float16
+   logits are read as stored (their uint16 bits), a row or a group of rows at a time
+   converted exactly into per-thread float32 scratch, computed there by the float32
+   kernels above, unchanged, and the gradient or softmax rounded back once, to nearest
+   with ties to even, by a portable conversion (every build, the same bits from the
+   same float32 values).
+5. The Python facade (`softmaxloss._facade`) validates, builds the rows views, reduces
    (the kernels return the per-row losses, their total and the mean's normaliser W)
    and documents.
 
@@ -41,7 +47,7 @@ import os as _os
 from cython.parallel cimport parallel, prange
 from libc.float cimport DBL_MIN
 from libc.math cimport INFINITY, NAN, fabs, isfinite
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 
@@ -536,3 +542,4 @@ def build_info():
 
 
 include "_kernels_classblock.pxi"
+include "_kernels_half.pxi"

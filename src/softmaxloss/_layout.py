@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ._halfdtypes import half_kind
+
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -81,8 +83,9 @@ class RowsLayout:
 
     def view(self, array: np.ndarray) -> np.ndarray | None:
         """`array` (of this layout's shape) as an (A, B, C) view the kernels can use,
-        or None when that needs a copy (or another dtype, or aligned memory)."""
-        if array.dtype not in KERNEL_DTYPES or not array.flags.aligned:
+        or None when that needs a copy (or another dtype, or aligned memory). The
+        kernels' dtypes are float32, float64 and, as stored, float16 and bfloat16."""
+        if (array.dtype not in KERNEL_DTYPES and half_kind(array.dtype) is None) or not array.flags.aligned:
             return None
         if array.ndim <= 2:  # one row axis at most: always a view (the fast, common case)
             return array.reshape(1, 1, -1) if array.ndim == 1 else (array[:, None, :] if self.axis else array.T[None])

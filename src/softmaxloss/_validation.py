@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 from numpy.exceptions import AxisError
 
+from ._halfdtypes import is_bfloat16, named_dtype
 from ._layout import KERNEL_DTYPES, RowsLayout, unaddressable_message
 
 REDUCTIONS = ("none", "mean", "sum")
 DEFAULT_IGNORE_INDEX = -100
 
-# float16 is computed in float32 (as PyTorch does on CPU); everything else that is
-# real and numeric is computed in float64. Results come back in `result` dtype.
+# float16 and bfloat16 (ml_dtypes') are computed in float32 (as PyTorch does on CPU; the
+# kernels read and write them as stored, `_kernels_half.pxi`); everything else that is real
+# and numeric is computed in float64. Results come back in `result` dtype.
 _FLOAT16 = np.dtype(np.float16)
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
@@ -51,6 +53,9 @@ def float_dtypes(dtype: np.dtype[Any], name: str = "logits") -> Dtypes:
     fixed = _FIXED_DTYPES.get(dtype)
     if fixed is not None:
         return fixed
+    if is_bfloat16(dtype):  # kind 'V', not a NumPy floating type: its own case
+        _FIXED_DTYPES[dtype] = Dtypes(_FLOAT32, dtype)
+        return _FIXED_DTYPES[dtype]
     if dtype.kind in "biu":
         return _FROM_INTEGERS
     if dtype.kind == "f":
@@ -59,20 +64,21 @@ def float_dtypes(dtype: np.dtype[Any], name: str = "logits") -> Dtypes:
             "convert it to float64 (or float32) first"
         )
     raise TypeError(
-        f"{name} must be a real numeric array (float16/32/64, integer or bool); "
+        f"{name} must be a real numeric array (float16/32/64, bfloat16, integer or bool); "
         f"got dtype {dtype}"
     )
 
 
 def as_real_array(x: Any, name: str = "logits", dtype: Any = None) -> tuple[np.ndarray, Dtypes]:
     """`np.asarray(x)` (no copy) and its dtypes; TypeError for complex/object/str.
-    `dtype` (float16/32/64): x converted to it first, as torch.softmax's dtype=."""
+    `dtype` (float16/32/64, bfloat16): x converted to it first, as torch.softmax's dtype=
+    (bfloat16, or the name "bfloat16", needs ml_dtypes: ImportError naming it)."""
     arr = np.asarray(x)
     float_dtypes(arr.dtype, name)
     if dtype is not None:
-        target = np.dtype(dtype)
-        if target not in _OUT_DTYPES:
-            raise TypeError(f"dtype must be float16, float32 or float64; got {dtype!r}")
+        target = named_dtype(dtype)
+        if target not in _OUT_DTYPES and not is_bfloat16(target):
+            raise TypeError(f"dtype must be float16, float32, float64 or bfloat16; got {dtype!r}")
         arr = arr.astype(target, copy=False)
     return arr, float_dtypes(arr.dtype, name)
 
@@ -190,10 +196,10 @@ def check_out(
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
         raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if out.dtype not in _OUT_DTYPES or not out.dtype.isnative:
+    if (out.dtype not in _OUT_DTYPES or not out.dtype.isnative) and not is_bfloat16(out.dtype):
         raise TypeError(
             f"{name} has dtype {out.dtype}, expected {dtypes.result} (or float16, float32 "
-            "or float64 in native byte order: the result is cast to it)"
+            "or float64 in native byte order, or bfloat16: the result is cast to it)"
         )
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")

@@ -47,7 +47,10 @@ Choices:
   (grad of grad, jvp of grad, jacfwd of jacrev, ...) raises NotImplementedError saying
   so; the callbacks' results are constants to JAX.
 - float32 and float64 (with `jax_enable_x64`) are computed natively; float16 and
-  bfloat16 logits in float32, the loss and gradient coming back in the logits' dtype.
+  bfloat16 logits in float32, the loss and gradient coming back in the logits' dtype:
+  the host callbacks get the half-precision logits as they are (no float32 copy of
+  them), and the kernel writes the gradient in their dtype, rounded once; the tangents
+  are formed from it in float32.
 - Under `jax.vmap` (also jacfwd's and jacrev's) the callback runs once per batch element
   ("sequential").
 - A host callback: CPU backends only, no `jax.export` serialisation.
@@ -208,6 +211,8 @@ def _jvp(options: _Options, primals: tuple[Any, ...], tangents: tuple[Any, ...])
     parts = []
     if dx is not None:  # d loss = sum_c grad * dx (per row for "none"): grad is the returned loss's
         kept = None if keep is None else jnp.expand_dims(keep, options.axis)
+        if computes_in_float32(grad.dtype):  # a half-precision gradient: the tangent in float32
+            grad = grad.astype(jnp.float32)
         product = _scaled_by_grad(grad, kept, dx.astype(grad.dtype))
         parts.append(product.sum(options.axis) if options.loss.reduction == "none" else product.sum())
     if dt is not None or dw is not None or ds is not None:
@@ -235,6 +240,8 @@ def _other_tangents(options: _Options, x: Any, t: Any, w: Any, s: Any, loss: Any
     (probabilities). With index targets each row's tangent is where(kept, ..., 0), and
     ignored rows' coefficients are 0 (their nl may be inf), so that the transpose gives
     ignored rows exactly 0 whatever the cotangent (the cotangent is masked first)."""
+    if computes_in_float32(x.dtype):  # half-precision logits: these tangents in float32
+        x = x.astype(jnp.float32)
     axis, eps, dtype = options.axis, options.loss.label_smoothing, x.dtype
     n_classes = x.shape[axis]
     w_ = jnp.ones(n_classes, dtype) if w is None else w.astype(dtype)
@@ -347,7 +354,7 @@ def cross_entropy(
             "point logits (float32, float64; float16 and bfloat16 computed in float32)"
         )
     result_dtype = logits.dtype
-    compute = logits.astype(jnp.float32) if computes_in_float32(logits.dtype) else logits
+    compute = logits  # half precision too: the kernel reads it as stored
     target = _as_input(target)
     weight = _as_input(weight)
     sample_weight = _as_input(sample_weight)

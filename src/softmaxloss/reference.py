@@ -6,7 +6,9 @@ and the fused Cython kernel is tested against it. Every function
 - validates its arguments with the same checks (`softmaxloss._validation`) as the fast
   function of the same name, before any work, so both raise the same errors;
 - computes in float64 whatever the input dtype, and returns results in the logits' result
-  dtype (float16 stays float16, float32 stays float32, integers and bools give float64);
+  dtype (float16 stays float16, bfloat16 bfloat16, float32 float32, integers and bools give
+  float64), rounded once from float64 (`round_float64`: also for bfloat16, whose own
+  float64 cast in ml_dtypes rounds twice);
 - never modifies its inputs (it works on a float64 copy), unless one is passed as `out`;
 - accepts `n_threads` (validated, otherwise unused) so the signatures equal the fast ones.
 
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ._halfdtypes import round_float64
 from ._layout import MergedAxes
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
@@ -399,7 +402,7 @@ def _masked_cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, 
 def _as_result(value: Any, dtypes: Dtypes) -> Any:
     """`value` in the result dtype; a 0-d result becomes a NumPy scalar."""
     with _quiet():
-        return np.asarray(value, dtype=dtypes.result)[()]
+        return round_float64(value, dtypes.result)[()]
 
 
 def _write(result: np.ndarray, dtypes: Dtypes, out: np.ndarray | None) -> np.ndarray:
@@ -408,8 +411,8 @@ def _write(result: np.ndarray, dtypes: Dtypes, out: np.ndarray | None) -> np.nda
     gets the result's value, not more digits of it)."""
     with _quiet():
         if out is None:
-            return result.astype(dtypes.result)
-        out[...] = result.astype(dtypes.result)
+            return round_float64(result, dtypes.result)
+        out[...] = round_float64(result, dtypes.result)
     return out
 
 

@@ -68,10 +68,12 @@ negative label_smoothing, which PyTorch accepts.
 Choices, where PyTorch has no twin to follow:
 - CPU tensors only: a CUDA (or any non-CPU) tensor is a ValueError; use PyTorch's loss
   on the GPU.
-- float32 and float64 are computed natively. float16 and bfloat16 inputs are upcast to
-  float32 for the kernel (a copy) and the loss and gradient come back in the input's
-  dtype, as PyTorch's own CPU kernels compute half precision in float32. Other dtypes
-  are a TypeError.
+- float32 and float64 are computed natively. float16 and bfloat16 logits are read as
+  stored, zero-copy (bfloat16 through `.view(torch.uint16)` as an `ml_dtypes.bfloat16`
+  NumPy array; without ml_dtypes installed, a float32 copy as before), computed in
+  float32 as PyTorch's own CPU kernels compute half precision, and the loss and the
+  gradient (written straight into a tensor of the input's dtype) come back in the
+  input's dtype, rounded once. Other dtypes are a TypeError.
 - The legacy `size_average` and `reduce` arguments are mapped to `reduction` by
   PyTorch's own rule (torch.nn._reduction.legacy_get_string, with its deprecation
   warning), as `torch.nn.functional.cross_entropy` does.
@@ -117,6 +119,7 @@ from torch import nn
 from torch.autograd import forward_ad
 
 from ._adapter import FLOAT32_COMPUTED, kept_rows, scaled_gradient
+from ._halfdtypes import bfloat16_dtype, is_bfloat16
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_loss_args, check_n_threads
@@ -231,15 +234,41 @@ def _on_cpu(tensor: torch.Tensor, name: str) -> None:
         )
 
 
+@functools.cache
+def _bfloat16() -> np.dtype[Any] | None:
+    """ml_dtypes.bfloat16, or None when ml_dtypes is not installed."""
+    try:
+        return bfloat16_dtype()
+    except ImportError:
+        return None
+
+
+def _zero_copy(dtype: torch.dtype) -> bool:
+    """Whether tensors of `dtype` reach NumPy as views of their memory: all but bfloat16
+    without ml_dtypes (torch refuses `.numpy()` for bfloat16; its uint16 bits are viewed)."""
+    return dtype != torch.bfloat16 or _bfloat16() is not None
+
+
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A NumPy view of `tensor`'s memory (a float32 copy for half precision)."""
+    """A NumPy view of `tensor`'s memory (bfloat16 as ml_dtypes.bfloat16; a float32 copy
+    without ml_dtypes)."""
     t = tensor.detach()
-    if t.dtype in _UPCAST:
+    if not _zero_copy(t.dtype):
         t = t.float()
     if t.is_neg():  # a lazily negated view (torch's neg bit): NumPy needs the values
         t = t.resolve_neg()
+    if t.dtype == torch.bfloat16:
+        bfloat16: np.ndarray = t.view(torch.uint16).numpy().view(_bfloat16())
+        return bfloat16
     array: np.ndarray = t.numpy()
     return array
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """torch.from_numpy, also for an ml_dtypes.bfloat16 array (through its uint16 bits)."""
+    if is_bfloat16(array.dtype):
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
 
 
 def _check_tensors(input: Any, target: Any, weight: Any, sample_weight: Any) -> None:
@@ -355,15 +384,15 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
     try:
         _probabilities_only_as_floats(x, t)
         if with_grad:
-            grad = torch.empty(input.shape, dtype=torch.float32 if input.dtype in _UPCAST else input.dtype)
-            loss, _ = _np_cross_entropy_with_grad(x, t, out=grad.numpy(), **keywords)
+            grad = torch.empty(input.shape, dtype=input.dtype if _zero_copy(input.dtype) else torch.float32)
+            loss, _ = _np_cross_entropy_with_grad(x, t, out=_numpy(grad), **keywords)
             grad = grad.to(input.dtype)
         else:
             loss = _np_cross_entropy(x, t, **keywords)
             grad = input.new_empty((0,))
     except ValueError as error:
         raise _torch_error(error, input, target, weight, ignore_index) from None
-    return torch.from_numpy(np.asarray(loss)).to(input.dtype).contiguous(), grad
+    return _tensor(np.asarray(loss)).to(input.dtype).contiguous(), grad
 
 
 _LIBRARY.impl("cross_entropy", _cpu_kernel, "CPU")
@@ -910,13 +939,13 @@ class _InplaceCrossEntropy(torch.autograd.Function):  # type: ignore[misc, unuse
         inplace: bool,
     ) -> torch.Tensor:
         loss, grad = _np_cross_entropy_with_grad(x, t, out=x if inplace else None, **options)
-        grad_tensor = torch.from_numpy(grad)
+        grad_tensor = _tensor(grad)
         if grad_tensor.dtype != input.dtype:
             grad_tensor = grad_tensor.to(input.dtype)
         ctx.save_for_backward(grad_tensor, target)
         ctx.ignore_index = options["ignore_index"]
         ctx.per_row = options["reduction"] == "none" and input.dim() >= 2
-        return torch.from_numpy(np.asarray(loss)).to(input.dtype)
+        return _tensor(np.asarray(loss)).to(input.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override, unused-ignore]
@@ -975,7 +1004,7 @@ def _eager_inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weig
         value = _np_cross_entropy(x, t, **keywords)
     except ValueError as error:
         raise _torch_error(error, input, target, weight, ignore_index) from None
-    return torch.from_numpy(np.asarray(value)).to(input.dtype)
+    return _tensor(np.asarray(value)).to(input.dtype)
 
 
 # Under torch.compile a graph break: with fullgraph=True an error giving this reason.

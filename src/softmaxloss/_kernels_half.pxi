@@ -1,0 +1,285 @@
+# Half-precision storage (bfloat16, float16) around the float32 kernels: the `def` entry points
+# `softmax_half`, `logsumexp_half`, `cross_entropy_index_half` and `cross_entropy_probs_half`.
+# Logits are read as stored (uint16_t bits, any strides): a row, or a group of rows, is
+# converted into per-thread float32 scratch (_csrc/_half.h, exact), computed there by the
+# float32 row, group or block kernel that a contiguous float32 call of the same shape
+# would use (the same code, so the same float32 values), and the gradient or the softmax
+# written back rounded once, to nearest with ties to even. No other arithmetic: a half
+# result is exactly the float32 kernel's result on the same (exactly converted) logits,
+# rounded once. In place works as in float32: a row is read whole before it is written.
+# Included by _kernels.pyx; not compiled on its own.
+
+cdef extern from "_half.h" nogil:
+    const int SML_HALF_BF16
+    const int SML_HALF_F16
+    float sml_bf16_to_f32(uint16_t h)
+    uint16_t sml_f32_to_bf16(float f)
+    float sml_f16_to_f32(uint16_t h)
+    uint16_t sml_f32_to_f16(float f)
+    void sml_half_load(int kind, const char *src, Py_ssize_t step, Py_ssize_t n, float *dst)
+    void sml_half_store(int kind, const float *src, Py_ssize_t n, char *dst, Py_ssize_t step)
+
+
+cdef enum:
+    # Which float32 path cross_entropy_index_half runs on its converted rows.
+    HALF_BLOCKS = 0  # block_loss_grad_index, BLOCK_ROWS rows of few classes
+    HALF_GROUPS = 1  # group_loss_grad_index, group_rows(n) rows of up to GROUP_MAX_CLASSES
+    HALF_ROWS = 2    # index_row, one row at a time
+
+
+cdef int check_half_kind(int kind) except -1:
+    if kind != SML_HALF_BF16 and kind != SML_HALF_F16:
+        raise ValueError(f"softmaxloss kernels: kind must be {SML_HALF_BF16} (bfloat16) or "
+                         f"{SML_HALF_F16} (float16), got {kind}")
+    return 0
+
+
+cdef Rows half_rows(const uint16_t[:, :, :] a):
+    """Rows of an (A, B, C) half array; base NULL for None (no output)."""
+    if a is None:
+        return make_rows(NULL, 1, 0, 0, sizeof(uint16_t))
+    return make_rows(&a[0, 0, 0], a.shape[1], a.strides[0], a.strides[1], a.strides[2])
+
+
+cdef inline void half_load(Rows v, Py_ssize_t r, Py_ssize_t n, int kind, float *dst) noexcept nogil:
+    """Row r of half storage into dst (n float32), exactly."""
+    sml_half_load(kind, row_at(v, r), v.step, n, dst)
+
+
+cdef inline void half_store(Rows v, Py_ssize_t r, Py_ssize_t n, int kind,
+                            const float *src) noexcept nogil:
+    """src (n float32) into row r of half storage, each rounded once (nothing without v)."""
+    if v.base != NULL:
+        sml_half_store(kind, src, n, row_at(v, r), v.step)
+
+
+def softmax_half(const uint16_t[:, :, :] x not None,   # IN  (A, B, C) half bits
+                 uint16_t[:, :, :] out not None,       # OUT (A, B, C) half bits, may be x's memory
+                 bint log_output,
+                 int kind,                             # 0 bfloat16, 1 float16
+                 int n_threads):
+    """softmax (or log_softmax) of half logits: row_softmax in float32, rounded once."""
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r
+    check_half_kind(kind)
+    check_shape("out", out.shape, x.shape, 3)
+    if n_rows == 0 or n == 0:
+        return
+    cdef Rows xv = half_rows(x), ov = half_rows(out)
+    cdef int failed = 0
+    cdef ThreadScratch scratch = thread_scratch(True, &failed)
+    cdef float *buffer = NULL
+    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+        buffer = <float *>scratch_alloc(scratch, n * sizeof(float))
+        for r in prange(n_rows, schedule="static"):
+            if scratch_missing(scratch, buffer):
+                continue
+            half_load(xv, r, n, kind, buffer)
+            row_softmax(<const float *>buffer, buffer, n, log_output)
+            half_store(ov, r, n, kind, buffer)
+        free(buffer)
+    scratch_raise(scratch)
+
+
+def logsumexp_half(const uint16_t[:, :, :] x not None,   # IN  (A, B, C) half bits
+                   double[:, ::1] out not None,          # OUT (A, B)
+                   int kind,
+                   int n_threads):
+    """out[a, b] = log(sum_c exp(x[a, b, c])): row_logsumexp of the float32 row."""
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r
+    check_half_kind(kind)
+    check_shape("out", out.shape, x.shape, 2)
+    if n_rows == 0 or n == 0:
+        return
+    cdef Rows xv = half_rows(x)
+    cdef double *values = &out[0, 0]
+    cdef int failed = 0
+    cdef ThreadScratch scratch = thread_scratch(True, &failed)
+    cdef float *buffer = NULL
+    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+        buffer = <float *>scratch_alloc(scratch, n * sizeof(float))
+        for r in prange(n_rows, schedule="static"):
+            if scratch_missing(scratch, buffer):
+                continue
+            half_load(xv, r, n, kind, buffer)
+            values[r] = row_logsumexp(<const float *>buffer, n)
+        free(buffer)
+    scratch_raise(scratch)
+
+
+cdef inline void half_index_chunk(
+    Rows x,                    # IN  half logits
+    Rows g,                    # OUT half gradient (base NULL: the loss only); may be x's memory
+    Rows target,               # IN  int64 class indices or ignore_index
+    Rows sample_weight,        # IN  double (base NULL: all ones)
+    double *row_loss,          # OUT per-row losses, contiguous in row order
+    Py_ssize_t first,          # the chunk: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS (1 for HALF_ROWS)
+    Py_ssize_t n,
+    int kind,
+    int path,                  # HALF_BLOCKS, HALF_GROUPS or HALF_ROWS
+    LossOptions o,
+    float *rows,               # scratch, count * n: the rows in float32, then their gradient
+    float *work,               # the float32 path's own scratch (HALF_ROWS: none)
+) noexcept nogil:
+    """Rows first .. first+count-1 of cross_entropy_index_half: converted into `rows`,
+    computed there in place by the float32 path, their gradient rounded back into g."""
+    cdef int64_t labels[BLOCK_ROWS]
+    cdef double weights[BLOCK_ROWS]
+    cdef double losses[BLOCK_ROWS]
+    cdef Py_ssize_t i
+    for i in range(count):
+        labels[i] = (<const int64_t *>row_at(target, first + i))[0]
+        weights[i] = sample_weight_at(sample_weight, first + i)
+        half_load(x, first + i, n, kind, rows + i * n)
+    cdef Rows xs = make_rows(rows, 1, n * sizeof(float), 0, sizeof(float))
+    cdef Rows gs = make_rows(rows if g.base != NULL else NULL, 1, n * sizeof(float), 0,
+                             sizeof(float))
+    cdef Rows ts = make_rows(labels, 1, sizeof(int64_t), 0, 0)
+    cdef Rows ss = make_rows(weights, 1, sizeof(double), 0, 0)
+    if path == HALF_BLOCKS:
+        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+    elif path == HALF_GROUPS:
+        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+    else:
+        index_row(xs, gs, ts, ss, losses, 0, n, o, <float *>NULL)
+    for i in range(count):
+        row_loss[first + i] = losses[i]
+        half_store(g, first + i, n, kind, rows + i * n)
+
+
+def cross_entropy_index_half(
+    const uint16_t[:, :, :] x not None, # IN  (A, B, C) half logits
+    const int64_t[:, :] target not None,  # IN  (A, B) class indices or ignore_index
+    const double[::1] weight,           # IN  (C,) class weights, or None
+    const double[:, :] sample_weight,   # IN  (A, B), or None
+    int64_t ignore_index,
+    double label_smoothing,
+    double z_loss,
+    bint mean,                          # reduction="mean": the gradient is divided by W
+    double[:, ::1] row_loss not None,   # OUT (A, B) per-row losses (0 where ignored)
+    uint16_t[:, :, :] grad,             # OUT (A, B, C) half gradient, or None; may be x's memory
+    int kind,                           # 0 bfloat16, 1 float16
+    int n_threads,
+    bint report_invalid_row=False,
+):
+    """cross_entropy_index for half logits (the same arguments, and `kind`; the same
+    returns): each chunk of rows computed in float32 as a contiguous float32 call would
+    compute it, the gradient rounded once into `grad`."""
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], block
+    check_half_kind(kind)
+    check_shape("target", target.shape, x.shape, 2)
+    check_loss_shapes(x.shape, row_loss, weight, sample_weight,
+                      grad.shape if grad is not None else NULL)
+    if n_rows == 0 or n == 0:
+        return 0.0, 0.0
+    cdef Rows xv = half_rows(x), gv = half_rows(grad), tv = class_rows(target)
+    cdef Rows sv = sample_weight_rows(sample_weight)
+    cdef double *losses = &row_loss[0, 0]
+    cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, ignore_index)
+    cdef double normaliser
+    cdef Py_ssize_t invalid_row
+    with nogil:
+        normaliser = row_weight_total(tv, sv, o, n_rows, n, True, losses, &invalid_row)
+    if invalid_row >= 0:
+        if report_invalid_row:
+            losses[0] = <double>invalid_row
+        return None
+    o.divisor = gradient_divisor(mean, normaliser)
+    # The float32 path of a contiguous float32 call (index_loops), its chunk of rows and
+    # its own scratch, in floats.
+    cdef int path = HALF_ROWS
+    cdef Py_ssize_t chunk = 1, work_size = 0
+    if in_blocks(n, sizeof(float)):
+        path, chunk, work_size = HALF_BLOCKS, BLOCK_ROWS, n * BLOCK_ROWS
+    elif group_rows(n, sizeof(float)) > 0:
+        path, chunk, work_size = HALF_GROUPS, group_rows(n, sizeof(float)), BLOCK_ROWS
+    cdef int failed = 0
+    cdef ThreadScratch scratch = thread_scratch(True, &failed)
+    cdef float *buffer = NULL
+    cdef LossOptions mine  # each thread's copy of o (see LossOptions)
+    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+        buffer = <float *>scratch_alloc(scratch, (chunk * n + work_size) * sizeof(float))
+        mine = o
+        for block in prange((n_rows + chunk - 1) // chunk, schedule="static"):
+            if scratch_missing(scratch, buffer):
+                continue
+            half_index_chunk(xv, gv, tv, sv, losses, block * chunk,
+                             min(chunk, n_rows - block * chunk), n, kind, path, mine,
+                             buffer, buffer + chunk * n)
+        free(buffer)
+    scratch_raise(scratch)
+    return sum_in_order(losses, n_rows), normaliser
+
+
+def cross_entropy_probs_half(
+    const uint16_t[:, :, :] x not None,      # IN  (A, B, C) half logits
+    const target_floating[:, :, :] target not None,  # IN  (A, B, C) probabilities
+    const double[::1] weight,                # IN  (C,) class weights, or None
+    const double[:, :] sample_weight,        # IN  (A, B), or None
+    double label_smoothing,
+    double z_loss,
+    bint mean,                               # reduction="mean": the gradient is divided by W
+    double[:, ::1] row_loss not None,        # OUT (A, B) per-row losses
+    uint16_t[:, :, :] grad,                  # OUT (A, B, C) half gradient, or None; may be x's memory
+    int kind,                                # 0 bfloat16, 1 float16
+    int n_threads,
+):
+    """cross_entropy_probs for half logits: row_loss_grad_probs on each float32 row, the
+    gradient rounded once into `grad`."""
+    cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1], r
+    check_half_kind(kind)
+    check_shape("target", target.shape, x.shape, 3)
+    check_loss_shapes(x.shape, row_loss, weight, sample_weight,
+                      grad.shape if grad is not None else NULL)
+    if n_rows == 0 or n == 0:
+        return 0.0, 0.0
+    cdef Rows xv = half_rows(x), gv = half_rows(grad)
+    cdef Rows tv = make_rows(&target[0, 0, 0], n_b, target.strides[0], target.strides[1],
+                             target.strides[2])
+    cdef Py_ssize_t t_step = target.strides[2] // sizeof(target_floating)
+    cdef Rows sv = sample_weight_rows(sample_weight)
+    cdef double *losses = &row_loss[0, 0]
+    cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, 0)
+    cdef double normaliser
+    cdef Py_ssize_t invalid_row
+    with nogil:
+        normaliser = row_weight_total(sv, sv, o, n_rows, n, False, losses, &invalid_row)
+    o.divisor = gradient_divisor(mean, normaliser)
+    cdef int failed = 0
+    cdef ThreadScratch scratch = thread_scratch(True, &failed)
+    cdef float *buffer = NULL
+    cdef LossOptions mine  # each thread's copy of o (see LossOptions)
+    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+        buffer = <float *>scratch_alloc(scratch, n * sizeof(float))
+        mine = o
+        for r in prange(n_rows, schedule="static"):
+            if scratch_missing(scratch, buffer):
+                continue
+            half_load(xv, r, n, kind, buffer)
+            losses[r] = row_loss_grad_probs(
+                <const float *>buffer, buffer if gv.base != NULL else <float *>NULL, n,
+                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine)
+            half_store(gv, r, n, kind, buffer)
+        free(buffer)
+    scratch_raise(scratch)
+    return sum_in_order(losses, n_rows), normaliser
+
+
+def half_from_float32(const float[::1] x not None, uint16_t[::1] out not None, int kind):
+    """out = x rounded once to bfloat16 (kind 0) or float16 (kind 1) bits, by the kernels'
+    own conversion (for tests)."""
+    check_half_kind(kind)
+    check_shape("out", out.shape, x.shape, 1)
+    if x.shape[0]:
+        with nogil:
+            sml_half_store(kind, &x[0], x.shape[0], <char *>&out[0], sizeof(uint16_t))
+
+
+def half_to_float32(const uint16_t[::1] x not None, float[::1] out not None, int kind):
+    """out = the bfloat16 (kind 0) or float16 (kind 1) bits x as float32, exactly, by the
+    kernels' own conversion (for tests)."""
+    check_half_kind(kind)
+    check_shape("out", out.shape, x.shape, 1)
+    if x.shape[0]:
+        with nogil:
+            sml_half_load(kind, <const char *>&x[0], sizeof(uint16_t), x.shape[0], &out[0])
