@@ -3,6 +3,8 @@
  *
  *   static inline float  sml_expf(float x);
  *   static inline double sml_exp(double x);
+ *   static inline float  sml_expf_sub(float x, float m);    exp(x - m), x - m exact
+ *   static inline double sml_exp_sub(double x, double m);
  *
  * Measured max error (reference: libm exp() in double for float, 80-bit
  * expl() for double), gcc 12 -O3, without / with -mavx2 -mfma:
@@ -113,6 +115,35 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
         (p) = s__ + ((e__ + (re) * s__) + (r2) * (q));                         \
     } while (0)
 
+/* The same, times (1 + lo): p = exp(r) (1 + lo) for the low part lo of an argument
+ * hi + lo (|lo| <= ulp(hi)/2, so lo^2 is far below an ulp): p0 = exp(r) as above, then
+ * p = s + (T + lo p0), T the small terms of p0. One rounding of a term of size |lo|
+ * more, nothing of size 1: the same accuracy as exp(r). For lo = 0 exactly (T + 0 = T,
+ * fma(0, p0, T) = T) the same bits as SML__EXP_RECONSTRUCT. */
+#define SML__EXP_RECONSTRUCT_LO(TYPE, one, r, re, r2, q, lo, p)                \
+    do {                                                                       \
+        TYPE s__ = (one) + (r);                                                \
+        TYPE e__ = ((one) - s__) + (r);             /* exact */                \
+        TYPE t__ = (e__ + (re) * s__) + (r2) * (q);                            \
+        (p) = s__ + (t__ + (lo) * (s__ + t__));                                \
+    } while (0)
+
+/* hi + lo = a - b exactly (Knuth's TwoSum, no condition on the sizes): hi = fl(a - b),
+ * lo the rounding error, itself a number of the type. Six additions, no product (so no
+ * FMA contraction can change it). Valid when a - b does not overflow; callers zero lo
+ * where hi is not finite (inf - inf would make it NaN). */
+#define SML__TWO_DIFF(TYPE, a, b, hi, lo)                                       \
+    do {                                                                       \
+        TYPE bb__;                                                             \
+        (hi) = (a) - (b);                                                      \
+        bb__ = (hi) - (a);                                                     \
+        (lo) = ((a) - ((hi) - bb__)) - ((b) + bb__);                           \
+    } while (0)
+
+/* The plain reconstruction under the core macros' signature (lo unused). */
+#define SML__EXP_RECONSTRUCT_NOLO(TYPE, one, r, re, r2, q, lo, p)              \
+    SML__EXP_RECONSTRUCT(TYPE, one, r, re, r2, q, p)
+
 /* ------------------------------------------------------------------------ */
 /* float                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -122,7 +153,7 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
  * (TYPE float or a GNU vector of floats; a scalar operand is broadcast), so
  * that every version is the same expression: the same roundings and the same
  * FMA contractions, hence the same bits. */
-#define SML__EXPF_CORE(TYPE, x, t, p)                                          \
+#define SML__EXPF_CORE_GEN(TYPE, x, t, p, RECONSTRUCT, lo)                     \
     do {                                                                       \
         /* 1.5*2^23: adding it pushes the fraction bits out, leaving          \
          * round-to-nearest(x*log2e) as an integer in the low mantissa bits   \
@@ -149,8 +180,15 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
          * more loop iterations overlap */                                     \
         r2_ = r_ * r_;                                                         \
         q_ = (c2_ + r_ * c3_) + r2_ * ((c4_ + r_ * c5_) + r2_ * c6_);          \
-        SML__EXP_RECONSTRUCT(TYPE, 1.0f, r_, re_, r2_, q_, p);                 \
+        RECONSTRUCT(TYPE, 1.0f, r_, re_, r2_, q_, lo, p);                      \
     } while (0)
+
+/* SML__EXPF_CORE(TYPE, x, t, p): exp of x; SML__EXPF_CORE_LO(TYPE, x, lo, t, p): of
+ * x + lo, |lo| <= ulp(x)/2 (SML__EXP_RECONSTRUCT_LO). */
+#define SML__EXPF_CORE(TYPE, x, t, p)                                          \
+    SML__EXPF_CORE_GEN(TYPE, x, t, p, SML__EXP_RECONSTRUCT_NOLO, 0)
+#define SML__EXPF_CORE_LO(TYPE, x, lo, t, p)                                   \
+    SML__EXPF_CORE_GEN(TYPE, x, t, p, SML__EXP_RECONSTRUCT_LO, lo)
 
 static SML_INLINE float sml_expf(float x)
 {
@@ -188,7 +226,7 @@ static SML_INLINE float sml_expf(float x)
 /* double                                                                    */
 /* ------------------------------------------------------------------------ */
 /* As SML__EXPF_CORE, for double (TYPE double or a GNU vector of doubles). */
-#define SML__EXP_CORE(TYPE, x, t, p)                                           \
+#define SML__EXP_CORE_GEN(TYPE, x, t, p, RECONSTRUCT, lo)                      \
     do {                                                                       \
         const double magic_ = 6755399441055744.0;   /* 1.5*2^52 */             \
         const double log2e_ = 1.4426950408889634;   /* 0x1.71547652b82fep+0 */ \
@@ -218,8 +256,13 @@ static SML_INLINE float sml_expf(float x)
         q_ = ((c2_ + r_ * c3_) + r2_ * (c4_ + r_ * c5_))                       \
            + r4_ * (((c6_ + r_ * c7_) + r2_ * (c8_ + r_ * c9_))                \
                     + r4_ * (c10_ + r_ * c11_));                               \
-        SML__EXP_RECONSTRUCT(TYPE, 1.0, r_, re_, r2_, q_, p);                  \
+        RECONSTRUCT(TYPE, 1.0, r_, re_, r2_, q_, lo, p);                       \
     } while (0)
+
+#define SML__EXP_CORE(TYPE, x, t, p)                                           \
+    SML__EXP_CORE_GEN(TYPE, x, t, p, SML__EXP_RECONSTRUCT_NOLO, 0)
+#define SML__EXP_CORE_LO(TYPE, x, lo, t, p)                                    \
+    SML__EXP_CORE_GEN(TYPE, x, t, p, SML__EXP_RECONSTRUCT_LO, lo)
 
 static SML_INLINE double sml_exp(double x)
 {
@@ -244,6 +287,59 @@ static SML_INLINE double sml_exp(double x)
     m1 = m >> 1;
     s1 = sml__f64_from_bits((m1 + 485u) << 52);     /* 2^(m1 - 538)          */
     s2 = sml__f64_from_bits((m - m1 + 485u) << 52); /* 2^(m - m1 - 538)      */
+    return (p * s1) * s2;
+}
+
+/* ------------------------------------------------------------------------ */
+/* exp(x - m) from the exact difference                                      */
+/* ------------------------------------------------------------------------ */
+/* sml_expf_sub(x, m) = exp(x - m), sml_exp_sub(x, m) likewise for double, with x - m
+ * taken exactly, as hi + lo (SML__TWO_DIFF), and exp(hi + lo) = exp(hi) (1 + lo) folded
+ * into the reconstruction (SML__EXP_RECONSTRUCT_LO): the error bounds above hold for
+ * exp(x - m) itself, however large |x - m| (rounding x - m first would cost up to
+ * |x - m| / 2 ulps more: 2^k ulps for |x - m| in [2^k, 2^(k+1))). lo is used only where
+ * hi is within the clamps (elsewhere the result is +0, +inf or NaN whatever lo is, and
+ * lo may be NaN: inf - inf). Where x - m is exact (lo = 0: x = m, x - m by Sterbenz,
+ * ...) the same bits as sml_expf(x - m). */
+static SML_INLINE float sml_expf_sub(float x, float m)
+{
+    const float lo_bound = -104.0f;
+    const float hi_bound = 89.0f;
+    float d, dl, c, t, p, s1, s2;
+    uint32_t u, u1;
+
+    SML__TWO_DIFF(float, x, m, d, dl);
+    c = d < lo_bound ? lo_bound : d;
+    c = c > hi_bound ? hi_bound : c;
+    dl = c == d ? dl : 0.0f;                /* clamped or NaN: no lo */
+
+    SML__EXPF_CORE_LO(float, c, dl, t, p);
+
+    u = sml__f32_bits(t) - (0x4B400000u - 150u); /* as in sml_expf */
+    u1 = u >> 1;
+    s1 = sml__f32_from_bits((u1 + 52u) << 23);
+    s2 = sml__f32_from_bits((u - u1 + 52u) << 23);
+    return (p * s1) * s2;
+}
+
+static SML_INLINE double sml_exp_sub(double x, double m)
+{
+    const double lo_bound = -746.0;
+    const double hi_bound = 710.0;
+    double d, dl, c, t, p, s1, s2;
+    uint64_t u, u1;
+
+    SML__TWO_DIFF(double, x, m, d, dl);
+    c = d < lo_bound ? lo_bound : d;
+    c = c > hi_bound ? hi_bound : c;
+    dl = c == d ? dl : 0.0;                 /* clamped or NaN: no lo */
+
+    SML__EXP_CORE_LO(double, c, dl, t, p);
+
+    u = sml__f64_bits(t) - ((((uint64_t)0x43380000u) << 32) - 1076u); /* as in sml_exp */
+    u1 = u >> 1;
+    s1 = sml__f64_from_bits((u1 + 485u) << 52);
+    s2 = sml__f64_from_bits((u - u1 + 485u) << 52);
     return (p * s1) * s2;
 }
 
@@ -273,6 +369,22 @@ static SML_INLINE double sml_exp(double x)
         sml_f32x8 t_x8_, p_x8_;                                                \
         SML__EXPF_CORE(sml_f32x8, x, t_x8_, p_x8_);                            \
         (y) = p_x8_ * (sml_f32x8)(((sml_u32x8)t_x8_ + 127u) << 23);            \
+    } while (0)
+
+/* SML_EXPF_X8_INRANGE_LO(x, lo, y): y = exp(x + lo) (|lo| <= ulp(x)/2), bitwise
+ * sml_expf_sub's for x + lo the exact x - m; SML_EXP_X4_INRANGE_LO likewise. */
+#define SML_EXPF_X8_INRANGE_LO(x, lo, y)                                       \
+    do {                                                                       \
+        sml_f32x8 t_x8_, p_x8_;                                                \
+        SML__EXPF_CORE_LO(sml_f32x8, x, lo, t_x8_, p_x8_);                     \
+        (y) = p_x8_ * (sml_f32x8)(((sml_u32x8)t_x8_ + 127u) << 23);            \
+    } while (0)
+
+#define SML_EXP_X4_INRANGE_LO(x, lo, y)                                        \
+    do {                                                                       \
+        sml_f64x4 t_x4_, p_x4_;                                                \
+        SML__EXP_CORE_LO(sml_f64x4, x, lo, t_x4_, p_x4_);                      \
+        (y) = p_x4_ * (sml_f64x4)(((sml_u64x4)t_x4_ + 1023u) << 52);           \
     } while (0)
 
 /* t's bits are 0x4338000000000000 + n, so (bits + 1023) << 52 is 2^n */
