@@ -54,8 +54,8 @@ def kernel_path(n_classes, dtype):
 # rows of `test_largest_gaps_against_mpmath_at_60_digits`; budgets
 # leave ~25% headroom.
 #
-# The kernels take x_c - m exactly, as hi + lo (TwoSum), and exp(hi + lo) = exp(hi) (1 + lo)
-# folded into their exp's reconstruction (`_fastexp.h`, sml_exp*_sub; issue 19): the error of
+# The kernels take x_c - m exactly, as hi + lo (TwoSum, or Fast2Sum of min/max), with lo folded
+# into their exp's argument reduction (`_fastexp.h`, sml_exp*_sub; issue 19): the error of
 # e_c = exp(x_c - m) is the exp's own, whatever the gap m - x_c. (Before, x_c - m was rounded
 # first: a float64 probability 512 below the max was off by up to ~500 ulps, a float32 one
 # 64 below by ~63, the loss of issue 19's two-class rows by 16.7; GAP_FACTOR = 1 in `_kappa`

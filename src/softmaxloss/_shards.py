@@ -218,7 +218,8 @@ def _sub_sub(x: np.ndarray, m: np.ndarray, log_total: np.ndarray) -> np.ndarray:
     operations, so the same bits)."""
     d = x - m
     t = d - log_total
-    return np.where(np.abs(t) <= np.finfo(np.float64).max, t + (_sub_lo(d, log_total, t) + _sub_lo(x, m, d)), t)
+    exact: np.ndarray = np.where(np.abs(t) <= np.finfo(np.float64).max, t + (_sub_lo(d, log_total, t) + _sub_lo(x, m, d)), t)
+    return exact
 
 
 # ---- 2. the merge ----------------------------------------------------------------------

@@ -67,6 +67,29 @@ static inline double sml_sub_sub(double x, double m, double L)
 #define SML_NAME(name) SML_JOIN(name, SML_SUFFIX)
 
 #if SML_HAVE_VEXP
+/* SML__VDIFF_F / _D(x, m, hi, lo): hi + lo = x - m exactly for a vector x and the row max m
+ * (x <= m): with AVX, Fast2Sum of a = min(x, -m), b = max(x, -m), which has |a| >= |b|
+ * whatever the signs (x <= m); else TwoSum. Both give the exact lo: the same bits. */
+#if SML_TARGET_AVX
+#define SML__VDIFF(TYPE, NATIVE, MIN, MAX, x, m, hi, lo)                                \
+    do {                                                                                \
+        TYPE mn_ = (TYPE){0} - (m), a_, b_;                                             \
+        a_ = (TYPE)MIN((NATIVE)(x), (NATIVE)mn_);                                       \
+        b_ = (TYPE)MAX((NATIVE)(x), (NATIVE)mn_);                                       \
+        (hi) = (x) - (m);                                                               \
+        (lo) = b_ - ((hi) - a_);                                                        \
+    } while (0)
+#define SML__VDIFF_F(x, m, hi, lo)                                                      \
+    SML__VDIFF(sml_f32x8, __m256, _mm256_min_ps, _mm256_max_ps, x, m, hi, lo)
+#define SML__VDIFF_D(x, m, hi, lo)                                                      \
+    SML__VDIFF(sml_f64x4, __m256d, _mm256_min_pd, _mm256_max_pd, x, m, hi, lo)
+#else
+#define SML__VDIFF_F(x, m, hi, lo) SML__TWO_DIFF(sml_f32x8, x, (m), hi, lo)
+#define SML__VDIFF_D(x, m, hi, lo) SML__TWO_DIFF(sml_f64x4, x, (m), hi, lo)
+#endif
+#endif
+
+#if SML_HAVE_VEXP
 #define SML_VGROUP_T_F sml_f32x8
 #define SML_VGROUP_T_D sml_f64x4x2
 
@@ -80,7 +103,7 @@ static inline double sml_sub_sub(double x, double m, double L)
     do {                                                                                \
         sml_f32x8 x_, d_, l_;                                                           \
         memcpy(&x_, (xp), sizeof x_);                                                   \
-        SML__TWO_DIFF(sml_f32x8, x_, (m), d_, l_);                                      \
+        SML__VDIFF_F(x_, (m), d_, l_);                                                    \
         (out) = ~((sml_f32x8)((sml_u32x8)d_ & 0x7FFFFFFFu) <= SML_EXPF_INRANGE);        \
         SML_EXPF_X8_INRANGE_LO(d_, l_, v);                                              \
     } while (0)
@@ -103,8 +126,8 @@ static inline double sml_sub_sub(double x, double m, double L)
         sml_f64x4 x0_, x1_, d0_, d1_, l0_, l1_;                                         \
         memcpy(&x0_, (xp), sizeof x0_);                                                 \
         memcpy(&x1_, (xp) + 4, sizeof x1_);                                             \
-        SML__TWO_DIFF(sml_f64x4, x0_, (m), d0_, l0_);                                   \
-        SML__TWO_DIFF(sml_f64x4, x1_, (m), d1_, l1_);                                   \
+        SML__VDIFF_D(x0_, (m), d0_, l0_);                                               \
+        SML__VDIFF_D(x1_, (m), d1_, l1_);                                               \
         (out) = ~((sml_f64x4)((sml_u64x4)d0_ & 0x7FFFFFFFFFFFFFFFu) <= SML_EXP_INRANGE)  \
               | ~((sml_f64x4)((sml_u64x4)d1_ & 0x7FFFFFFFFFFFFFFFu) <= SML_EXP_INRANGE); \
         SML_EXP_X4_INRANGE_LO(d0_, l0_, (v).v[0]);                                      \
