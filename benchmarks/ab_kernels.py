@@ -17,7 +17,9 @@ build beats avx2 on this CPU, one install twice:
     python benchmarks/ab_kernels.py DIR/softmaxloss DIR/softmaxloss --kernels avx2 --kernels-b avx512
 
 Prints ns per row of each build, and A's time over B's (above 1: B is faster), for
-`cross_entropy_index` with its gradient, float32 and float64, one thread.
+`cross_entropy_index` with its gradient (and, with `--ops`, `softmax`, `log_softmax`,
+`logsumexp`, `gradient_hessian`), float32 and float64, on each of `--threads` (default 1).
+`--logits N` sizes every case at about N logits (rows = N / C) instead of `--rows`.
 """
 
 from __future__ import annotations
@@ -60,27 +62,61 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="calls of each build (median taken)")
     parser.add_argument("--kernels", default="avx2", help="the build timed (a row of softmaxloss._builds)")
     parser.add_argument("--kernels-b", help="the build timed for B, if not the same")
+    parser.add_argument("--ops", default="cross_entropy", help=f"comma-separated subset of {','.join(OPS)}")
+    parser.add_argument("--threads", default="1", help="comma-separated thread counts")
+    parser.add_argument("--logits", type=int, help="logits per case (rows = logits / C), instead of --rows")
     args = parser.parse_args()
     builds = {"A": load(args.a, module_of(args.kernels)), "B": load(args.b, module_of(args.kernels_b or args.kernels))}
     rng = np.random.default_rng(0)
-    for dtype, signature in ((np.float32, "float"), (np.float64, "double")):
-        for n_classes in (int(c) for c in args.classes.split(",")):
-            x = (rng.standard_normal((args.rows, 1, n_classes)) * 3).astype(dtype)
-            target = rng.integers(0, n_classes, (args.rows, 1))
-            row_loss = np.empty((args.rows, 1))
-            grad = np.empty_like(x)
-            seconds: dict[str, list[float]] = {"A": [], "B": []}
-            for _ in range(args.repeats):
-                for name, kernels in builds.items():  # alternate, call by call
-                    kernel = kernels.cross_entropy_index.__signatures__[signature]
-                    start = time.perf_counter()
-                    kernel(x, target, None, None, -100, 0.0, 0.0, True, row_loss, grad, 1)
-                    seconds[name].append(time.perf_counter() - start)
-            a, b = (statistics.median(seconds[name]) for name in ("A", "B"))
-            print(
-                f"{np.dtype(dtype).name} C={n_classes:4d}: A {a / args.rows * 1e9:7.1f} ns/row  "
-                f"B {b / args.rows * 1e9:7.1f} ns/row  A/B {a / b:.2f}x"
-            )
+    for op in args.ops.split(","):
+        for n_threads in (int(t) for t in args.threads.split(",")):
+            for dtype, signature in ((np.float32, "float"), (np.float64, "double")):
+                for n_classes in (int(c) for c in args.classes.split(",")):
+                    rows = max(1, args.logits // n_classes) if args.logits else args.rows
+                    x = (rng.standard_normal((rows, 1, n_classes)) * 3).astype(dtype)
+                    call = OPS[op](x, rng.integers(0, n_classes, (rows, 1)), n_threads)
+                    seconds: dict[str, list[float]] = {"A": [], "B": []}
+                    for _ in range(args.repeats):
+                        for name, kernels in builds.items():  # alternate, call by call
+                            kernel = getattr(kernels, KERNEL_OF[op]).__signatures__[signature]
+                            start = time.perf_counter()
+                            call(kernel)
+                            seconds[name].append(time.perf_counter() - start)
+                    a, b = (statistics.median(seconds[name]) for name in ("A", "B"))
+                    print(
+                        f"{op} {n_threads} thread(s) {np.dtype(dtype).name} C={n_classes:6d}: "
+                        f"A {a / rows * 1e9:9.1f} ns/row  B {b / rows * 1e9:9.1f} ns/row  A/B {a / b:.3f}x",
+                        flush=True,
+                    )
+
+
+def _cross_entropy(x, target, n_threads):
+    row_loss, grad = np.empty(x.shape[:2]), np.empty_like(x)
+    return lambda kernel: kernel(x, target, None, None, -100, 0.0, 0.0, True, row_loss, grad, n_threads)
+
+
+def _softmax(log_output):
+    def make(x, target, n_threads):
+        out = np.empty_like(x)
+        return lambda kernel: kernel(x, out, log_output, n_threads)
+    return make
+
+
+def _logsumexp(x, target, n_threads):
+    out = np.empty(x.shape[:2])
+    return lambda kernel: kernel(x, out, n_threads)
+
+
+def _gradient_hessian(x, target, n_threads):
+    grad, hess = np.empty_like(x), np.empty_like(x)
+    return lambda kernel: kernel(x, target, None, grad, hess, n_threads)
+
+
+# op: how to call its kernel on (x, target, n_threads); KERNEL_OF: the kernel's name
+OPS = {"cross_entropy": _cross_entropy, "softmax": _softmax(False), "log_softmax": _softmax(True),
+       "logsumexp": _logsumexp, "gradient_hessian": _gradient_hessian}
+KERNEL_OF = {"cross_entropy": "cross_entropy_index", "softmax": "softmax", "log_softmax": "softmax",
+             "logsumexp": "logsumexp", "gradient_hessian": "gradient_hessian"}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 Design, bottom up (each layer calls only the one below it):
 
 1. Row primitives in C (`_rowops.h`, `_rowops_template.h`, `_fastexp.h`): max,
-   exp-and-sum, gap-sum of one contiguous row; the loops that must vectorise.
+   exp-and-sum, gap-sum of one contiguous row; the loops that must vectorise. Every
+   exp(x - m), here and in the block path, is of the exact difference (hi + lo, folded
+   into the exp: `sml_exp*_sub`), and the results made of x - m itself (log-softmax, the
+   loss's log S + (m - x_y), the gap sums) take it as hi + lo too (`sml_sub_sub`,
+   `sml_sub_lo`): no error grows with the gap m - x (issue 19).
 2. Row kernels, `cdef inline ... noexcept nogil`, written once for float32 and float64
    (the fused type `floating`): one row's softmax, or one row's loss and gradient in
    one pass over its logits (`_kernels_rows.pxi`). The cross-entropy of a class-index
@@ -59,6 +63,10 @@ cdef extern from "_rowops.h" nogil:
     int sml_cpu_has_avx2_fma()
     float sml_expf(float x)
     double sml_exp(double x)
+    float sml_expf_sub(float x, float m)
+    double sml_exp_sub(double x, double m)
+    double sml_sub_lo(double a, double b)
+    double sml_sub_sub(double x, double m, double L)
     double sml_log1p(double x)
     float sml_row_max_f(const float *x, Py_ssize_t n)
     double sml_row_max_d(const double *x, Py_ssize_t n)

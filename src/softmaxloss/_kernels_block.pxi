@@ -91,17 +91,27 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
         b.gap[i] = 0.0
         b.rest[i] = 0.0
         ties[i] = 0.0
+    cdef double gap_lo[BLOCK_ROWS]
     if o.eps != 0.0:  # before the exponentials overwrite xt
         for c in range(n):
             w_c = w[c] if w != NULL else 1.0
             for i in range(count):
                 b.gap[i] += w_c * (<double>m[i] - <double>xt[c * BLOCK_ROWS + i])
-    for c in range(n):
+        if floating is double:  # m - x_c as hi + lo: the lo summed apart, as sml_row_gapsum
+            for i in range(count):
+                gap_lo[i] = 0.0
+            for c in range(n):
+                w_c = w[c] if w != NULL else 1.0
+                for i in range(count):
+                    gap_lo[i] += w_c * sml_sub_lo(m[i], xt[c * BLOCK_ROWS + i])
+            for i in range(count):
+                b.gap[i] = b.gap[i] + gap_lo[i]
+    for c in range(n):  # exp of the exact x_c - m (sml_exp*_sub)
         for i in range(count):
             if floating is float:
-                v = sml_expf(xt[c * BLOCK_ROWS + i] - m[i])
+                v = sml_expf_sub(xt[c * BLOCK_ROWS + i], m[i])
             else:
-                v = sml_exp(xt[c * BLOCK_ROWS + i] - m[i])
+                v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
             xt[c * BLOCK_ROWS + i] = v
             b.rest[i] += 0.0 if v == 1 else <double>v
             ties[i] += 1 if v == 1 else 0

@@ -212,7 +212,7 @@ def class_block_stats_probs(
     cdef floating *work
     cdef floating m
     cdef double *s
-    cdef double v, v_sum, gap, reference
+    cdef double v, v_sum, gap, gap_lo, reference
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
         scratch = <floating *>scratch_alloc(thread_buffers, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
@@ -225,12 +225,16 @@ def class_block_stats_probs(
             t = <const target_floating *>row_at(tv, r)
             v_sum = 0.0
             gap = 0.0
+            gap_lo = 0.0
             for c in range(n):  # as the whole-row kernel: y' leaving out a zero coefficient
                 v = smooth if eps == 1.0 else (1.0 - eps) * <double>t[c * t_step] + smooth
                 if w != NULL:
                     v = v * w[c]
                 v_sum = v_sum + v
                 gap = gap + v * (reference - <double>row[c])
+                if floating is double:  # as the whole-row kernel: the lo of m - x_c apart
+                    gap_lo = gap_lo + v * sml_sub_lo(reference, row[c])
+            gap = gap + gap_lo
             s[STAT_LABEL] = 0.0
             s[STAT_VSUM] = v_sum
             s[STAT_GAP] = gap

@@ -50,9 +50,14 @@ cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
     if log_output:
         row_expsum(x, <floating *>NULL, n, m, &excess)
         log_total = sml_log1p(excess)
-        # (x_c - m) first: m + log(total) would round log(total) away for huge m.
-        for c in range(n):
-            out[c] = <floating>((<double>x[c] - <double>m) - log_total)
+        # (x_c - m) first: m + log(total) would round log(total) away for huge m. Exact in
+        # double for float32 logits; for float64 as hi + lo, rounded once (sml_sub_sub).
+        if floating is float:
+            for c in range(n):
+                out[c] = <floating>((<double>x[c] - <double>m) - log_total)
+        else:
+            for c in range(n):
+                out[c] = sml_sub_sub(x[c], m, log_total)
     else:
         total = row_expsum(x, out, n, m, NULL)
         inv_total = <floating>(1.0 / total)
@@ -161,7 +166,8 @@ cdef inline IndexRowTerms index_row_terms(
     cdef double p_y = e_y * inv_total
     cdef double loss = 0.0, p_coef = 0.0, label_grad = 0.0
     if eps != 1.0:
-        loss = (1.0 - eps) * w_y * (log_total + (m - x_y))
+        # log S + (m - x_y) with m - x_y exact, rounded once: -sml_sub_sub(x_y, m, log S)
+        loss = (1.0 - eps) * w_y * -sml_sub_sub(x_y, m, log_total)
         p_coef = (1.0 - eps) * w_y
         label_grad = -(1.0 - eps) * w_y * complement(e_y, total, excess)
     if eps != 0.0:
@@ -289,7 +295,7 @@ cdef inline double row_loss_grad_probs(
     cdef double eps = o.eps, z = o.z, divisor = o.divisor
     cdef floating m = row_max(x, n)
     cdef double smooth = eps / <double>n
-    cdef double weight_total = 0.0, gap_sum = 0.0, wy
+    cdef double weight_total = 0.0, gap_sum = 0.0, gap_lo = 0.0, wy
     cdef Py_ssize_t c
     for c in range(n):  # before g overwrites x
         wy = smoothed_target(t[c * t_step], eps, smooth)
@@ -297,6 +303,9 @@ cdef inline double row_loss_grad_probs(
             wy = wy * w[c]
         weight_total += wy
         gap_sum += wy * (<double>m - <double>x[c])
+        if floating is double:  # m - x_c as hi + lo: the lo summed apart
+            gap_lo += wy * sml_sub_lo(m, x[c])
+    gap_sum = gap_sum + gap_lo
 
     cdef double excess
     cdef double total = row_expsum(x, g, n, m, &excess)

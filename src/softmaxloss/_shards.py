@@ -202,6 +202,26 @@ def block_stats(
     return stats[:, 0, :]
 
 
+# ---- exact differences, as the kernels take them ----------------------------------------
+
+
+def _sub_lo(a: np.ndarray, b: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The rounding error of hi = a - b (TwoSum: a - b = hi + lo exactly), 0 where hi is not
+    finite: the kernels' sml_sub_lo."""
+    back = hi - a
+    lo = (a - (hi - back)) - (b + back)
+    return np.where(np.abs(hi) <= np.finfo(np.float64).max, lo, 0.0)
+
+
+def _sub_sub(x: np.ndarray, m: np.ndarray, log_total: np.ndarray) -> np.ndarray:
+    """(x - m) - log S with x - m exact, rounded once: the kernels' sml_sub_sub (the same
+    operations, so the same bits)."""
+    d = x - m
+    t = d - log_total
+    exact: np.ndarray = np.where(np.abs(t) <= np.finfo(np.float64).max, t + (_sub_lo(d, log_total, t) + _sub_lo(x, m, d)), t)
+    return exact
+
+
 # ---- 2. the merge ----------------------------------------------------------------------
 
 
@@ -214,13 +234,18 @@ def merge(stats: np.ndarray) -> np.ndarray:
         top = m.max(axis=0)
         at_max = m == top
         empty = m == -np.inf
-        scale = np.where(at_max, 1.0, np.exp(m - top))
+        # exp(m_b - M) of the exact difference hi + lo: exp(hi) (1 + lo), as the kernels take
+        # exp(x - m); and (M - m_b) V_b as (hi + lo) V_b
+        gap = m - top
+        gap_lo = _sub_lo(m, top, gap)
+        e = np.exp(gap)
+        scale = np.where(at_max, 1.0, e + e * gap_lo)
         total = stats[..., TIES] + stats[..., REST]
         merged = np.empty(stats.shape[1:])
         merged[:, MAX] = top
         merged[:, TIES] = np.where(at_max, stats[..., TIES], 0.0).sum(axis=0)
         merged[:, REST] = np.where(at_max, stats[..., REST], total * scale).sum(axis=0)
-        shift_term = np.where(empty | at_max, 0.0, (top - m) * stats[..., VSUM])
+        shift_term = np.where(empty | at_max, 0.0, (top - m) * stats[..., VSUM] - gap_lo * stats[..., VSUM])
         merged[:, GAP] = (stats[..., GAP] + shift_term).sum(axis=0)
     merged[:, VSUM] = stats[..., VSUM].sum(axis=0)
     merged[:, LABEL] = stats[..., LABEL].sum(axis=0)
@@ -293,7 +318,7 @@ def row_terms(
             kept = target != spec.target_ignore_index
             w_y = np.ones(n_rows) if spec.weight is None else spec.weight[np.where(kept, target, 0)]
             if eps != 1.0:
-                loss = (1.0 - eps) * w_y * (log_total + (top - merged[:, LABEL]))
+                loss = (1.0 - eps) * w_y * -_sub_sub(merged[:, LABEL], top, log_total)
                 p_coef = (1.0 - eps) * w_y
             if eps != 0.0:
                 loss = loss + smooth * (spec.w_sum * log_total + merged[:, GAP])

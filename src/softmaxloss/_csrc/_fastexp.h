@@ -3,6 +3,8 @@
  *
  *   static inline float  sml_expf(float x);
  *   static inline double sml_exp(double x);
+ *   static inline float  sml_expf_sub(float x, float m);    exp(x - m), x - m exact
+ *   static inline double sml_exp_sub(double x, double m);
  *
  * Measured max error (reference: libm exp() in double for float, 80-bit
  * expl() for double), gcc 12 -O3, without / with -mavx2 -mfma:
@@ -101,6 +103,22 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
         (re) = (rh__ - (r)) - nl__;                                            \
     } while (0)
 
+/* The same reduction of x + lo (|lo| <= ulp(x)/2; n from x alone): x + lo - n ln2 =
+ * rh - (n ln2_lo - lo), and n ln2_lo - lo is far below 1 (|n ln2_lo| < 2^-12 in float,
+ * 2^-22 in double), so its rounding is far below an ulp of the result: r and re are
+ * then formed as above, r exp's argument to within the rounding re of r itself. lo
+ * costs one subtraction. */
+#define SML__EXP_REDUCE_LO(TYPE, x, lo, t, r, re, magic, log2e, ln2_hi, ln2_lo) \
+    do {                                                                       \
+        TYPE n__, rh__, nl__;                                                  \
+        (t) = (x) * (log2e) + (magic);                                         \
+        n__ = (t) - (magic);                        /* exact */                \
+        rh__ = (x) - n__ * (ln2_hi);                /* exact */                \
+        nl__ = n__ * (ln2_lo) - (lo);                                          \
+        (r) = rh__ - nl__;                                                     \
+        (re) = (rh__ - (r)) - nl__;                                            \
+    } while (0)
+
 /* p = exp(r) ~ 1 + r + r^2 q, with 1 + r as an exact sum s + e (Fast2Sum,
  * |r| < 1), so that the only large rounding left is the final add (max error
  * 0.67 / 0.69 ulp instead of 0.99, measured, for the plain 1 + (r + r^2 q));
@@ -113,6 +131,22 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
         (p) = s__ + ((e__ + (re) * s__) + (r2) * (q));                         \
     } while (0)
 
+/* hi + lo = a - b exactly (Knuth's TwoSum, no condition on the sizes): hi = fl(a - b),
+ * lo the rounding error, itself a number of the type. Six additions, no product (so no
+ * FMA contraction can change it). Valid when a - b does not overflow; callers zero lo
+ * where hi is not finite (inf - inf would make it NaN). */
+#define SML__TWO_DIFF(TYPE, a, b, hi, lo)                                       \
+    do {                                                                       \
+        TYPE bb__;                                                             \
+        (hi) = (a) - (b);                                                      \
+        bb__ = (hi) - (a);                                                     \
+        (lo) = ((a) - ((hi) - bb__)) - ((b) + bb__);                           \
+    } while (0)
+
+/* The plain reduction under the core macros' signature (lo unused). */
+#define SML__EXP_REDUCE_NOLO(TYPE, x, lo, t, r, re, magic, log2e, ln2_hi, ln2_lo) \
+    SML__EXP_REDUCE(TYPE, x, t, r, re, magic, log2e, ln2_hi, ln2_lo)
+
 /* ------------------------------------------------------------------------ */
 /* float                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -122,7 +156,7 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
  * (TYPE float or a GNU vector of floats; a scalar operand is broadcast), so
  * that every version is the same expression: the same roundings and the same
  * FMA contractions, hence the same bits. */
-#define SML__EXPF_CORE(TYPE, x, t, p)                                          \
+#define SML__EXPF_CORE_GEN(TYPE, x, t, p, REDUCE, lo)                          \
     do {                                                                       \
         /* 1.5*2^23: adding it pushes the fraction bits out, leaving          \
          * round-to-nearest(x*log2e) as an integer in the low mantissa bits   \
@@ -144,7 +178,7 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
         const float c5_ = 0.00836919248f;           /* 0x1.123de0p-7  */       \
         const float c6_ = 0.00138389028f;           /* 0x1.6ac74ep-10 */       \
         TYPE r_, re_, r2_, q_;                                                 \
-        SML__EXP_REDUCE(TYPE, x, t, r_, re_, magic_, log2e_, ln2_hi_, ln2_lo_); \
+        REDUCE(TYPE, x, lo, t, r_, re_, magic_, log2e_, ln2_hi_, ln2_lo_);     \
         /* Estrin's scheme: shorter dependency chain than Horner, which lets  \
          * more loop iterations overlap */                                     \
         r2_ = r_ * r_;                                                         \
@@ -152,22 +186,18 @@ static SML_INLINE double sml__f64_from_bits(uint64_t u)
         SML__EXP_RECONSTRUCT(TYPE, 1.0f, r_, re_, r2_, q_, p);                 \
     } while (0)
 
-static SML_INLINE float sml_expf(float x)
+/* SML__EXPF_CORE(TYPE, x, t, p): exp of x; SML__EXPF_CORE_LO(TYPE, x, lo, t, p): of
+ * x + lo, |lo| <= ulp(x)/2 (SML__EXP_REDUCE_LO). */
+#define SML__EXPF_CORE(TYPE, x, t, p)                                          \
+    SML__EXPF_CORE_GEN(TYPE, x, t, p, SML__EXP_REDUCE_NOLO, 0)
+#define SML__EXPF_CORE_LO(TYPE, x, lo, t, p)                                   \
+    SML__EXPF_CORE_GEN(TYPE, x, t, p, SML__EXP_REDUCE_LO, lo)
+
+/* exp(x) = p 2^n from t (whose low mantissa bits hold n) and p = exp(x - n ln2). */
+static SML_INLINE float sml__expf_scale(float t, float p)
 {
-    /* Clamp bounds: exp(x) overflows for x > 88.7228 and rounds to +0 for
-     * x < -103.972 (below half the smallest subnormal 2^-149); 89 and -104
-     * still give +inf and +0, so clamping does not change any result, and
-     * bounds n to [-150, 128].  A NaN compares false in both tests and
-     * passes through unchanged (then p, and the result, are NaN). */
-    const float lo = -104.0f;
-    const float hi = 89.0f;
-    float t, p, s1, s2;
+    float s1, s2;
     uint32_t m, m1;
-
-    x = x < lo ? lo : x;
-    x = x > hi ? hi : x;
-
-    SML__EXPF_CORE(float, x, t, p);
 
     /* m = n + 150 in [0, 278], read straight from the bits of t (the low
      * mantissa bits of t hold n in two's complement).  Split as n = n1 + n2
@@ -184,11 +214,30 @@ static SML_INLINE float sml_expf(float x)
     return (p * s1) * s2;
 }
 
+static SML_INLINE float sml_expf(float x)
+{
+    /* Clamp bounds: exp(x) overflows for x > 88.7228 and rounds to +0 for
+     * x < -103.972 (below half the smallest subnormal 2^-149); 89 and -104
+     * still give +inf and +0, so clamping does not change any result, and
+     * bounds n to [-150, 128].  A NaN compares false in both tests and
+     * passes through unchanged (then p, and the result, are NaN). */
+    const float lo = -104.0f;
+    const float hi = 89.0f;
+    float t, p;
+
+    x = x < lo ? lo : x;
+    x = x > hi ? hi : x;
+
+    SML__EXPF_CORE(float, x, t, p);
+
+    return sml__expf_scale(t, p);
+}
+
 /* ------------------------------------------------------------------------ */
 /* double                                                                    */
 /* ------------------------------------------------------------------------ */
 /* As SML__EXPF_CORE, for double (TYPE double or a GNU vector of doubles). */
-#define SML__EXP_CORE(TYPE, x, t, p)                                           \
+#define SML__EXP_CORE_GEN(TYPE, x, t, p, REDUCE, lo)                           \
     do {                                                                       \
         const double magic_ = 6755399441055744.0;   /* 1.5*2^52 */             \
         const double log2e_ = 1.4426950408889634;   /* 0x1.71547652b82fep+0 */ \
@@ -212,7 +261,7 @@ static SML_INLINE float sml_expf(float x)
         const double c10_ = 2.7630740643776153e-07;                            \
         const double c11_ = 2.5019735724878723e-08;                            \
         TYPE r_, re_, r2_, r4_, q_;                                            \
-        SML__EXP_REDUCE(TYPE, x, t, r_, re_, magic_, log2e_, ln2_hi_, ln2_lo_); \
+        REDUCE(TYPE, x, lo, t, r_, re_, magic_, log2e_, ln2_hi_, ln2_lo_);     \
         r2_ = r_ * r_;                              /* Estrin */               \
         r4_ = r2_ * r2_;                                                       \
         q_ = ((c2_ + r_ * c3_) + r2_ * (c4_ + r_ * c5_))                       \
@@ -221,20 +270,16 @@ static SML_INLINE float sml_expf(float x)
         SML__EXP_RECONSTRUCT(TYPE, 1.0, r_, re_, r2_, q_, p);                  \
     } while (0)
 
-static SML_INLINE double sml_exp(double x)
+#define SML__EXP_CORE(TYPE, x, t, p)                                           \
+    SML__EXP_CORE_GEN(TYPE, x, t, p, SML__EXP_REDUCE_NOLO, 0)
+#define SML__EXP_CORE_LO(TYPE, x, lo, t, p)                                    \
+    SML__EXP_CORE_GEN(TYPE, x, t, p, SML__EXP_REDUCE_LO, lo)
+
+/* As sml__expf_scale, for double. */
+static SML_INLINE double sml__exp_scale(double t, double p)
 {
-    /* exp(x) overflows for x > 709.7827 and rounds to +0 for
-     * x < -745.1332 (below 2^-1075); clamping to [-746, 710] keeps those
-     * results and bounds n to [-1076, 1024].  NaN passes through. */
-    const double lo = -746.0;
-    const double hi = 710.0;
-    double t, p, s1, s2;
+    double s1, s2;
     uint64_t m, m1;
-
-    x = x < lo ? lo : x;
-    x = x > hi ? hi : x;
-
-    SML__EXP_CORE(double, x, t, p);
 
     /* m = n + 1076 in [0, 2100]; n1 = m/2 - 538, n2 = n - n1, both in
      * [-538, 512], so 2^n1, 2^n2 are normal doubles: (n_i + 1023) << 52.
@@ -245,6 +290,59 @@ static SML_INLINE double sml_exp(double x)
     s1 = sml__f64_from_bits((m1 + 485u) << 52);     /* 2^(m1 - 538)          */
     s2 = sml__f64_from_bits((m - m1 + 485u) << 52); /* 2^(m - m1 - 538)      */
     return (p * s1) * s2;
+}
+
+static SML_INLINE double sml_exp(double x)
+{
+    /* exp(x) overflows for x > 709.7827 and rounds to +0 for
+     * x < -745.1332 (below 2^-1075); clamping to [-746, 710] keeps those
+     * results and bounds n to [-1076, 1024].  NaN passes through. */
+    const double lo = -746.0;
+    const double hi = 710.0;
+    double t, p;
+
+    x = x < lo ? lo : x;
+    x = x > hi ? hi : x;
+
+    SML__EXP_CORE(double, x, t, p);
+
+    return sml__exp_scale(t, p);
+}
+
+/* ------------------------------------------------------------------------ */
+/* exp(x - m) from the exact difference                                      */
+/* ------------------------------------------------------------------------ */
+/* sml_expf_sub(x, m) = exp(x - m), sml_exp_sub(x, m) likewise for double, with x - m
+ * taken exactly, as hi + lo (SML__TWO_DIFF), and lo folded into the argument reduction
+ * (SML__EXP_REDUCE_LO: one subtraction, or none where it contracts into the FMA that forms
+ * n ln2_lo): the error bounds above hold for
+ * exp(x - m) itself, however large |x - m| (rounding x - m first would cost up to
+ * |x - m| / 2 ulps more: 2^k ulps for |x - m| in [2^k, 2^(k+1))). lo is used only where
+ * hi is within the clamps (elsewhere the result is +0, +inf or NaN whatever lo is, and
+ * lo may be NaN: inf - inf). exp(m - m) = 1 exactly. Where x - m is exact (lo = 0) the
+ * same bits as sml_expf(x - m) in a build without FMA contraction; with it, n ln2_lo - lo
+ * contracts into one FMA where sml_expf contracts n ln2_lo into the next subtraction, so
+ * the last bit may differ (as between an FMA and a non-FMA build, see above). */
+static SML_INLINE float sml_expf_sub(float x, float m)
+{
+    float d, lo, t, p;
+    SML__TWO_DIFF(float, x, m, d, lo);
+    x = d < -104.0f ? -104.0f : d;          /* sml_expf's clamps */
+    x = x > 89.0f ? 89.0f : x;
+    lo = x == d ? lo : 0.0f;                /* clamped or NaN: no lo */
+    SML__EXPF_CORE_LO(float, x, lo, t, p);
+    return sml__expf_scale(t, p);
+}
+
+static SML_INLINE double sml_exp_sub(double x, double m)
+{
+    double d, lo, t, p;
+    SML__TWO_DIFF(double, x, m, d, lo);
+    x = d < -746.0 ? -746.0 : d;            /* sml_exp's clamps */
+    x = x > 710.0 ? 710.0 : x;
+    lo = x == d ? lo : 0.0;                 /* clamped or NaN: no lo */
+    SML__EXP_CORE_LO(double, x, lo, t, p);
+    return sml__exp_scale(t, p);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -273,6 +371,22 @@ static SML_INLINE double sml_exp(double x)
         sml_f32x8 t_x8_, p_x8_;                                                \
         SML__EXPF_CORE(sml_f32x8, x, t_x8_, p_x8_);                            \
         (y) = p_x8_ * (sml_f32x8)(((sml_u32x8)t_x8_ + 127u) << 23);            \
+    } while (0)
+
+/* SML_EXPF_X8_INRANGE_LO(x, lo, y): y = exp(x + lo) (|lo| <= ulp(x)/2), bitwise
+ * sml_expf_sub's for x + lo the exact x - m; SML_EXP_X4_INRANGE_LO likewise. */
+#define SML_EXPF_X8_INRANGE_LO(x, lo, y)                                       \
+    do {                                                                       \
+        sml_f32x8 t_x8_, p_x8_;                                                \
+        SML__EXPF_CORE_LO(sml_f32x8, x, lo, t_x8_, p_x8_);                     \
+        (y) = p_x8_ * (sml_f32x8)(((sml_u32x8)t_x8_ + 127u) << 23);            \
+    } while (0)
+
+#define SML_EXP_X4_INRANGE_LO(x, lo, y)                                        \
+    do {                                                                       \
+        sml_f64x4 t_x4_, p_x4_;                                                \
+        SML__EXP_CORE_LO(sml_f64x4, x, lo, t_x4_, p_x4_);                      \
+        (y) = p_x4_ * (sml_f64x4)(((sml_u64x4)t_x4_ + 1023u) << 52);           \
     } while (0)
 
 /* t's bits are 0x4338000000000000 + n, so (bits + 1023) << 52 is 2^n */

@@ -14,6 +14,7 @@
 #ifndef SOFTMAXLOSS_ROWOPS_H
 #define SOFTMAXLOSS_ROWOPS_H
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -40,27 +41,71 @@
 #define SML_LANE_TOTAL(acc)                                                            \
     (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
 
+/* ---- exact differences x - m ---------------------------------------------------
+ * sml_sub_lo(a, b): the rounding error of a - b (a - b = fl(a - b) + sml_sub_lo(a, b)
+ * exactly; TwoSum), 0 where fl(a - b) is not finite.
+ * sml_sub_sub(x, m, L): (x - m) - L with x - m exact and one rounding at the end (a
+ * TwoSum more): log_softmax's l_c = (x_c - m) - log S, and -l_y = log S + (m - x_y), the
+ * loss. +-inf and NaN as the plain (x - m) - L gives them. Branch-free: they vectorise. */
+static inline double sml_sub_lo(double a, double b)
+{
+    double hi, lo;
+    SML__TWO_DIFF(double, a, b, hi, lo);
+    return fabs(hi) <= DBL_MAX ? lo : 0.0;
+}
+
+static inline double sml_sub_sub(double x, double m, double L)
+{
+    double d, dl, t, tl;
+    SML__TWO_DIFF(double, x, m, d, dl);
+    SML__TWO_DIFF(double, d, L, t, tl);
+    return fabs(t) <= DBL_MAX ? t + (tl + dl) : t;
+}
+
 #define SML_JOIN2(name, suffix) name##_##suffix
 #define SML_JOIN(name, suffix) SML_JOIN2(name, suffix)
 #define SML_NAME(name) SML_JOIN(name, SML_SUFFIX)
+
+#if SML_HAVE_VEXP
+/* SML__VDIFF_F / _D(x, m, hi, lo): hi + lo = x - m exactly for a vector x and the row max m
+ * (x <= m): with AVX, Fast2Sum of a = min(x, -m), b = max(x, -m), which has |a| >= |b|
+ * whatever the signs (x <= m); else TwoSum. Both give the exact lo: the same bits. */
+#if SML_TARGET_AVX
+#define SML__VDIFF(TYPE, NATIVE, MIN, MAX, x, m, hi, lo)                                \
+    do {                                                                                \
+        TYPE mn_ = (TYPE){0} - (m), a_, b_;                                             \
+        a_ = (TYPE)MIN((NATIVE)(x), (NATIVE)mn_);                                       \
+        b_ = (TYPE)MAX((NATIVE)(x), (NATIVE)mn_);                                       \
+        (hi) = (x) - (m);                                                               \
+        (lo) = b_ - ((hi) - a_);                                                        \
+    } while (0)
+#define SML__VDIFF_F(x, m, hi, lo)                                                      \
+    SML__VDIFF(sml_f32x8, __m256, _mm256_min_ps, _mm256_max_ps, x, m, hi, lo)
+#define SML__VDIFF_D(x, m, hi, lo)                                                      \
+    SML__VDIFF(sml_f64x4, __m256d, _mm256_min_pd, _mm256_max_pd, x, m, hi, lo)
+#else
+#define SML__VDIFF_F(x, m, hi, lo) SML__TWO_DIFF(sml_f32x8, x, (m), hi, lo)
+#define SML__VDIFF_D(x, m, hi, lo) SML__TWO_DIFF(sml_f64x4, x, (m), hi, lo)
+#endif
+#endif
 
 #if SML_HAVE_VEXP
 #define SML_VGROUP_T_F sml_f32x8
 #define SML_VGROUP_T_D sml_f64x4x2
 
 /* SML_VEXP_GROUP_F / _D(xp, m, v, out): v = exp(xp[k] - m) for the SML_LANES (8) entries
- * of a group (SML_EXP*_X*_INRANGE), and out flags those with |xp[k] - m| out of that exp's
- * range (or NaN). SML_VSUM_GROUP_F / _D(ep, v, lo, hi, ones): ep[k] = v[k], the values
+ * of a group (SML_EXP*_X*_INRANGE_LO of the exact difference hi + lo, bitwise the scalar
+ * sml_exp*_sub), and out flags those with |hi| out of that exp's range (or NaN). SML_VSUM_GROUP_F / _D(ep, v, lo, hi, ones): ep[k] = v[k], the values
  * other than exactly 1 added to the lanes lo (0-3) and hi (4-7) in double, minus the
  * count of ones into the integer vector ones. Macros: gcc warns (-Wpsabi) about vector
  * arguments. */
 #define SML_VEXP_GROUP_F(xp, m, v, out)                                                 \
     do {                                                                                \
-        sml_f32x8 d_;                                                                   \
-        memcpy(&d_, (xp), sizeof d_);                                                   \
-        d_ = d_ - (m);                                                                  \
+        sml_f32x8 x_, d_, l_;                                                           \
+        memcpy(&x_, (xp), sizeof x_);                                                   \
+        SML__VDIFF_F(x_, (m), d_, l_);                                                    \
         (out) = ~((sml_f32x8)((sml_u32x8)d_ & 0x7FFFFFFFu) <= SML_EXPF_INRANGE);        \
-        SML_EXPF_X8_INRANGE(d_, v);                                                     \
+        SML_EXPF_X8_INRANGE_LO(d_, l_, v);                                              \
     } while (0)
 
 #define SML_VSUM_GROUP_F(ep, v, lo, hi, ones)                                           \
@@ -78,15 +123,15 @@
 
 #define SML_VEXP_GROUP_D(xp, m, v, out)                                                 \
     do {                                                                                \
-        sml_f64x4 d0_, d1_;                                                             \
-        memcpy(&d0_, (xp), sizeof d0_);                                                 \
-        memcpy(&d1_, (xp) + 4, sizeof d1_);                                             \
-        d0_ = d0_ - (m);                                                                \
-        d1_ = d1_ - (m);                                                                \
+        sml_f64x4 x0_, x1_, d0_, d1_, l0_, l1_;                                         \
+        memcpy(&x0_, (xp), sizeof x0_);                                                 \
+        memcpy(&x1_, (xp) + 4, sizeof x1_);                                             \
+        SML__VDIFF_D(x0_, (m), d0_, l0_);                                               \
+        SML__VDIFF_D(x1_, (m), d1_, l1_);                                               \
         (out) = ~((sml_f64x4)((sml_u64x4)d0_ & 0x7FFFFFFFFFFFFFFFu) <= SML_EXP_INRANGE)  \
               | ~((sml_f64x4)((sml_u64x4)d1_ & 0x7FFFFFFFFFFFFFFFu) <= SML_EXP_INRANGE); \
-        SML_EXP_X4_INRANGE(d0_, (v).v[0]);                                              \
-        SML_EXP_X4_INRANGE(d1_, (v).v[1]);                                              \
+        SML_EXP_X4_INRANGE_LO(d0_, l0_, (v).v[0]);                                      \
+        SML_EXP_X4_INRANGE_LO(d1_, l1_, (v).v[1]);                                      \
     } while (0)
 
 #define SML_VSUM_GROUP_D(ep, v, lo, hi, ones)                                           \
@@ -104,8 +149,9 @@
 #endif
 
 #define SML_T float
+#define SML_EXACT_GAPS 0 /* m - (double)x[c] is exact */
 #define SML_SUFFIX f
-#define SML_EXP sml_expf
+#define SML_EXP_SUB sml_expf_sub
 #define SML_COUNT int32_t
 /* The vector path for float needs AVX: without it gcc 12 splits the 8-float compares into
  * scalar ones, and the path is 2x slower than the plain loops (SSE2 build, measured). */
@@ -124,7 +170,8 @@
 
 #define SML_T double
 #define SML_SUFFIX d
-#define SML_EXP sml_exp
+#define SML_EXP_SUB sml_exp_sub
+#define SML_EXACT_GAPS 1 /* m - x[c] rounds: its low part summed apart (sml_row_gapsum) */
 #define SML_COUNT int64_t
 #define SML_VEXP_ON SML_HAVE_VEXP
 #if SML_VEXP_ON

@@ -1,6 +1,7 @@
 /*
  * Row primitives for one element type, included twice by _rowops.h with
- * SML_T (float or double), SML_SUFFIX (f or d), SML_EXP (sml_expf or sml_exp) and
+ * SML_T (float or double), SML_SUFFIX (f or d), SML_EXP_SUB (sml_expf_sub or sml_exp_sub:
+ * exp(x - m) of the exact difference), SML_EXACT_GAPS (whether m - x rounds) and
  * SML_COUNT (an integer as wide as SML_T, for counts inside vector loops) and SML_VEXP_ON
  * (with SML_VMASK, SML_VGROUP_T, SML_VEXP_GROUP, SML_VSUM_GROUP when 1: the fused vector
  * path of sml_row_expsum) defined; SML_NAME(name) gives name_f or name_d. No include
@@ -11,6 +12,9 @@
  *                                follows is NaN either way, so the row is NaN.
  * sml_row_exp_*(x, e, n, m):     e[c] = exp(x[c] - m); e may be x. A plain
  *                                elementwise loop: the one the vectoriser takes.
+ *                                Every exp(x[c] - m) here is of the exact difference
+ *                                (SML_EXP_SUB: sml_expf_sub / sml_exp_sub, and their
+ *                                vector form), so its error does not grow with the gap.
  * sml_row_expsum_*(x, e, n, m, excess):
  *                                S = sum_c exp(x[c] - m) in double, m the row max;
  *                                with e != NULL also e[c] = exp(x[c] - m) (e may be x);
@@ -24,7 +28,8 @@
  *                                in L1.
  * sml_row_gapsum_*(x, w, n, m):  sum_c w[c] * (m - x[c]) in double, w NULL = 1:
  *                                the label-smoothing term, a sum of non-negative
- *                                terms (no cancellation) when m is the row max.
+ *                                terms (no cancellation) when m is the row max; for
+ *                                double each m - x[c] as hi + lo (sml_sub_lo).
  *
  * Sums use SML_LANES partial sums, lane k taking the indices = k mod SML_LANES:
  * they vectorise without reassociation and give the same bits for any chunking,
@@ -41,7 +46,7 @@ static inline SML_T SML_NAME(sml_row_max)(const SML_T *x, ptrdiff_t n)
 
 static inline void SML_NAME(sml_row_exp)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m)
 {
-    for (ptrdiff_t i = 0; i < n; i++) e[i] = SML_EXP(x[i] - m);
+    for (ptrdiff_t i = 0; i < n; i++) e[i] = SML_EXP_SUB(x[i], m);
 }
 
 /* e[c] = exp(x[c] - m) (e may be x), and the same values split for an accurate sum:
@@ -55,7 +60,7 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
 {
     SML_COUNT ties = 0; /* an integer as wide as SML_T: SSE2 vectorises that count */
     for (ptrdiff_t i = 0; i < n; i++) {
-        SML_T v = SML_EXP(x[i] - m);
+        SML_T v = SML_EXP_SUB(x[i], m);
         e[i] = v;
         rest[i] = v == (SML_T)1 ? (SML_T)0 : v;
         ties += v == (SML_T)1;
@@ -153,6 +158,34 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
     double acc[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     double tail = 0;
     ptrdiff_t i = 0;
+#if SML_EXACT_GAPS
+    /* m - x[c] = hi + lo exactly: the lo (times w) summed in lanes of their own */
+    double acc_lo[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double tail_lo = 0;
+    if (w != NULL) {
+        for (; i + SML_LANES <= n; i += SML_LANES)
+            for (int k = 0; k < SML_LANES; k++) {
+                double wk = w[i + k];
+                acc[k] += wk * (m - (double)x[i + k]);
+                acc_lo[k] += wk * sml_sub_lo(m, (double)x[i + k]);
+            }
+        for (; i < n; i++) {
+            tail += w[i] * (m - (double)x[i]);
+            tail_lo += w[i] * sml_sub_lo(m, (double)x[i]);
+        }
+    } else {
+        for (; i + SML_LANES <= n; i += SML_LANES)
+            for (int k = 0; k < SML_LANES; k++) {
+                acc[k] += m - (double)x[i + k];
+                acc_lo[k] += sml_sub_lo(m, (double)x[i + k]);
+            }
+        for (; i < n; i++) {
+            tail += m - (double)x[i];
+            tail_lo += sml_sub_lo(m, (double)x[i]);
+        }
+    }
+    return (SML_LANE_TOTAL(acc) + tail) + (SML_LANE_TOTAL(acc_lo) + tail_lo);
+#else
     if (w != NULL) {
         for (; i + SML_LANES <= n; i += SML_LANES)
             for (int k = 0; k < SML_LANES; k++) acc[k] += w[i + k] * (m - (double)x[i + k]);
@@ -163,12 +196,14 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
         for (; i < n; i++) tail += m - (double)x[i];
     }
     return SML_LANE_TOTAL(acc) + tail;
+#endif
 }
 
 /* The parameters, undefined for the next instantiation. */
 #undef SML_T
 #undef SML_SUFFIX
-#undef SML_EXP
+#undef SML_EXP_SUB
+#undef SML_EXACT_GAPS
 #undef SML_COUNT
 #undef SML_VEXP_ON
 #if SML_HAVE_VEXP
