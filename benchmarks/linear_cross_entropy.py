@@ -297,8 +297,8 @@ def floor_of(method: str) -> str:
 def table(reports: list[dict[str, Any]]) -> str:
     lines = [
         "| method | median s (runs) | / its 3 GEMMs | CPU s (/ its 3 GEMMs) | loss | peak RSS growth MiB "
-        "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB | load average |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         base = next((f for f in reports if f["method"] == floor_of(r["method"])), None)
@@ -312,7 +312,7 @@ def table(reports: list[dict[str, Any]]) -> str:
         traced = "n/a (torch allocator)" if r["method"].startswith("torch") else f"{(r['traced_peak'] - grads) / MiB:.1f}"
         lines.append(
             f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {cpu} | {loss} | {r['rss_growth'] / MiB:.1f} "
-            f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} |"
+            f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} | {r.get('load_average', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
