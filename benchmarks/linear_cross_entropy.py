@@ -24,6 +24,13 @@ For softmaxloss the worker also times each phase of the call (the GEMMs by role,
 additions) by wrapping numpy.matmul, numpy.add and the kernel call: where the time goes.
 
     python benchmarks/linear_cross_entropy.py [--sizes quick,full] [--threads 2] [--repeats 3]
+
+A long table can be measured a method at a time (so that no single run holds the benchmark lock
+for long) and printed from the collected reports:
+
+    python benchmarks/linear_cross_entropy.py --sizes full --methods gemms --jsonl runs.jsonl
+    python benchmarks/linear_cross_entropy.py --sizes full --methods softmaxloss --jsonl runs.jsonl
+    python benchmarks/linear_cross_entropy.py --table runs.jsonl    # one table per size
 """
 
 from __future__ import annotations
@@ -290,8 +297,8 @@ def floor_of(method: str) -> str:
 def table(reports: list[dict[str, Any]]) -> str:
     lines = [
         "| method | median s (runs) | / its 3 GEMMs | CPU s (/ its 3 GEMMs) | loss | peak RSS growth MiB "
-        "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| beyond gradients MiB | NumPy peak (tracemalloc) beyond gradients MiB | load average |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         base = next((f for f in reports if f["method"] == floor_of(r["method"])), None)
@@ -305,7 +312,7 @@ def table(reports: list[dict[str, Any]]) -> str:
         traced = "n/a (torch allocator)" if r["method"].startswith("torch") else f"{(r['traced_peak'] - grads) / MiB:.1f}"
         lines.append(
             f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {cpu} | {loss} | {r['rss_growth'] / MiB:.1f} "
-            f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} |"
+            f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} | {r.get('load_average', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
@@ -327,12 +334,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--bf16", action="store_true", help="also the bfloat16 methods: " + ", ".join(BF16_METHODS))
+    parser.add_argument("--jsonl", help="append each method's report to this file (JSON lines)")
+    parser.add_argument("--table", help="print the tables of the reports in this JSON-lines file, and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         n, d, v = (int(x) for x in args.size.split(","))
         print(json.dumps(worker(args.worker, n, d, v, args.threads, args.repeats)))
+        return
+    if args.table:
+        print_tables(args.table)
         return
 
     import softmaxloss
@@ -350,15 +362,40 @@ def main() -> None:
         for method in methods:
             report = run_worker(method, size, args.threads, args.repeats)
             if report is not None:
+                report["load_average"] = os.getloadavg()[0]
                 reports.append(report)
-        print(table(reports))
-        fused = next((r for r in reports if r["method"] == "softmaxloss"), None)
-        if fused is not None:
-            print(f"\nsoftmaxloss: chunks of {fused['chunk_rows']} rows, dW blocks of {fused['weight_block']} rows: "
-                  f"working memory {fused['working_bytes'] / MiB:.1f} MiB (one chunk of logits: "
-                  f"{fused['chunk_rows'] * v * 4 / MiB:.1f} MiB); peak RSS resets: {fused['hwm_reset']}\n")
-            print(phase_table(fused))
-        print(flush=True)
+                if args.jsonl:
+                    with open(args.jsonl, "a") as f:
+                        f.write(json.dumps(report) + "\n")
+        print_reports(reports)
+
+
+def print_reports(reports: list[dict[str, Any]]) -> None:
+    print(table(reports))
+    fused = next((r for r in reports if r["method"] == "softmaxloss"), None)
+    if fused is not None:
+        v = fused["v"]
+        print(f"\nsoftmaxloss: chunks of {fused['chunk_rows']} rows, dW blocks of {fused['weight_block']} rows: "
+              f"working memory {fused['working_bytes'] / MiB:.1f} MiB (one chunk of logits: "
+              f"{fused['chunk_rows'] * v * 4 / MiB:.1f} MiB); peak RSS resets: {fused['hwm_reset']}\n")
+        print(phase_table(fused))
+    print(flush=True)
+
+
+def print_tables(path: str) -> None:
+    """One table per size from a JSON-lines file of reports, methods in the order first seen
+    (a method measured again replaces its earlier report)."""
+    by_size: dict[tuple[int, int, int], dict[str, dict[str, Any]]] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                report = json.loads(line)
+                by_size.setdefault((report["n"], report["d"], report["v"]), {})[report["method"]] = report
+    for (n, d, v), reports in by_size.items():
+        loads = [r["load_average"] for r in reports.values() if "load_average" in r]
+        load = f"; load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+        print(f"\n### N={n}, D={d}, V={v} (the logits would be {n * v * 4 / MiB:.0f} MiB in float32{load})\n")
+        print_reports(list(reports.values()))
 
 
 if __name__ == "__main__":

@@ -178,6 +178,26 @@ def test_double_backward_refused():
         torch.autograd.grad(loss, h, create_graph=True)
 
 
+def test_backward_hands_over_then_recomputes_when_retained():
+    """The first backward hands the op's gradients over (scaled in place unless the upstream
+    is 1); a later backward of a retained graph computes them again, with its own upstream."""
+    h, w, b, t = make(14)
+    expected = grads(F.linear_cross_entropy(h, w, t, linear_bias=b), (h, w, b))
+    loss = smt.linear_cross_entropy(h, w, t, linear_bias=b, chunk_size=4)
+    loss.backward(retain_graph=True)
+    for tensor, e in zip((h, w, b), expected):
+        assert_close(tensor.grad, e)
+        tensor.grad = None
+    (loss * 0.25).backward(retain_graph=True)
+    for tensor, e in zip((h, w, b), expected):
+        assert_close(tensor.grad, e * 0.25)
+    loss.backward()  # accumulates into the existing .grad
+    for tensor, e in zip((h, w, b), expected):
+        assert_close(tensor.grad, e * 1.25)
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward()
+
+
 def test_module_as_pytorch():
     torch.manual_seed(0)
     ours = smt.LinearCrossEntropyLoss(D, V, bias=True, dtype=torch.float64, label_smoothing=0.1, chunk_size=5)
@@ -277,17 +297,16 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     import softmaxloss.torch as smt
     torch.set_num_threads(1)
-    n, d, v = 2048, 32, 32000
+    method, n, d, v = sys.argv[1], *(int(x) for x in sys.argv[2:])
     h = torch.randn(n, d, requires_grad=True); w = (torch.randn(v, d) * 0.1).requires_grad_()
     t = torch.randint(0, v, (n,))
-    method = sys.argv[1]
     def call():
         h.grad = w.grad = None
-        if method == "fused":
-            loss = smt.linear_cross_entropy(h, w, t)
-        else:
+        if method == "unfused":
             loss = torch.nn.functional.cross_entropy(h @ w.T, t)
-        loss.backward()
+        else:
+            loss = smt.linear_cross_entropy(h, w, t)
+        (loss * 0.5 if method == "fused, scaled" else loss).backward()
     call()
     h.grad = w.grad = None
     def rss():
@@ -302,24 +321,37 @@ MEMORY_SCRIPT = textwrap.dedent("""
     except OSError:
         start = hwm()
     call()
-    print(json.dumps(dict(growth=hwm() - start, gradients=(h.numel() + w.numel()) * 4, logits=n * v * 4)))
+    print(json.dumps(dict(growth=hwm() - start, gradients=(h.numel() + w.numel()) * 4, logits=n * v * 4,
+                          grad_weight=w.numel() * 4)))
 """)
+
+
+def peak_rss(method, n, d, v):
+    run = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, method, str(n), str(d), str(v)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak RSS from /proc (Linux)")
 def test_memory_no_full_logits():
     """Peak RSS growth of a call beyond its gradients: within the default working memory
     (at most 1/8 of the logits) plus slack, where the unfused call holds the logits."""
-    results = {}
-    for method in ["fused", "unfused"]:
-        run = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, method], capture_output=True, text=True,
-                             timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert run.returncode == 0, run.stderr
-        results[method] = json.loads(run.stdout.strip().splitlines()[-1])
-    fused, unfused = results["fused"], results["unfused"]
+    fused, unfused = peak_rss("fused", 2048, 32, 32000), peak_rss("unfused", 2048, 32, 32000)
     logits = fused["logits"]
     assert fused["growth"] - fused["gradients"] <= logits / 8 + 24 * 2**20
     assert unfused["growth"] - unfused["gradients"] >= logits  # the measurement sees the logits
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak RSS from /proc (Linux)")
+@pytest.mark.parametrize("method", ["fused", "fused, scaled"])
+def test_memory_no_second_grad_weight(method):
+    """A dW as large as the logits (D = N) and 8x the working memory: the backward hands the
+    op's gradients over (scaled in place when the upstream is not 1) rather than copying them
+    while the op's are alive, which would add a whole dW to the peak."""
+    result = peak_rss(method, 512, 512, 32000)
+    assert result["grad_weight"] >= result["logits"] / 8 + 48 * 2**20  # a copy would break the bound below
+    assert result["growth"] - result["gradients"] <= result["logits"] / 8 + 24 * 2**20, result
 
 
 # ---- bad input: clear errors, before any work -------------------------------------------------
