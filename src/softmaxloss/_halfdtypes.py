@@ -6,8 +6,9 @@ typed memoryview refuses (buffer format 'E'); its arrays reach the kernels as
 `array.view(np.uint16)`, which shares their memory. ml_dtypes is imported only when a
 caller names bfloat16 (a NumPy bfloat16 array means it is imported already).
 
-Rounding to a half dtype from float64 is done once (`round_float64`): ml_dtypes' own
-float64 -> bfloat16 cast rounds to float32 first, which rounds twice.
+Rounding to a half dtype from float64 is done once (`round_float64`), whatever the
+ml_dtypes version: its own float64 -> bfloat16 cast rounded to float32 first (twice) before
+0.7.0.
 """
 
 from __future__ import annotations
