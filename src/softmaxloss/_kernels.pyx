@@ -342,25 +342,18 @@ def cross_entropy_index(
     when a class is out of range (and not ignore_index), having written nothing but
     row_loss (its first pass uses it as scratch), and with report_invalid_row the
     number r = a * B + b of the first such row into row_loss[0, 0]."""
-    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1], r, block
-    check_shape("target", target.shape, x.shape, 2)
-    check_loss_shapes(x.shape, row_loss, weight, sample_weight,
-                      grad.shape if grad is not None else NULL)
-    if n_rows == 0 or n == 0:
-        return 0.0, 0.0
-    cdef Rows xv = logits_rows(x), gv = output_rows(grad), tv = class_rows(target)
-    cdef Rows sv = sample_weight_rows(sample_weight)
-    cdef double *losses = &row_loss[0, 0]
-    cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, ignore_index)
+    cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1]
+    cdef LossOptions o
+    cdef Rows tv, sv
     cdef double normaliser
-    cdef Py_ssize_t invalid_row
-    with nogil:
-        normaliser = row_weight_total(tv, sv, o, n_rows, n, True, losses, &invalid_row)
-    if invalid_row >= 0:
-        if report_invalid_row:
-            losses[0] = <double>invalid_row
-        return None
-    o.divisor = gradient_divisor(mean, normaliser)
+    cdef int ready = index_first_pass(x.shape, target, weight, sample_weight, ignore_index,
+                                      label_smoothing, z_loss, mean, row_loss,
+                                      grad.shape if grad is not None else NULL,
+                                      report_invalid_row, &o, &tv, &sv, &normaliser)
+    if ready <= 0:
+        return (0.0, 0.0) if ready == 0 else None
+    cdef Rows xv = logits_rows(x), gv = output_rows(grad)
+    cdef double *losses = &row_loss[0, 0]
     index_loops(&x[0, 0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
     return sum_in_order(losses, n_rows), normaliser
 

@@ -281,3 +281,35 @@ cdef int check_loss_shapes(const Py_ssize_t *x_shape, const double[:, ::1] row_l
     if grad_shape != NULL:
         check_shape("grad", grad_shape, x_shape, 3)
     return 0
+
+
+cdef int index_first_pass(const Py_ssize_t *x_shape, const int64_t[:, :] target,
+                          const double[::1] weight, const double[:, :] sample_weight,
+                          int64_t ignore_index, double label_smoothing, double z_loss, bint mean,
+                          double[:, ::1] row_loss, const Py_ssize_t *grad_shape,
+                          bint report_invalid_row, LossOptions *o, Rows *tv, Rows *sv,
+                          double *normaliser) except -2:
+    """What a class-index cross-entropy call does before its loops, whatever the logits'
+    storage (cross_entropy_index and cross_entropy_index_half): the shape checks, the
+    options, the target's and sample weights' rows, and W with every class checked
+    (row_loss as scratch). Returns 0 for an empty call (nothing to do), -1 when a class
+    is out of range (its row number into row_loss[0, 0] with report_invalid_row; nothing
+    else written), 1 with o (divisor set), tv, sv and the normaliser W ready for the loops."""
+    check_shape("target", target.shape, x_shape, 2)
+    check_loss_shapes(x_shape, row_loss, weight, sample_weight, grad_shape)
+    cdef Py_ssize_t n = x_shape[2], n_rows = x_shape[0] * x_shape[1]
+    if n_rows == 0 or n == 0:
+        return 0
+    tv[0] = class_rows(target)
+    sv[0] = sample_weight_rows(sample_weight)
+    o[0] = loss_options(weight, n, label_smoothing, z_loss, ignore_index)
+    cdef double *losses = &row_loss[0, 0]
+    cdef Py_ssize_t invalid_row
+    with nogil:
+        normaliser[0] = row_weight_total(tv[0], sv[0], o[0], n_rows, n, True, losses, &invalid_row)
+    if invalid_row >= 0:
+        if report_invalid_row:
+            losses[0] = <double>invalid_row
+        return -1
+    o.divisor = gradient_divisor(mean, normaliser[0])
+    return 1
