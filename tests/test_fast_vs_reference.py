@@ -186,6 +186,18 @@ def test_common_case_shortcut_gives_the_general_paths_bits(monkeypatch, dtype, r
     assert type(loss_only) is np.dtype(dtype).type and loss_only.tobytes() == general_loss_only.tobytes()
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_common_case_shortcut_rounds_a_float32_loss_beyond_its_range_as_the_general_path(monkeypatch, reduction):
+    """A float32 loss whose float64 value is beyond float32's range: +inf, quietly (no
+    overflow warning: warnings are errors here), as the general path rounds it."""
+    x = np.array([[3e38, -3e38], [3e38, -3e38]], np.float32)
+    t = np.array([1, 1])
+    general = sml.cross_entropy(x, t, reduction=reduction, axis=np.int64(1))
+    monkeypatch.setattr("softmaxloss._facade.check_cross_entropy_call", _general_path_refused)
+    loss = sml.cross_entropy(x, t, reduction=reduction)
+    assert type(loss) is np.float32 and loss == np.inf and loss.tobytes() == general.tobytes()
+
+
 def test_common_case_shortcut_leaves_bad_labels_to_the_general_paths_message():
     x = np.zeros((3, 4), np.float32)
     with pytest.raises(ValueError, match=r"target value 4 at position \(1,\) is out of range for 4 classes"):

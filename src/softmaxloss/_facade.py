@@ -299,8 +299,12 @@ def _half_totals(
 
 
 _INT64 = np.dtype(np.int64)
-# The options of a common-case call (below), by reduction.
-_PLAIN_OPTIONS = {"mean": LossOptions(reduction="mean"), "sum": LossOptions(reduction="sum")}
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+_LARGEST_FLOAT32 = float(np.finfo(np.float32).max)
+# A common-case call (below): its reductions (whether it is the mean), its scalar types.
+_PLAIN_REDUCTIONS = {"mean": True, "sum": False}
+_PLAIN_SCALARS = (float, int)
 
 
 def _common_case(
@@ -318,35 +322,58 @@ def _common_case(
     the arrays as they are (a class out of range raises the general path's error; it
     tests the memory `out` shares, and an `out` that overlaps the inputs takes the general
     path). Returns (loss, grad or None), or None for any other call, which then takes the
-    general path and its error messages."""
-    if not (
-        type(logits) is np.ndarray and type(target) is np.ndarray
-        and logits.ndim == 2 and target.ndim == 1 and type(axis) is int and axis in (-1, 1)
-        and logits.dtype in KERNEL_DTYPES and target.dtype == _INT64
-        and logits.flags.c_contiguous and logits.flags.aligned
-        and target.flags.c_contiguous and target.flags.aligned
-        and 0 < target.shape[0] == logits.shape[0] and logits.shape[1] > 0
-        and weight is None and sample_weight is None
-        and type(ignore_index) is int and ignore_index == DEFAULT_IGNORE_INDEX
-        and type(reduction) is str and reduction in ("mean", "sum")
-        and type(label_smoothing) in (float, int) and label_smoothing == 0
-        and type(z_loss) in (float, int) and z_loss == 0
+    general path and its error messages.
+
+    The tests are ordered and written for speed (this is most of a small call's time):
+    the keywords first (identity and exact-type tests), then each array's attributes
+    read once; an equal but not identical dtype object (e.g. a byte-swapped one) just
+    takes the general path."""
+    if (
+        weight is not None or sample_weight is not None
+        or type(logits) is not np.ndarray or type(target) is not np.ndarray
+        or type(axis) is not int or (axis != -1 and axis != 1)
+        or type(ignore_index) is not int or ignore_index != DEFAULT_IGNORE_INDEX
+        or type(reduction) is not str
+        or type(label_smoothing) not in _PLAIN_SCALARS or label_smoothing != 0
+        or type(z_loss) not in _PLAIN_SCALARS or z_loss != 0
     ):
         return None
-    if out is not None and not (
-        type(out) is np.ndarray and out.dtype == logits.dtype and out.shape == logits.shape
-        and out.flags.c_contiguous and out.flags.writeable and out.flags.aligned
-    ):
+    mean = _PLAIN_REDUCTIONS.get(reduction)
+    dtype = logits.dtype
+    if mean is None or target.dtype is not _INT64 or (dtype is not _FLOAT32 and dtype is not _FLOAT64):
         return None
-    threads = _threads(n_threads)
-    grad = out if out is not None else np.empty_like(logits) if with_grad else None
-    totals: tuple[float, float] | int | None = _dispatch.specialised("cross_entropy_plain", logits.dtype)(
-        logits, target, grad, reduction == "mean", threads)
+    shape = logits.shape
+    rows = target.shape
+    if len(shape) != 2 or len(rows) != 1 or not 0 < rows[0] == shape[0] or shape[1] == 0:
+        return None
+    flags = logits.flags
+    if not (flags.c_contiguous and flags.aligned):
+        return None
+    flags = target.flags
+    if not (flags.c_contiguous and flags.aligned):
+        return None
+    if out is not None:
+        if type(out) is not np.ndarray or out.dtype is not dtype or out.shape != shape:
+            return None
+        flags = out.flags
+        if not (flags.c_contiguous and flags.writeable and flags.aligned):
+            return None
+        grad = out
+    else:
+        grad = np.empty(shape, dtype) if with_grad else None
+    threads = 0 if n_threads is None else _threads(n_threads)
+    totals: tuple[float, float] | int | None = _dispatch.specialised("cross_entropy_plain", dtype)(
+        logits, target, grad, mean, threads)
     if totals is None:  # `out` shares memory with the inputs (and is not the logits)
         return None
-    if isinstance(totals, int):
-        raise class_out_of_range(target, totals, logits.shape[1], DEFAULT_IGNORE_INDEX)
-    return _reduced_total(totals[0], totals[1], reduction, logits.dtype), grad
+    if type(totals) is int:
+        raise class_out_of_range(target, totals, shape[1], DEFAULT_IGNORE_INDEX)
+    total, normaliser = totals
+    if mean:
+        total = total / normaliser if normaliser != 0 else math.nan
+    if dtype is _FLOAT64 or abs(total) <= _LARGEST_FLOAT32 or not math.isfinite(total):
+        return dtype.type(total), grad
+    return _as_result(total, dtype), grad  # beyond float32's range: rounds to +-inf quietly
 
 
 def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:

@@ -152,6 +152,8 @@ def _optional_positive_int(value: Any, name: str, meaning: str = "") -> int | No
     `name` ("must be None or a positive integer" + `meaning`) otherwise."""
     if value is None:
         return None
+    if type(value) is int and value >= 1:  # the common case, before any message is built
+        return value
     rule = f"{name} must be None or a positive integer{meaning}"
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{rule}, got {value!r}")
