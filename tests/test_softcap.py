@@ -8,8 +8,6 @@ the slope's accuracy where 1 - tanh^2 fails; no N x C temporary; bad caps refuse
 
 import itertools
 import math
-import tracemalloc
-
 import numpy as np
 import pytest
 
@@ -18,6 +16,7 @@ from softmaxloss import _dispatch
 from softmaxloss import reference as ref
 
 from _helpers import assert_close, with_layout
+from test_memory_use import peak_allocation, per_row_budget
 
 mpmath = pytest.importorskip("mpmath")
 
@@ -472,33 +471,20 @@ def test_half_logits_are_the_float32_result_rounded_once(name, n_classes):
 # ---- memory -------------------------------------------------------------------------------
 
 
-def _peak(call):
-    call()
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        start, _ = tracemalloc.get_traced_memory()
-        call()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak - start
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_no_n_by_c_temporary(dtype):
     n_rows, n_classes = 2000, 600
     x = _logits(n_rows, n_classes, dtype)
     t = _targets(n_rows, n_classes)
-    budget = 6 * 8 * n_rows + 64 * 1024
-    assert _peak(lambda: sml.cross_entropy(x, t, softcap=30.0)) < budget
+    budget = per_row_budget(n_rows)
+    assert peak_allocation(lambda: sml.cross_entropy(x, t, softcap=30.0)) < budget
     out = np.empty_like(x)
-    assert _peak(lambda: sml.cross_entropy_with_grad(x, t, softcap=30.0, out=out)) < budget
-    assert _peak(lambda: sml.cross_entropy_with_grad(x, t, softcap=30.0)) < budget + x.nbytes
-    assert _peak(lambda: sml.softmax(x, softcap=30.0, out=out)) < budget
-    assert _peak(lambda: sml.logsumexp(x, softcap=30.0)) < budget
+    assert peak_allocation(lambda: sml.cross_entropy_with_grad(x, t, softcap=30.0, out=out)) < budget
+    assert peak_allocation(lambda: sml.cross_entropy_with_grad(x, t, softcap=30.0)) < budget + x.nbytes
+    assert peak_allocation(lambda: sml.softmax(x, softcap=30.0, out=out)) < budget
+    assert peak_allocation(lambda: sml.logsumexp(x, softcap=30.0)) < budget
     p = np.full(x.shape, 1.0 / n_classes)  # float64 (float32 targets are converted: not this option's)
-    assert _peak(lambda: sml.cross_entropy_with_grad(x, p, softcap=30.0, out=out)) < budget
+    assert peak_allocation(lambda: sml.cross_entropy_with_grad(x, p, softcap=30.0, out=out)) < budget
 
 
 # ---- bad caps -----------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 # on the scratch unchanged; the gradient is multiplied by the slope (the chain rule) and
 # stored (rounded once into half storage). The capped logits never leave the scratch.
 #
-# With u = x / cap, a = |u| and t = e^(-2a) (one exp, shared by both):
+# With u = x / cap, a = |u| and t = e^(-2a) (one exp, shared by both; the loops in C,
+# `_csrc/_softcap.h`, where they vectorise):
 #     tanh(u) = sign(u) (1 - t) / (1 + t)          (a >= small: 1 - t does not cancel)
 #     tanh(u) = u (1 - u^2/3 + 2u^4/15 - ...)      (a < small: the series, to the last bit)
 #     sech^2(u) = 4 t / (1 + t)^2                  (no cancellation anywhere: never 1 - tanh^2,
@@ -20,7 +21,6 @@
 # Included by _kernels.pyx after _kernels_half.pxi (whose half conversions and chunk-path
 # names it uses); not compiled on its own.
 
-from libc.math cimport copysign
 from libc.string cimport memcpy
 
 ctypedef fused stored:
@@ -32,71 +32,30 @@ cdef enum:
     NATIVE_STORAGE = -1  # `kind` of float32 / float64 logits (else a half kind, _half.h)
 
 
-cdef inline double tanh_series(double a) noexcept nogil:
-    """tanh(a) for 0 <= a < 1/4 from its Taylor series to a^21 (the next term is below
-    2^-58 of the sum there)."""
-    cdef double q = a * a
-    return a + a * q * (-0.3333333333333333 + q * (0.13333333333333333 + q * (
-        -0.05396825396825397 + q * (0.021869488536155203 + q * (-0.008863235529902197 + q * (
-            0.003592128036572481 + q * (-0.0014558343870513183 + q * (0.000590027440945586 + q * (
-                -0.00023912911424355248 + q * 9.691537956929451e-05)))))))))
-
-
-cdef inline double tanh_series_short(double a) noexcept nogil:
-    """tanh(a) for 0 <= a < 1/128 to a^5 (the next term is below 2^-46 of the sum there:
-    far below float32's rounding, for which alone it is used)."""
-    cdef double q = a * a
-    return a + a * q * (-0.3333333333333333 + q * 0.13333333333333333)
+cdef extern from "_softcap.h" nogil:
+    void sml_softcap_row_f(const float *x, float *capped, float *slope, Py_ssize_t n, double cap)
+    void sml_softcap_row_d(const double *x, double *capped, double *slope, Py_ssize_t n, double cap)
+    void sml_softcap_scale_f(const float *g, const float *slope, float *out, Py_ssize_t n)
+    void sml_softcap_scale_d(const double *g, const double *slope, double *out, Py_ssize_t n)
 
 
 cdef inline void cap_row(const floating *x, floating *capped, floating *slope, Py_ssize_t n,
                          double cap) noexcept nogil:
-    """capped_c = cap tanh(x_c / cap) and, unless slope is NULL, slope_c = sech^2(x_c / cap),
-    in double, each rounded once; capped may be x (each entry is read before it is written).
-    For float32 results u is x * (1 / cap) (within an ulp of double of x / cap) and the
-    series is used below 1/128 only, where 1 - t loses at most 2^6 ulps of double: both
-    far below float32's rounding, and the loop half as long."""
-    cdef Py_ssize_t c
-    cdef double u, a, t, d, th
-    cdef double inv_cap = 1.0 / cap
-    if floating is float and slope != NULL:
-        for c in range(n):
-            u = <double>x[c] * inv_cap
-            a = fabs(u)
-            t = sml_exp(-2.0 * a)
-            d = 1.0 / (1.0 + t)
-            th = (1.0 - t) * d
-            th = tanh_series_short(a) if a < 0.0078125 else th
-            capped[c] = <floating>copysign(cap * th, u)
-            slope[c] = <floating>((4.0 * t) * d * d)
-        return
+    """capped_c = cap tanh(x_c / cap) and, unless slope is NULL, slope_c = sech^2(x_c / cap)
+    (`_csrc/_softcap.h`: in double, each rounded once); capped may be x."""
     if floating is float:
-        for c in range(n):
-            u = <double>x[c] * inv_cap
-            a = fabs(u)
-            t = sml_exp(-2.0 * a)
-            th = (1.0 - t) / (1.0 + t)
-            th = tanh_series_short(a) if a < 0.0078125 else th
-            capped[c] = <floating>copysign(cap * th, u)
-        return
-    if slope == NULL:
-        for c in range(n):
-            u = <double>x[c] / cap
-            a = fabs(u)
-            t = sml_exp(-2.0 * a)
-            th = (1.0 - t) / (1.0 + t)
-            th = tanh_series(a) if a < 0.25 else th
-            capped[c] = <floating>copysign(cap * th, u)
-        return
-    for c in range(n):
-        u = <double>x[c] / cap
-        a = fabs(u)
-        t = sml_exp(-2.0 * a)
-        d = 1.0 / (1.0 + t)
-        th = (1.0 - t) * d
-        th = tanh_series(a) if a < 0.25 else th
-        capped[c] = <floating>copysign(cap * th, u)
-        slope[c] = <floating>((4.0 * t) * d * d)
+        sml_softcap_row_f(x, capped, slope, n, cap)
+    else:
+        sml_softcap_row_d(x, capped, slope, n, cap)
+
+
+cdef inline void scale_row(const floating *g, const floating *slope, floating *out,
+                           Py_ssize_t n) noexcept nogil:
+    """out_c = g_c * slope_c (out may be g)."""
+    if floating is float:
+        sml_softcap_scale_f(g, slope, out, n)
+    else:
+        sml_softcap_scale_d(g, slope, out, n)
 
 
 cdef inline void capped_load(Rows v, Py_ssize_t r, Py_ssize_t n, int kind, double cap,
@@ -126,14 +85,12 @@ cdef inline void sloped_store(Rows v, Py_ssize_t r, Py_ssize_t n, int kind, floa
     cdef Py_ssize_t c
     if kind != NATIVE_STORAGE:
         if slope != NULL:
-            for c in range(n):
-                g[c] = g[c] * slope[c]
+            scale_row(<const floating *>g, slope, g, n)
         if floating is float:
             sml_half_store(kind, g, n, row, v.step)
     elif v.step == sizeof(floating):  # one pass (g may be the row itself: in place)
         if slope != NULL:
-            for c in range(n):
-                out[c] = g[c] * slope[c]
+            scale_row(<const floating *>g, slope, out, n)
         elif out != g:
             memcpy(row, g, n * sizeof(floating))
     elif slope != NULL:
