@@ -275,7 +275,7 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
     if args.where is not None:
         return _masked_cross_entropy(args, with_grad)
     x = _float64_rows(args.logits, args.axis)
-    slope = 1.0
+    slope: float | np.ndarray = 1.0
     if args.options.softcap is not None:
         x, slope = softcapped(x, args.options.softcap), softcap_slope(x, args.options.softcap)
     n_classes = args.n_classes
@@ -359,7 +359,7 @@ def _masked_cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, 
     + 2 z lse p). Every other masked class has gradient exactly 0."""
     assert args.where is not None
     x = _float64_rows(args.logits, args.axis)
-    slope = 1.0
+    slope: float | np.ndarray = 1.0
     if args.options.softcap is not None:
         x, slope = softcapped(x, args.options.softcap), softcap_slope(x, args.options.softcap)
     kept = np.moveaxis(args.where, args.axis, -1)
