@@ -334,8 +334,6 @@ def cross_entropy_probs_softcap(
     """cross_entropy_probs of the capped logits (the same arguments and returns, and
     `softcap`, `kind`)."""
 
-def softcap_slope(
-    x: npt.NDArray[np.float64], softcap: float, capped: npt.NDArray[np.float64], slope: npt.NDArray[np.float64]
-) -> None:
-    """capped = cap * tanh(x / cap), slope = sech^2(x / cap) by the kernels' float64 code (a
-    test hook); 1-D, contiguous, the same length."""
+def softcap_slope(x: npt.NDArray[_F], softcap: float, capped: npt.NDArray[_F], slope: npt.NDArray[_F]) -> None:
+    """capped = cap * tanh(x / cap), slope = sech^2(x / cap) by the kernels' code for x's dtype
+    (a test hook); 1-D, contiguous, the same length."""

@@ -407,10 +407,10 @@ def cross_entropy_probs_softcap(
     return sum_in_order(losses, n_rows), normaliser
 
 
-def softcap_slope(const double[::1] x not None, double softcap, double[::1] capped not None,
-                  double[::1] slope not None):
-    """capped = cap * tanh(x / cap), slope = sech^2(x / cap) by the kernels' own float64 code
-    (for accuracy tests)."""
+def softcap_slope(const floating[::1] x not None, double softcap, floating[::1] capped not None,
+                  floating[::1] slope not None):
+    """capped = cap * tanh(x / cap), slope = sech^2(x / cap) by the kernels' own code for
+    x's dtype (for accuracy tests)."""
     check_cap(softcap)
     check_shape("capped", capped.shape, x.shape, 1)
     check_shape("slope", slope.shape, x.shape, 1)
