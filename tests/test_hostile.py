@@ -141,6 +141,21 @@ CALLS = {
         lambda f, c: f.linear_cross_entropy_with_grad(*_as_linear(c), c.target, chunk_size=2, label_smoothing=0.1),
         _linear_scale,
     ),
+    "softmax_softcap": Call(lambda f, c: f.softmax(c.x, c.axis, softcap=3.0)),
+    "log_softmax_softcap_in_place": Call(lambda f, c: (lambda x: f.log_softmax(x, c.axis, out=x, softcap=3.0))(c.new_x())),
+    "logsumexp_softcap": Call(lambda f, c: f.logsumexp(c.x, c.axis, softcap=3.0)),
+    "with_grad_softcap_all_options": Call(
+        lambda f, c: f.cross_entropy_with_grad(
+            c.x, c.target, axis=c.axis, weight=c.weight, sample_weight=c.sample_weight,
+            label_smoothing=0.25, z_loss=1e-3, softcap=3.0,
+        ),
+        lambda c: gradient_scale(c, weight=c.weight, sample_weight=c.sample_weight, eps=0.25, z=1e-3),
+    ),
+    "with_grad_softcap_probabilities_out": Call(
+        lambda f, c: f.cross_entropy_with_grad(c.x, c.probabilities, axis=c.axis, reduction="sum",
+                                               softcap=3.0, out=c.new_out()),
+        lambda c: gradient_scale(c, reduction="sum", probabilities=True),
+    ),
     "gradient_hessian": Call(lambda f, c: f.gradient_hessian(c.x, c.labels), lambda c: (1.0, 1.0), every_case=True),
     "gradient_hessian_weighted_out": Call(
         lambda f, c: f.gradient_hessian(

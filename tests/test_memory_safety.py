@@ -95,6 +95,8 @@ BAD_INPUTS = [
     ("label_smoothing a list", "cross_entropy", (X, T), {"label_smoothing": [0.1]}, TypeError),
     ("z_loss < 0", "cross_entropy", (X, T), {"z_loss": -1e-4}, ValueError),
     ("z_loss None", "cross_entropy", (X, T), {"z_loss": None}, TypeError),
+    ("softcap 0", "cross_entropy_with_grad", (X, T), {"softcap": 0.0}, ValueError),
+    ("softcap a string", "log_softmax", (X,), {"softcap": "30"}, TypeError),
     ("unknown reduction", "cross_entropy", (X, T), {"reduction": "avg"}, ValueError),
     ("axis out of range", "cross_entropy", (X, T), {"axis": 2}, AxisError),
     ("axis not an integer", "softmax", (X,), {"axis": 1.0}, TypeError),

@@ -203,16 +203,20 @@ def opcheck_samples():
         ((3, 4, 2), "probabilities", True, False, -100, "none", 0.0, 0.0),
         ((4,), "probabilities", False, True, -100, "sum", 0.1, 0.0),
     ]
-    for (shape, kind, weighted, sample_weighted, ignore_index, reduction, eps, z), dtype, with_grad in \
+    cases = [(*case, None) for case in cases] + [  # softcap (issue 16 item 2)
+        ((5, 4), "index", True, True, 1, "mean", 0.2, 0.05, 2.0),
+        ((3, 4, 2), "probabilities", True, False, -100, "none", 0.1, 0.0, 0.5),
+    ]
+    for (shape, kind, weighted, sample_weighted, ignore_index, reduction, eps, z, cap), dtype, with_grad in \
             itertools.product(cases, [torch.float32, torch.float64], [True, False]):
         x, t, w, s = make_inputs(rng, shape, kind, dtype, weighted=weighted, sample_weighted=sample_weighted)
         if kind == "index" and ignore_index == 1:
             t = torch.where(t == -100, 1, t)
             t.view(-1)[0] = 0  # one ignored row at least, not all
             t.view(-1)[2] = 1
-        yield pytest.param((x, t, w, s, ignore_index, reduction, eps, z, 0, with_grad),
+        yield pytest.param((x, t, w, s, ignore_index, reduction, eps, z, cap, 0, with_grad),
                            id=f"{shape}-{kind}-w{weighted:d}-s{sample_weighted:d}-ii{ignore_index}-{reduction}"
-                              f"-eps{eps}-z{z}-{str(dtype)[6:]}-grad{with_grad:d}")
+                              f"-eps{eps}-z{z}-cap{cap}-{str(dtype)[6:]}-grad{with_grad:d}")
 
 
 @pytest.mark.parametrize("args", list(opcheck_samples()))
@@ -230,8 +234,8 @@ def test_op_schema():
     schema = str(OP._schema)
     assert schema == (
         "softmaxloss::cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-        "int? ignore_index, str reduction, float label_smoothing, float z_loss, int n_threads, "
-        "bool with_grad) -> (Tensor loss, Tensor grad)"
+        "int? ignore_index, str reduction, float label_smoothing, float z_loss, float? softcap, "
+        "int n_threads, bool with_grad) -> (Tensor loss, Tensor grad)"
     )
 
 
@@ -500,7 +504,7 @@ def test_out_of_range_message_names_value_and_position_and_the_op_raises_it_too(
     with pytest.raises(ValueError, match=r"expected 0 <= target < 3 \[PyTorch: Target -1 is out of bounds"):
         smt.cross_entropy(X, torch.tensor([0, -1]), ignore_index=2**70)  # no row can be ignored
     with pytest.raises(IndexError, match="Target 5 is out of bounds"):
-        OP(X, torch.tensor([0, 5]), None, None, -100, "mean", 0.0, 0.0, 0, True)
+        OP(X, torch.tensor([0, 5]), None, None, -100, "mean", 0.0, 0.0, None, 0, True)
 
 
 def torch_test_internals(name):

@@ -65,7 +65,8 @@ def _choose(name: str | None) -> ModuleType:
 kernels: ModuleType = _choose(os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower())
 
 
-_SIGNATURE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_SIGNATURE_NAMES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+                    np.dtype(np.uint16): "uint16_t"}  # half-precision bits (the softcap entry points)
 _specialised: dict[tuple[object, str, tuple[np.dtype[Any], ...]], Any] = {}
 
 

@@ -42,6 +42,7 @@ from ._validation import (
     check_logsumexp_args,
     check_n_threads,
     check_out,
+    check_softcap,
 )
 
 _LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
@@ -86,6 +87,17 @@ def _output(layout: RowsLayout, out: np.ndarray | None, storage: np.dtype[Any]) 
     return layout.output(out, storage)
 
 
+def _softcap_kernel(name: str, storage: np.dtype[Any], *more: np.dtype[Any]) -> Any:
+    """The soft-capping entry point `name` (`_kernels_softcap.pxi`) for logits stored as
+    `storage` (half dtypes as their uint16 bits)."""
+    return _dispatch.specialised(name, _BITS if half_kind(storage) is not None else storage, *more)
+
+
+def _bits(rows: np.ndarray) -> np.ndarray:
+    """Rows as the kernels take them: half-precision ones as their uint16 bits."""
+    return rows.view(_BITS) if half_kind(rows.dtype) is not None else rows
+
+
 def _threads(n_threads: Any) -> int:
     """The kernels' thread argument (a C int): 0 means OpenMP's default. More threads
     than a C int holds are as many as it holds (the work is split by rows anyway)."""
@@ -97,15 +109,17 @@ def _threads(n_threads: Any) -> int:
 
 
 def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_output: bool,
-             dtype: Any = None) -> np.ndarray:
+             dtype: Any = None, softcap: Any = None) -> np.ndarray:
     array, dtypes = as_real_array(x, "x", dtype)
     axes = check_axes(axis, array.ndim)
     threads = _threads(n_threads)
+    cap = check_softcap(softcap)
     if isinstance(axes, tuple):  # several axes, or a 0-d array: as one merged class axis
         if out is not None:
             check_out(out, array.shape, dtypes, None)
         merged = MergedAxes(array.shape, axes)
-        result = merged.unmerge(_softmax(merged.merge(array), -1, None, threads or None, log_output))
+        result = merged.unmerge(_softmax(merged.merge(array), -1, None, threads or None, log_output,
+                                         softcap=cap))
         if out is None:
             return result[()] if array.ndim == 0 else result  # a 0-d input: a NumPy scalar, as SciPy's
         np.copyto(out, result, casting="unsafe")
@@ -118,7 +132,10 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
     buffer, result_rows = _output(layout, out, storage)
     x_rows = layout.input(array, storage, into=buffer)
     kind = half_kind(storage)
-    if kind is None:
+    if cap is not None:
+        _softcap_kernel("softmax_softcap", storage)(
+            _bits(x_rows), _bits(result_rows), log_output, cap, kind or 0, threads)
+    elif kind is None:
         _dispatch.specialised("softmax", storage)(x_rows, result_rows, log_output, threads)
     else:
         _dispatch.kernels.softmax_half(x_rows.view(_BITS), result_rows.view(_BITS), log_output, kind, threads)
@@ -126,7 +143,7 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
 
 
 def softmax(x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None,
-            n_threads: int | None = None) -> np.ndarray:
+            softcap: float | None = None, n_threads: int | None = None) -> np.ndarray:
     """Softmax along `axis`: exp(x_c - max(x)) / sum_k exp(x_k - max(x)).
 
     `axis` may also be None (all axes) or a tuple of axes, as in SciPy; a 0-d x is one
@@ -134,27 +151,34 @@ def softmax(x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any
     -inf, gives NaN; -inf beside finite values gives an exact 0. `out` may be `x` itself
     (in place), or an array of another float dtype (the result is cast to it). `dtype`: x is cast to it first (as
     torch.softmax's). Returns an array of x's dtype (float16 computed in float32,
-    integers and bools in float64).
+    integers and bools in float64). `softcap`: None, or a cap > 0: the softmax of
+    cap * tanh(x / cap) (Gemma 2's soft-capped logits), formed inside the pass.
     """
-    return _softmax(x, axis, out, n_threads, False, dtype)
+    return _softmax(x, axis, out, n_threads, False, dtype, softcap)
 
 
 def log_softmax(x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None,
-                n_threads: int | None = None) -> np.ndarray:
+                softcap: float | None = None, n_threads: int | None = None) -> np.ndarray:
     """Log-softmax along `axis`: x_c - max(x) - log(sum_k exp(x_k - max(x))).
 
-    Same conventions as `softmax` (-inf beside finite values stays -inf).
+    Same conventions as `softmax` (-inf beside finite values stays -inf; with `softcap`
+    the log-softmax of cap * tanh(x / cap)).
     """
-    return _softmax(x, axis, out, n_threads, True, dtype)
+    return _softmax(x, axis, out, n_threads, True, dtype, softcap)
 
 
-def _row_logsumexp(rows: np.ndarray, dtypes: Dtypes, threads: int) -> np.ndarray:
-    """log(sum_c exp(x_c)) of each row of `rows` (class axis last), in float64."""
+def _row_logsumexp(rows: np.ndarray, dtypes: Dtypes, threads: int, cap: float | None = None) -> np.ndarray:
+    """log(sum_c exp(x_c)) of each row of `rows` (class axis last), in float64; with a
+    cap, of x_c = cap * tanh(rows_c / cap)."""
     layout = RowsLayout.of(rows, rows.ndim - 1)
     n_a, n_b, n_classes = layout.rows_shape
     row_values = np.full((n_a, n_b), -np.inf)
     kind = half_kind(rows.dtype) if rows.dtype == dtypes.result else None
-    if n_classes and kind is not None:  # half-precision rows as stored
+    if n_classes and cap is not None:
+        storage = rows.dtype if kind is not None else dtypes.compute
+        _softcap_kernel("logsumexp_softcap", storage)(
+            _bits(layout.input(rows, storage)), row_values, cap, kind or 0, threads)
+    elif n_classes and kind is not None:  # half-precision rows as stored
         _dispatch.kernels.logsumexp_half(layout.input(rows, rows.dtype).view(_BITS), row_values, kind, threads)
     elif n_classes:
         _dispatch.specialised("logsumexp", dtypes.compute)(
@@ -177,7 +201,8 @@ def _signed_log_difference(positive: np.ndarray, negative: np.ndarray) -> tuple[
 
 
 def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
-              return_sign: bool = False, dtype: Any = None, n_threads: int | None = None) -> Any:
+              return_sign: bool = False, dtype: Any = None, softcap: float | None = None,
+              n_threads: int | None = None) -> Any:
     """log(sum_c b_c exp(x_c)) along `axis`, computed as max + log(sum_c exp(x_c - max)).
 
     SciPy's call forms: `axis` None (all axes), an int or a tuple; `b` weights broadcast
@@ -186,17 +211,23 @@ def logsumexp(x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False,
     NaN. Weights are folded in as x + log|b| (b = 0 leaves an entry out, also at +inf).
     As in PyTorch and SciPy: an empty axis or a row of all -inf gives -inf, a row with
     +inf gives +inf, a row with NaN gives NaN. `dtype`: x is cast to it first.
+    `softcap`: None, or a cap > 0: x_c is cap * tanh(x_c / cap) (inside the pass; with
+    `b`, the capped logits are formed first, in float64).
     """
     array, dtypes, weights = check_logsumexp_args(x, b, dtype)
     axes = check_axes(axis, array.ndim)
     threads = _threads(n_threads)
+    cap = check_softcap(softcap)
     merged = MergedAxes(array.shape, axes if isinstance(axes, tuple) else (axes,))
     rows = merged.merge(array)
     if weights is None:
-        lse = _row_logsumexp(rows, dtypes, threads)
+        lse = _row_logsumexp(rows, dtypes, threads, cap)
         sign = None if not return_sign else np.where(lse == -np.inf, 0.0, np.where(np.isnan(lse), np.nan, 1.0))
     else:
         w = merged.merge(weights)
+        if cap is not None:
+            from .reference import softcapped
+            rows = softcapped(rows, cap)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_w = np.log(np.abs(w))
             # each sign's part, the other entries (and b = 0) left out as -inf
@@ -257,6 +288,9 @@ def _kernel_totals(
     logits (and gradient) go to the half entry points, as their uint16 bits."""
     mean = options.reduction == "mean"
     kind = half_kind(x_rows.dtype)
+    if options.softcap is not None:
+        return _softcap_totals(x_rows, target_rows, weight, sample_weight, target_ignore_index,
+                               probabilities, options, row_loss, grad_rows, threads, kind)
     if kind is not None:
         return _half_totals(x_rows.view(_BITS), target_rows, weight, sample_weight, target_ignore_index,
                             probabilities, options, row_loss,
@@ -292,6 +326,33 @@ def _half_totals(
     index_totals: tuple[float, float] | None = _dispatch.kernels.cross_entropy_index_half(
         x_bits, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
         options.z_loss, mean, row_loss, grad_bits, kind, threads, True,
+    )
+    if index_totals is None:  # the kernel reported the row in row_loss
+        return int(row_loss[0, 0])
+    return index_totals
+
+
+def _softcap_totals(
+    x_rows: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
+    sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
+    options: LossOptions, row_loss: np.ndarray, grad_rows: np.ndarray | None, threads: int,
+    kind: int | None,
+) -> tuple[float, float] | int:
+    """_kernel_totals with `options.softcap`: the soft-capping entry points, for logits
+    of any kernel dtype (half ones as their bits)."""
+    mean = options.reduction == "mean"
+    x_bits = _bits(x_rows)
+    grad_bits = None if grad_rows is None else _bits(grad_rows)
+    if probabilities:
+        totals: tuple[float, float] = _softcap_kernel(
+            "cross_entropy_probs_softcap", x_rows.dtype, target_rows.dtype)(
+            x_bits, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
+            mean, row_loss, grad_bits, options.softcap, kind or 0, threads,
+        )
+        return totals
+    index_totals: tuple[float, float] | None = _softcap_kernel("cross_entropy_index_softcap", x_rows.dtype)(
+        x_bits, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
+        options.z_loss, mean, row_loss, grad_bits, options.softcap, kind or 0, threads, True,
     )
     if index_totals is None:  # the kernel reported the row in row_loss
         return int(row_loss[0, 0])
@@ -424,6 +485,10 @@ def _masked_cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None,
     its loss is recomputed in float64 from the row (those rows only)."""
     x, kept, axis = args.logits, args.where, args.axis
     assert kept is not None
+    slope = None
+    if args.options.softcap is not None:  # the capped logits formed first (float64), then as always
+        from .reference import softcap_slope, softcapped
+        x, slope = softcapped(x, args.options.softcap), softcap_slope(x, args.options.softcap)
     compute = args.dtypes.compute
     eps = args.options.label_smoothing
     any_kept = kept.any(axis=axis)
@@ -460,7 +525,7 @@ def _masked_cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None,
     with np.errstate(invalid="ignore"):
         kept_max = np.max(buffer, axis=axis, where=kept, initial=-np.inf, keepdims=True)
     np.copyto(buffer, stand_in(np, kept_max, np.expand_dims(any_kept, axis), compute), where=~kept)
-    options = dataclasses.replace(args.options, reduction="sum", label_smoothing=0.0)
+    options = dataclasses.replace(args.options, reduction="sum", label_smoothing=0.0, softcap=None)
     if args.probabilities or eps != 0:
         np.copyto(buffer, 0, where=~np.expand_dims(counted, axis))  # rows left out: finite, weight 0
         share = eps / np.maximum(kept.sum(axis=axis, keepdims=True), 1)  # eps/|K|
@@ -491,6 +556,9 @@ def _masked_cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None,
         losses = np.array(losses)
         losses[label_masked] = exact
         total = math.fsum(losses.ravel()) if np.isfinite(losses).all() else float(np.sum(losses))
+    if slope is not None and with_grad:  # the chain rule; entries exactly 0 (masked, left out) stay 0
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.multiply(buffer, slope, out=buffer, where=buffer != 0, casting="unsafe")
     if args.options.reduction == "mean" and normaliser == 0:
         total = math.nan  # a mean over nothing
     if args.options.reduction == "none":
@@ -513,6 +581,7 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     where: Any = None,
     n_threads: int | None = None,
 ) -> Any:
@@ -534,15 +603,19 @@ def cross_entropy(
     optax); label smoothing spreads eps over the kept classes (eps/|K|); an example that
     keeps no class has loss 0 and gradient 0 and, like an ignored row, is left out of
     the mean.
+
+    `softcap`: None, or a cap > 0: the loss of the soft-capped logits cap * tanh(logits / cap)
+    (Gemma 2: 30), formed inside the kernel's pass (never stored).
     """
-    common = None if where is not None else _common_case(
+    common = None if where is not None or softcap is not None else _common_case(
         logits, target, axis, weight, sample_weight, ignore_index, reduction,
         label_smoothing, z_loss, n_threads, with_grad=False)
     if common is not None:
         return common[0]
     args = check_cross_entropy_call(
         logits, target,
-        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
+             softcap=softcap),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, check_range=False,
         where=where,
     )
@@ -562,6 +635,7 @@ def cross_entropy_with_grad(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     where: Any = None,
     out: np.ndarray | None = None,
     n_threads: int | None = None,
@@ -573,16 +647,19 @@ def cross_entropy_with_grad(
     mean: (softmax(logits) - (1-eps) onehot - eps/C) / (number of non-ignored rows).
     `out` may be a preallocated array or `logits` itself (in place). `where`: as in
     `cross_entropy`; masked classes get gradient exactly 0 (but a label's own masked
-    class: -s (1-eps) w[y] / W, its logit being in the loss).
+    class: -s (1-eps) w[y] / W, its logit being in the loss). With `softcap`, grad is the
+    capped logits' gradient times sech^2(logits / cap), the slope formed exactly as
+    4 e^(-2|u|) / (1 + e^(-2|u|))^2 (u = logits / cap).
     """
-    common = None if where is not None else _common_case(
+    common = None if where is not None or softcap is not None else _common_case(
         logits, target, axis, weight, sample_weight, ignore_index, reduction,
         label_smoothing, z_loss, n_threads, with_grad=True, out=out)
     if common is not None and common[1] is not None:
         return common[0], common[1]
     args = check_cross_entropy_call(
         logits, target,
-        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
+             softcap=softcap),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out, check_range=False,
         where=where,
     )

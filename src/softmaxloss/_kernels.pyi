@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 _F = TypeVar("_F", np.float32, np.float64)
 _T = TypeVar("_T", np.float32, np.float64)
+_S = TypeVar("_S", np.float32, np.float64, np.uint16)  # `stored`: logits as stored (uint16: half bits)
 
 @type_check_only
 class _BuildInfo(TypedDict):
@@ -281,3 +282,58 @@ def half_from_float32(x: npt.NDArray[np.float32], out: npt.NDArray[np.uint16], k
 
 def half_to_float32(x: npt.NDArray[np.uint16], out: npt.NDArray[np.float32], kind: int) -> None:
     """out = the half bits x as float32, exactly, by the kernels' conversion (a test hook)."""
+
+# ---- soft-capping (_kernels_softcap.pxi) ---------------------------------------------------
+# The functions above of the capped logits cap * tanh(x / cap) (`softcap` a finite cap > 0,
+# else a ValueError), the gradient that of x: `_S` (`stored`) is the logits' storage, float32,
+# float64 or uint16 (half bits, then `kind` 0 bfloat16 / 1 float16; ignored for the others).
+
+def softmax_softcap(
+    x: npt.NDArray[_S], out: npt.NDArray[_S], log_output: bool, softcap: float, kind: int, n_threads: int
+) -> None:
+    """softmax (log_output False) or log_softmax of cap * tanh(x / cap) into out (may be x's memory)."""
+
+def logsumexp_softcap(
+    x: npt.NDArray[_S], out: npt.NDArray[np.float64], softcap: float, kind: int, n_threads: int
+) -> None:
+    """out[a, b] = log(sum_c exp(cap * tanh(x[a, b, c] / cap)))."""
+
+def cross_entropy_index_softcap(
+    x: npt.NDArray[_S],
+    target: npt.NDArray[np.int64],
+    weight: npt.NDArray[np.float64] | None,
+    sample_weight: npt.NDArray[np.float64] | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    mean: bool,
+    row_loss: npt.NDArray[np.float64],
+    grad: npt.NDArray[_S] | None,
+    softcap: float,
+    kind: int,
+    n_threads: int,
+    report_invalid_row: bool = False,
+) -> tuple[float, float] | None:
+    """cross_entropy_index of the capped logits (the same arguments and returns, and
+    `softcap`, `kind`); the gradient with respect to x, in x's storage."""
+
+def cross_entropy_probs_softcap(
+    x: npt.NDArray[_S],
+    target: npt.NDArray[_T],
+    weight: npt.NDArray[np.float64] | None,
+    sample_weight: npt.NDArray[np.float64] | None,
+    label_smoothing: float,
+    z_loss: float,
+    mean: bool,
+    row_loss: npt.NDArray[np.float64],
+    grad: npt.NDArray[_S] | None,
+    softcap: float,
+    kind: int,
+    n_threads: int,
+) -> tuple[float, float]:
+    """cross_entropy_probs of the capped logits (the same arguments and returns, and
+    `softcap`, `kind`)."""
+
+def softcap_slope(x: npt.NDArray[_F], softcap: float, capped: npt.NDArray[_F], slope: npt.NDArray[_F]) -> None:
+    """capped = cap * tanh(x / cap), slope = sech^2(x / cap) by the kernels' code for x's dtype
+    (a test hook); 1-D, contiguous, the same length."""

@@ -37,6 +37,9 @@ Design, bottom up (each layer calls only the one below it):
    kernels above, unchanged, and the gradient or softmax rounded back once, to nearest
    with ties to even, by a portable conversion (every build, the same bits from the
    same float32 values).
+   Soft-capping (`_kernels_softcap.pxi`) is a layer of the same kind: a row's capped
+   logits cap * tanh(x / cap) and their slopes sech^2(x / cap) formed in per-thread
+   scratch, the same kernels run on them unchanged, the gradient times the slopes.
 5. The Python facade (`softmaxloss._facade`) validates, builds the rows views, reduces
    (the kernels return the per-row losses, their total and the mean's normaliser W)
    and documents.
@@ -544,3 +547,4 @@ def build_info():
 
 include "_kernels_classblock.pxi"
 include "_kernels_half.pxi"
+include "_kernels_softcap.pxi"

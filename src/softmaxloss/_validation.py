@@ -8,6 +8,7 @@ needed).
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -184,6 +185,22 @@ def _check_float_scalar(value: Any, name: str, low: float, high: float) -> float
     return number
 
 
+def check_softcap(softcap: Any) -> float | None:
+    """None (no soft-capping) or the cap of `cap * tanh(x / cap)` as a float: a finite
+    real number > 0 (not a bool or a string; a 0-d array or NumPy scalar is fine)."""
+    if softcap is None:
+        return None
+    if isinstance(softcap, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"softcap must be None or a real number > 0, got {softcap!r}")
+    try:
+        cap = float(softcap)
+    except (TypeError, ValueError):
+        raise TypeError(f"softcap must be None or a real number > 0, got {softcap!r}") from None
+    if not (math.isfinite(cap) and cap > 0.0):  # also refuses NaN
+        raise ValueError(f"softcap must be a finite number > 0 (or None); got {softcap!r}")
+    return cap
+
+
 _OUT_DTYPES = (_FLOAT16, _FLOAT32, _FLOAT64)
 
 
@@ -272,6 +289,7 @@ class LossOptions:
     label_smoothing: float = 0.0
     z_loss: float = 0.0
     ignore_index: int = DEFAULT_IGNORE_INDEX
+    softcap: float | None = None
 
     @classmethod
     def checked(
@@ -280,6 +298,7 @@ class LossOptions:
         label_smoothing: Any = 0.0,
         z_loss: Any = 0.0,
         ignore_index: Any = DEFAULT_IGNORE_INDEX,
+        softcap: Any = None,
     ) -> LossOptions:
         """The options from a public call's keywords; TypeError/ValueError naming the
         first bad one."""
@@ -288,6 +307,7 @@ class LossOptions:
             label_smoothing=_check_float_scalar(label_smoothing, "label_smoothing", 0.0, 1.0),
             z_loss=_check_float_scalar(z_loss, "z_loss", 0.0, np.inf),
             ignore_index=_check_ignore_index(ignore_index),
+            softcap=check_softcap(softcap),
         )
 
 

@@ -9,7 +9,9 @@ The semantics and keywords are softmaxloss's (`softmaxloss.cross_entropy`), with
 class axis last by default as in optax: integer class labels (the logits' shape without
 the class axis) or class probabilities (the logits' shape), `weight`, `sample_weight`,
 `ignore_index`, `reduction` ("mean" by default; "none" gives optax's per-example
-losses), `label_smoothing`, `z_loss`.
+losses), `label_smoothing`, `z_loss`, `softcap` (the loss of cap * tanh(logits / cap),
+formed inside the kernel's pass; its tangents are those of the capped logits times the
+exact slope sech^2(logits / cap), which the kernel's gradient already carries).
 
 How it works: the kernel runs on the host through `jax.pure_callback`, and the function
 is a `jax.custom_jvp` with one rule for both modes. The rule computes the loss and the
@@ -114,7 +116,7 @@ def _host_loss_and_grad(options: _Options, logits: np.ndarray, target: np.ndarra
 
 
 def _host_log_softmax(options: _Options, logits: np.ndarray) -> np.ndarray:
-    return _np_log_softmax(logits, options.axis, n_threads=options.n_threads)
+    return _np_log_softmax(logits, options.axis, n_threads=options.n_threads, softcap=options.loss.softcap)
 
 
 _SECOND_ORDER = (
@@ -337,6 +339,7 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     n_threads: int | None = None,
 ) -> jax.Array:
     """`softmaxloss.cross_entropy` for JAX arrays, differentiable once, in forward
@@ -361,7 +364,8 @@ def cross_entropy(
     # Everything but the values is checked now, while tracing, with softmaxloss's messages.
     args = check_loss_args(
         _abstract(compute), _abstract(target),
-        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
+             softcap=softcap),
         axis=axis, weight=_abstract(weight), sample_weight=_abstract(sample_weight),
     )
     options = _Options(args.axis, args.options, check_n_threads(n_threads), args.probabilities)

@@ -19,7 +19,8 @@ class SoftmaxWithLoss:
     gradient d(loss)/dx, the only thing `backward` needs. `backward(dout=1.0)` returns
     that gradient times `dout` (a scalar; for reduction="none" one value per row,
     broadcast along the class axis), ignored rows 0 whatever `dout`: the adapter
-    contract of `softmaxloss._adapter`. The keywords are those of `cross_entropy`.
+    contract of `softmaxloss._adapter`. The keywords are those of `cross_entropy` (with
+    `softcap`, the loss of cap * tanh(x / cap) and its gradient with respect to x).
     """
 
     def __init__(
@@ -31,11 +32,12 @@ class SoftmaxWithLoss:
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
+        softcap: float | None = None,
         n_threads: int | None = None,
     ) -> None:
         # Checked now rather than at the first forward (the arrays are checked there).
         self.loss_options = LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing,
-                                                z_loss=z_loss, ignore_index=ignore_index)
+                                                z_loss=z_loss, ignore_index=ignore_index, softcap=softcap)
         self.axis = axis
         self.weight = weight
         self.n_threads = n_threads

@@ -15,7 +15,9 @@ and the fused Cython kernel is tested against it. Every function
 Notation (SPEC.md), with the class axis moved last: x logits (..., C); p = softmax(x);
 l = log_softmax(x) (`log_p` in the code); lse = logsumexp(x), shape (...); y targets;
 w class weights (C,), 1 if None; s sample weights (...), 1 if None; eps label smoothing;
-z z-loss coefficient.
+z z-loss coefficient; cap the soft-cap (`softcap=`): every formula then reads the capped
+logits cap * tanh(x / cap) for x, and the gradient is multiplied by their slope
+sech^2(x / cap) (`softcapped`, `softcap_slope`).
 
 A term whose coefficient is zero is left out, never multiplied by zero: -l is +inf at a -inf
 logit, and 0 * inf would turn an exact result into NaN. Products inside a term stay as the
@@ -46,6 +48,7 @@ from ._validation import (
     check_logsumexp_args,
     check_n_threads,
     check_out,
+    check_softcap,
 )
 
 __all__ = [
@@ -128,6 +131,21 @@ def _logsumexp(x: np.ndarray) -> np.ndarray:
     m = _row_max(x)
     m = np.where(np.isinf(m), 0.0, m)
     return (_log_sum_exp_shifted(x - m) + m)[..., 0]
+
+
+def softcapped(x: Any, cap: float) -> np.ndarray:
+    """The soft-capped logits cap * tanh(x / cap), in float64 (Gemma 2: cap 30)."""
+    with _quiet():
+        return cap * np.tanh(np.asarray(x, dtype=np.float64) / cap)
+
+
+def softcap_slope(x: Any, cap: float) -> np.ndarray:
+    """d(cap tanh(x / cap))/dx = sech^2(u), u = x / cap, in float64, as 4 t / (1 + t)^2 with
+    t = e^(-2|u|): accurate to a few ulps for every u (1 - tanh(u)^2 would lose all of its
+    digits as tanh(u) -> 1: a relative error of 6 % at u = 8 in float32); 0 at +-inf."""
+    with _quiet():
+        t = np.exp(-2.0 * np.abs(np.asarray(x, dtype=np.float64) / cap))
+        return 4.0 * t / (1.0 + t) ** 2
 
 
 def _softmax_complement(x: np.ndarray) -> np.ndarray:
@@ -257,6 +275,9 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
     if args.where is not None:
         return _masked_cross_entropy(args, with_grad)
     x = _float64_rows(args.logits, args.axis)
+    slope: float | np.ndarray = 1.0
+    if args.options.softcap is not None:
+        x, slope = softcapped(x, args.options.softcap), softcap_slope(x, args.options.softcap)
     n_classes = args.n_classes
     w = np.ones(n_classes) if args.weight is None else args.weight
     s = np.ones(args.row_shape) if args.sample_weight is None else args.sample_weight
@@ -269,14 +290,14 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
         kept = np.ones(args.row_shape, dtype=bool)
         losses = _probability_target_losses(log_p, lse, yp, w, s, z)
         if with_grad:
-            grads = _probability_target_grads(_softmax(x), lse, yp, w, s, z)
+            grads = _probability_target_grads(_softmax(x), lse, yp, w, s, z) * slope
         normaliser = np.float64(kept.size) if args.sample_weight is None else np.sum(s)
     else:
         kept = args.target != args.target_ignore_index  # int64 targets: ignore_index as int64
         y = np.where(kept, args.target, 0)  # ignored rows get class 0, then are dropped
         losses = np.where(kept, _index_target_losses(log_p, lse, y, w, s, eps, z), 0.0)
         if with_grad:
-            grads = _index_target_grads(x, lse, y, w, s, eps, z)
+            grads = _index_target_grads(x, lse, y, w, s, eps, z) * slope
             grads = np.where(kept[..., None], grads, 0.0)
         normaliser = np.sum(s * w[y], where=kept)
 
@@ -338,6 +359,9 @@ def _masked_cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, 
     + 2 z lse p). Every other masked class has gradient exactly 0."""
     assert args.where is not None
     x = _float64_rows(args.logits, args.axis)
+    slope: float | np.ndarray = 1.0
+    if args.options.softcap is not None:
+        x, slope = softcapped(x, args.options.softcap), softcap_slope(x, args.options.softcap)
     kept = np.moveaxis(args.where, args.axis, -1)
     n_classes = args.n_classes
     w = np.ones(n_classes) if args.weight is None else args.weight
@@ -375,6 +399,8 @@ def _masked_cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, 
                 grads = grads + share * (np.sum(np.where(row_kept, w, 0.0), axis=-1, keepdims=True) * p - np.where(row_kept, w, 0.0))
         if z != 0:
             grads = grads + 2 * z * lse[..., None] * p
+        # the chain rule through the cap; masked classes' exact zeros stay 0 (a NaN logit's slope)
+        grads = np.where(grads != 0, grads * slope, grads)
         grads = np.where(counted[..., None], s[..., None] * grads, 0.0)
     if args.probabilities:
         normaliser = np.sum(s, where=counted) if args.sample_weight is not None else np.float64(np.sum(counted))
@@ -420,12 +446,19 @@ def _write(result: np.ndarray, dtypes: Dtypes, out: np.ndarray | None) -> np.nda
 
 
 def _over_axes(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, dtype: Any,
-               formula: Any) -> np.ndarray:
+               formula: Any, softcap: Any = None) -> np.ndarray:
     """`formula` (softmax or log-softmax of float64 rows, class axis last) along `axis`:
-    an int, None (all axes) or a tuple (the axes merged into one class axis); into `out`."""
+    an int, None (all axes) or a tuple (the axes merged into one class axis); into `out`.
+    With a `softcap`, of the capped rows."""
     array, dtypes = as_real_array(x, "x", dtype)
     axes = check_axes(axis, array.ndim)
     check_n_threads(n_threads)
+    cap = check_softcap(softcap)
+    if cap is not None:
+        plain = formula
+
+        def formula(rows: np.ndarray) -> np.ndarray:
+            return plain(softcapped(rows, cap))
     merged = MergedAxes(array.shape, axes if isinstance(axes, tuple) else (axes,))
     if out is not None:
         check_out(out, array.shape, dtypes, None if isinstance(axes, tuple) else axes)
@@ -438,7 +471,8 @@ def _over_axes(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, dtype:
 
 
 def softmax(
-    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None, n_threads: Any = None
+    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None, softcap: Any = None,
+    n_threads: Any = None,
 ) -> np.ndarray:
     """p = exp(x - max) / sum(exp(x - max)) along `axis`; x's shape, result dtype.
 
@@ -446,24 +480,26 @@ def softmax(
     element. -inf entries next to finite ones give exact zeros; a row with a NaN, a +inf,
     or only -inf gives a NaN row (as PyTorch). `out` (x's shape, a float dtype the result
     is cast to; may be x) is filled and returned. `dtype`: x is converted to it first.
+    `softcap`: None, or cap > 0: the softmax of cap * tanh(x / cap).
     """
-    return _over_axes(x, axis, out, n_threads, dtype, _softmax)
+    return _over_axes(x, axis, out, n_threads, dtype, _softmax, softcap)
 
 
 def log_softmax(
-    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None, n_threads: Any = None
+    x: Any, axis: Any = -1, *, out: np.ndarray | None = None, dtype: Any = None, softcap: Any = None,
+    n_threads: Any = None,
 ) -> np.ndarray:
     """l = (x - max) - log(sum(exp(x - max))) along `axis`; x's shape, result dtype.
 
     As `softmax`: -inf entries next to finite ones give -inf; a row with a NaN, a +inf, or
-    only -inf gives a NaN row (as PyTorch).
+    only -inf gives a NaN row (as PyTorch). `softcap`: of cap * tanh(x / cap).
     """
-    return _over_axes(x, axis, out, n_threads, dtype, _log_softmax)
+    return _over_axes(x, axis, out, n_threads, dtype, _log_softmax, softcap)
 
 
 def logsumexp(
     x: Any, axis: Any = -1, *, b: Any = None, keepdims: bool = False, return_sign: bool = False,
-    dtype: Any = None, n_threads: Any = None,
+    dtype: Any = None, softcap: Any = None, n_threads: Any = None,
 ) -> Any:
     """lse = log(sum(b exp(x - m))) + m along `axis` (m the max over the entries with b != 0,
     or 0 where it is infinite); b = 1 when None.
@@ -472,13 +508,17 @@ def logsumexp(
     the reduced axes (kept with length 1 if `keepdims`); a NumPy scalar for a 0-d result.
     With `return_sign`, (log|sum|, sign(sum)); without it a negative sum gives NaN. As
     torch.logsumexp and scipy.special.logsumexp: +inf in a row gives +inf, a row of all -inf
-    or a length-0 axis gives -inf (sign 0), a NaN gives NaN.
+    or a length-0 axis gives -inf (sign 0), a NaN gives NaN. `softcap`: None, or cap > 0:
+    x is cap * tanh(x / cap) (before the weights b).
     """
     array, dtypes, weights = check_logsumexp_args(x, b, dtype)
     axes = check_axes(axis, array.ndim)
     check_n_threads(n_threads)
+    cap = check_softcap(softcap)
     merged = MergedAxes(array.shape, axes if isinstance(axes, tuple) else (axes,))
     rows = _float64_rows(merged.merge(array), -1)
+    if cap is not None:
+        rows = softcapped(rows, cap)
     with _quiet():
         if weights is None:
             lse = _logsumexp(rows)
@@ -509,6 +549,7 @@ def cross_entropy(
     reduction: Any = "mean",
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
+    softcap: Any = None,
     where: Any = None,
     n_threads: Any = None,
 ) -> Any:
@@ -521,10 +562,12 @@ def cross_entropy(
     y' = (1-eps) y + eps/C; "mean" divides by the number of rows (sum(s) if given).
     Returns a result-dtype scalar for "mean"/"sum", the per-row losses (shape of the rows,
     0 for ignored rows) for "none". `where`: a boolean class mask (`_masked_cross_entropy`).
+    `softcap`: None, or cap > 0: every formula of cap * tanh(logits / cap).
     """
     args = check_cross_entropy_call(
         logits, target,
-        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
+             softcap=softcap),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, where=where,
     )
     with _quiet():
@@ -543,6 +586,7 @@ def cross_entropy_with_grad(
     reduction: Any = "mean",
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
+    softcap: Any = None,
     where: Any = None,
     out: np.ndarray | None = None,
     n_threads: Any = None,
@@ -554,10 +598,12 @@ def cross_entropy_with_grad(
     0 for ignored rows. Probability targets: g_n = s_n ((sum_c w_c y'_c) p_n - w y'_n
     + 2 z lse_n p_n). "mean" divides by the same normaliser as the loss. `out` (logits' shape,
     result dtype; may be the logits array itself, for an in-place update) receives grad.
+    With `softcap`, grad is the capped logits' gradient times `softcap_slope(logits, cap)`.
     """
     args = check_cross_entropy_call(
         logits, target,
-        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index),
+        dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
+             softcap=softcap),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out,
         where=where,
     )

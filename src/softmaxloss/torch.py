@@ -9,11 +9,12 @@ PyTorch's layout, semantics and positional order: class dimension 1 ((N, C) or
 (N, C, d1, ...), or an unbatched (C,)), class-index targets (any integer dtype) or
 class-probability targets (the input's shape), `weight`, `size_average`, `ignore_index`,
 `reduce`, `reduction`, `label_smoothing`; plus softmaxloss's keyword-only `z_loss`,
-`sample_weight`, `inplace_grad` and `n_threads`.
+`softcap`, `sample_weight`, `inplace_grad` and `n_threads`.
 
 A real PyTorch op: `torch.ops.softmaxloss.cross_entropy`
     (Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, int? ignore_index,
-     str reduction, float label_smoothing, float z_loss, int n_threads, bool with_grad)
+     str reduction, float label_smoothing, float z_loss, float? softcap, int n_threads,
+     bool with_grad)
     -> (Tensor loss, Tensor grad)
 defined with `torch.library`: its CPU kernel runs the fused kernel once, on zero-copy
 NumPy views of the tensors' memory, and returns the loss and, when `with_grad`, the
@@ -315,7 +316,7 @@ def _facade_ignore_index(ignore_index: int | None) -> int:
 
 def _check_call(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
-                label_smoothing: float, z_loss: float) -> None:
+                label_smoothing: float, z_loss: float, softcap: float | None = None) -> None:
     """The facade's checks of shapes and options (its messages, PyTorch's exception
     types), before any work; skipped for symbolic shapes (checked when the kernel runs)."""
     tensors = (input, target, weight, sample_weight)
@@ -325,7 +326,7 @@ def _check_call(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
         check_loss_args(
             _abstract(input), _abstract(target),
             dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                 ignore_index=_facade_ignore_index(ignore_index)),
+                 ignore_index=_facade_ignore_index(ignore_index), softcap=softcap),
             axis=_class_axis(input), weight=_abstract(weight), sample_weight=_abstract(sample_weight),
             check_range=False,
         )
@@ -333,10 +334,11 @@ def _check_call(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
         raise _as_torch_error(error, input, target, weight, ignore_index) from None
 
 
-def _checked_options(reduction: Any, label_smoothing: Any, z_loss: Any, ignore_index: Any) -> LossOptions:
+def _checked_options(reduction: Any, label_smoothing: Any, z_loss: Any, ignore_index: Any,
+                     softcap: Any = None) -> LossOptions:
     try:
         return LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                                   ignore_index=ignore_index)
+                                   ignore_index=ignore_index, softcap=softcap)
     except ValueError as error:
         if str(error).startswith("label_smoothing"):
             raise _with_torch(error, _TorchRuntimeError, "label_smoothing must be between 0.0 and 1.0. "
@@ -358,15 +360,15 @@ def _legacy_reduction(size_average: Any, reduce: Any, reduction: str) -> str:
 _LIBRARY = torch.library.Library("softmaxloss", "FRAGMENT")  # kept: deleting it unregisters
 _LIBRARY.define(
     "cross_entropy(Tensor input, Tensor target, Tensor? weight, Tensor? sample_weight, "
-    "int? ignore_index, str reduction, float label_smoothing, float z_loss, int n_threads, "
-    "bool with_grad) -> (Tensor loss, Tensor grad)"
+    "int? ignore_index, str reduction, float label_smoothing, float z_loss, float? softcap, "
+    "int n_threads, bool with_grad) -> (Tensor loss, Tensor grad)"
 )
 _OP = torch.ops.softmaxloss.cross_entropy.default
 
 
 def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
-                label_smoothing: float, z_loss: float, n_threads: int,
+                label_smoothing: float, z_loss: float, softcap: float | None, n_threads: int,
                 with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel on zero-copy views: (loss, gradient or an empty tensor). The
     gradient is written into a new C-contiguous tensor (what the fake kernel promises).
@@ -377,7 +379,7 @@ def _cpu_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
         weight=None if weight is None else _numpy(weight),
         sample_weight=None if sample_weight is None else _numpy(sample_weight),
         ignore_index=_facade_ignore_index(ignore_index), reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
         n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
     )
     x, t = _numpy(input), _numpy(target)
@@ -407,9 +409,9 @@ def _loss_shape(shape: Any, reduction: str) -> list[Any]:
 
 def _fake_kernel(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                  sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
-                 label_smoothing: float, z_loss: float, n_threads: int,
+                 label_smoothing: float, z_loss: float, softcap: float | None, n_threads: int,
                  with_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     grad = input.new_empty(input.shape) if with_grad else input.new_empty((0,))
     return input.new_empty(_loss_shape(input.shape, reduction)), grad
 
@@ -678,6 +680,63 @@ class _Terms:
         return dloss.reshape(loss.shape), self.back(dgrad)
 
 
+class _CappedTerms:
+    """_Terms with softcap=cap: those of the capped logits c = cap tanh(x / cap) (`base`),
+    carried back to the logits x by the chain rule, with the slope c' = sech^2(x / cap)
+    (formed as 4 t / (1 + t)^2, t = e^(-2|x / cap|), as the kernel does) and its derivative
+    c'' = -(2 / cap) tanh(x / cap) c':
+        grad_x = c' grad_c,    H_x v = c' H_c (c' v) + c'' grad_c v
+    (torch ops, for the derivatives beyond the first: double backward, forward mode, the
+    targets' and weights' gradients). The loss's derivatives with respect to the targets
+    and weights are the capped problem's own."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                 label_smoothing: float, z_loss: float, softcap: float) -> None:
+        dtype = torch.float32 if x.dtype in _UPCAST else x.dtype
+        u = x.to(dtype) / softcap
+        t = torch.exp(-2 * u.abs())
+        self.slope = 4 * t / (1 + t) ** 2
+        self.curvature = (-2 / softcap) * torch.tanh(u) * self.slope
+        self.base = _Terms(softcap * torch.tanh(u), target, weight, sample_weight, ignore_index, reduction,
+                           label_smoothing, z_loss)
+
+    def gradient(self) -> torch.Tensor:
+        return self.base.gradient() * self.slope
+
+    def loss_vjp(self, cotangent: torch.Tensor, loss: torch.Tensor,
+                 want: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+        return self.base.loss_vjp(cotangent, loss, want)
+
+    def gradient_vjp(self, v: torch.Tensor, grad: torch.Tensor,
+                     want: tuple[bool, bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+        v = v.to(self.slope.dtype)
+        grad_c = self.base.gradient()
+        dx, dt, dw, ds = self.base.gradient_vjp(v * self.slope, grad_c, want)
+        if dx is not None:
+            dx = dx * self.slope + v * grad_c * self.curvature
+        return dx, dt, dw, ds
+
+    def tangents(self, dx: torch.Tensor | None, dt: torch.Tensor | None, dw: torch.Tensor | None,
+                 ds: torch.Tensor | None, loss: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grad_c = self.base.gradient()
+        dxc = None if dx is None else dx.to(self.slope.dtype) * self.slope
+        dloss, dgrad_c = self.base.tangents(dxc, dt, dw, ds, loss, grad_c)
+        dgrad = dgrad_c * self.slope
+        if dx is not None:
+            dgrad = dgrad + grad_c * self.curvature * dx.to(self.slope.dtype)
+        return dloss, dgrad
+
+
+def _terms(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+           sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+           label_smoothing: float, z_loss: float, softcap: float | None) -> _Terms | _CappedTerms:
+    if softcap is None:
+        return _Terms(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    return _CappedTerms(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing,
+                        z_loss, softcap)
+
+
 def _eager(tensor: torch.Tensor) -> bool:
     """A plain tensor in plain eager mode: its value may be read (no tracing, no
     torch.func wrapper or legacy vmap batched tensor, no fake or functional tensor)."""
@@ -761,7 +820,7 @@ class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unus
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:  # type: ignore[override, unused-ignore]
         ctx.set_materialize_grads(False)
         input, target, weight, sample_weight, *options = inputs
-        ctx.options = options  # ignore_index, reduction, label_smoothing, z_loss, n_threads, with_grad
+        ctx.options = options  # ignore_index, reduction, label_smoothing, z_loss, softcap, n_threads, with_grad
         saved = (input, target, weight, sample_weight, *output)
         # In eager mode also the gradient as a tensor that is not an output: the one
         # loss.backward() returns (autograd would take an output's memory for a leaf's
@@ -775,22 +834,22 @@ class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unus
     @staticmethod
     def backward(ctx: Any, d_loss: torch.Tensor | None, d_grad: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override, unused-ignore]
         input, target, weight, sample_weight, loss, grad, plain = _saved(ctx, 7)
-        ignore_index, reduction, label_smoothing, z_loss, n_threads, with_grad = ctx.options
+        ignore_index, reduction, label_smoothing, z_loss, softcap, n_threads, with_grad = ctx.options
         want = tuple(ctx.needs_input_grad[:4])
-        terms: _Terms | None = None
+        terms: _Terms | _CappedTerms | None = None
 
-        def pieces() -> _Terms:
+        def pieces() -> _Terms | _CappedTerms:
             nonlocal terms
             if terms is None:
-                terms = _Terms(input, target, weight, sample_weight, ignore_index, reduction,
-                               label_smoothing, z_loss)
+                terms = _terms(input, target, weight, sample_weight, ignore_index, reduction,
+                               label_smoothing, z_loss, softcap)
             return terms
 
         if not with_grad:  # called for the loss only: `grad` is an empty placeholder
             d_grad = None
             if want[0] and d_loss is not None:
                 grad = _OP(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing,
-                           z_loss, n_threads, True)[1]
+                           z_loss, softcap, n_threads, True)[1]
         results: list[Any] = [None] * 4
         if d_loss is not None:
             if want[0]:
@@ -804,14 +863,15 @@ class _CrossEntropyFunction(torch.autograd.Function):  # type: ignore[misc, unus
         for i, tensor in enumerate((input, target, weight, sample_weight)):
             if results[i] is not None:
                 results[i] = results[i].to(tensor.dtype)
-        return (*results, None, None, None, None, None, None)
+        return (*results, None, None, None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, d_input: Any, d_target: Any, d_weight: Any, d_sample_weight: Any,  # type: ignore[override, unused-ignore]
             *_: Any) -> tuple[torch.Tensor, torch.Tensor]:
         input, target, weight, sample_weight, loss, grad = _saved(ctx, 6)
-        ignore_index, reduction, label_smoothing, z_loss, n_threads, with_grad = ctx.options
-        terms = _Terms(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+        ignore_index, reduction, label_smoothing, z_loss, softcap, n_threads, with_grad = ctx.options
+        terms = _terms(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss,
+                       softcap)
         full_grad = grad if with_grad else terms.gradient()
         d_target = d_target if target.dtype.is_floating_point else None
         d_loss, d_grad = terms.tangents(d_input, d_target, d_weight, d_sample_weight, loss, full_grad)
@@ -988,7 +1048,7 @@ def _eager_inplace_cross_entropy(input: torch.Tensor, target: torch.Tensor, weig
         weight=None if weight is None else _numpy(weight),
         sample_weight=None if sample_weight is None else _numpy(sample_weight),
         ignore_index=options.ignore_index, reduction=options.reduction,
-        label_smoothing=options.label_smoothing, z_loss=options.z_loss,
+        label_smoothing=options.label_smoothing, z_loss=options.z_loss, softcap=options.softcap,
         n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
     )
     x, t = _numpy(input), _numpy(target)
@@ -1034,6 +1094,7 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     *,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     sample_weight: torch.Tensor | None = None,
     inplace_grad: bool = False,
     n_threads: int | None = None,
@@ -1046,6 +1107,8 @@ def cross_entropy(
     and `reduce` (legacy, mapped to `reduction` as PyTorch maps them), `ignore_index`,
     `reduction` ("mean", "sum" or "none") and `label_smoothing` as in PyTorch, in its
     positional order. Keyword-only extras: `z_loss` (adds z_loss * logsumexp**2 per row),
+    `softcap` (None, or a cap > 0: the loss of cap * tanh(input / cap), Gemma 2's
+    soft-capped logits, formed inside the kernel's pass; its gradient exact),
     `sample_weight` (one weight per row, the target's row shape), `inplace_grad` (the
     forward pass may overwrite the logits with the gradient; eager, first order, logits
     only: see the module docstring), `n_threads` (None: torch.get_num_threads()).
@@ -1058,13 +1121,15 @@ def cross_entropy(
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_tensors(input, target, weight, sample_weight)
     if inplace_grad:
-        options = _checked_options(reduction, label_smoothing, z_loss, ignore_index)
+        options = _checked_options(reduction, label_smoothing, z_loss, ignore_index, softcap)
         return _inplace_cross_entropy(input, target, weight, sample_weight, options, _op_arguments(0, n_threads)[1])
     if not torch.compiler.is_compiling():  # compiled: the fake kernel checks them, once
-        options = _checked_options(reduction, label_smoothing, z_loss, ignore_index)
+        options = _checked_options(reduction, label_smoothing, z_loss, ignore_index, softcap)
         reduction, label_smoothing, z_loss = options.reduction, options.label_smoothing, options.z_loss
+        softcap = options.softcap
     index, threads = _op_arguments(ignore_index, n_threads)
-    args = (input, target, weight, sample_weight, index, reduction, float(label_smoothing), float(z_loss), threads)
+    args = (input, target, weight, sample_weight, index, reduction, float(label_smoothing), float(z_loss),
+            None if softcap is None else float(softcap), threads)
     if torch._C._are_functorch_transforms_active():
         kinds = _transforms()
         jvp, grad = torch._C._functorch.TransformType.Jvp, torch._C._functorch.TransformType.Grad
@@ -1104,18 +1169,20 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
         label_smoothing: float = 0.0,
         *,
         z_loss: float = 0.0,
+        softcap: float | None = None,
         inplace_grad: bool = False,
         n_threads: int | None = None,
     ) -> None:
         super().__init__()
         reduction = _legacy_reduction(size_average, reduce, reduction)
-        _checked_options(reduction, label_smoothing, z_loss, ignore_index)  # refuse bad options now
+        _checked_options(reduction, label_smoothing, z_loss, ignore_index, softcap)  # refuse bad options now
         check_n_threads(n_threads)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.z_loss = z_loss
+        self.softcap = softcap
         self.inplace_grad = inplace_grad
         self.n_threads = n_threads
 
@@ -1124,8 +1191,8 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
     ) -> torch.Tensor:
         return cross_entropy(
             input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, z_loss=self.z_loss, sample_weight=sample_weight,
-            inplace_grad=self.inplace_grad, n_threads=self.n_threads,
+            label_smoothing=self.label_smoothing, z_loss=self.z_loss, softcap=self.softcap,
+            sample_weight=sample_weight, inplace_grad=self.inplace_grad, n_threads=self.n_threads,
         )
 
     def extra_repr(self) -> str:
@@ -1136,6 +1203,8 @@ class CrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
             parts.append(f"label_smoothing={self.label_smoothing}")
         if self.z_loss:
             parts.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            parts.append(f"softcap={self.softcap}")
         if self.inplace_grad:
             parts.append("inplace_grad=True")
         return ", ".join(parts)
