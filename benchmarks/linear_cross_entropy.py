@@ -283,11 +283,15 @@ def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dic
         import torch
 
         from softmaxloss._linear import plan_chunks
-        from softmaxloss.torch import _linear_scratch_row
 
-        half = name.endswith("bf16")
-        scratch_row = _linear_scratch_row(torch.bfloat16 if half else torch.float32, (True, True, False), d)
-        plan = plan_chunks(n, v, d, 4, with_grad=True, scratch_row=scratch_row)
+        try:
+            from softmaxloss.torch import _linear_scratch_row
+        except ImportError:  # a softmaxloss before backends declared their scratch: NumPy's plan
+            plan = plan_chunks(n, v, d, 4, with_grad=True)
+        else:
+            half = name.endswith("bf16")
+            scratch_row = _linear_scratch_row(torch.bfloat16 if half else torch.float32, (True, True, False), d)
+            plan = plan_chunks(n, v, d, 4, with_grad=True, scratch_row=scratch_row)
         report["chunk_rows"], report["working_bytes"] = plan.rows, plan.working_bytes(v, d, 4)
     return report
 
