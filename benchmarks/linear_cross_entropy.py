@@ -337,7 +337,7 @@ def table(reports: list[dict[str, Any]]) -> str:
         cpu = f"{r['cpu_median']:.2f} ({r['cpu_median'] / cpu_floor:.2f}x)" if cpu_floor else f"{r['cpu_median']:.2f}"
         loss = "-" if r["loss"] is None else f"{r['loss']:.6f}"
         grads = r["gradient_bytes"]
-        traced = "n/a (torch allocator)" if r["method"].startswith("torch") else f"{(r['traced_peak'] - grads) / MiB:.1f}"
+        traced = "n/a (torch allocator)" if "torch" in r["method"] else f"{(r['traced_peak'] - grads) / MiB:.1f}"
         lines.append(
             f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {cpu} | {loss} | {r['rss_growth'] / MiB:.1f} "
             f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} | {r.get('load_average', float('nan')):.1f} |"
