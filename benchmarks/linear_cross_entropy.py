@@ -8,6 +8,8 @@ the mean cross-entropy of H @ W.T and its gradients with respect to H and W:
 - softmaxloss: softmaxloss.linear_cross_entropy_with_grad (chunks of rows, default budget);
 - numpy unfused: L = H @ W.T materialised, softmaxloss.cross_entropy_with_grad(L, t, out=L),
   then G @ W and G.T @ H;
+- torch cross_entropy on logits: F.cross_entropy(logits, t).backward() on logits = H @ W.T made
+  before the call (an input: the loss part alone, gradient with respect to the logits);
 - torch unfused: F.cross_entropy(h @ w.T, t).backward();
 - torch linear_cross_entropy: F.linear_cross_entropy(h, w, t).backward() (options=None: its
   reference path), and with options=LinearCrossEntropyOptions(chunking_method="auto").
@@ -53,12 +55,13 @@ import numpy as np
 
 SIZES = {"smoke": (256, 64, 1000), "quick": (1024, 512, 8000), "full": (4096, 1024, 32000),
          "lm": (2048, 2048, 128256)}  # (N, D, V)
-METHODS = ["gemms", "softmaxloss", "numpy unfused", "torch gemms", "softmaxloss.torch", "torch unfused",
-           "torch linear_cross_entropy", "torch linear_cross_entropy auto"]
+METHODS = ["gemms", "softmaxloss", "numpy unfused", "torch gemms", "softmaxloss.torch", "torch cross_entropy on logits",
+           "torch unfused", "torch linear_cross_entropy", "torch linear_cross_entropy auto"]
 # Through the torch adapter in bfloat16 (hidden and weight; the GEMMs' floor in two forms: torch's
 # bf16 matmul, and the float32 GEMMs of upcast operands that softmaxloss.torch runs).
-BF16_METHODS = ["torch gemms bf16", "torch gemms bf16 as float32", "softmaxloss.torch bf16", "torch unfused bf16",
-                "torch linear_cross_entropy bf16", "torch linear_cross_entropy auto bf16"]
+BF16_METHODS = ["torch gemms bf16", "torch gemms bf16 as float32", "softmaxloss.torch bf16",
+                "torch cross_entropy on logits bf16", "torch unfused bf16", "torch linear_cross_entropy bf16",
+                "torch linear_cross_entropy auto bf16"]
 MiB = 2**20
 
 
@@ -138,7 +141,7 @@ def make_method(name: str, hidden: np.ndarray, weight: np.ndarray, target: np.nd
         def torch_gemms() -> tuple[Any, ...]:
             a, b = (hd.float(), wd.float()) if name.endswith("as float32") else (hd, wd)
             logits = a @ b.T
-            return None, (logits @ b).float().numpy(), (logits.T @ a).float().numpy()
+            return None, logits @ b, logits.T @ a  # in their dtype: gradient_bytes counts what exists
         return torch_gemms
 
     def run(loss_function: Callable[[], Any]) -> Callable[[], tuple[Any, ...]]:
@@ -147,11 +150,22 @@ def make_method(name: str, hidden: np.ndarray, weight: np.ndarray, target: np.nd
             loss = loss_function()
             loss.backward()
             assert h.grad is not None and w.grad is not None
-            return float(loss), h.grad.float().numpy(), w.grad.float().numpy()
+            return float(loss), h.grad, w.grad  # not converted: a float32 copy would count as memory
         return call
 
     if name == "softmaxloss.torch":
         return run(lambda: smt.linear_cross_entropy(h, w, t))
+    if name == "torch cross_entropy on logits":
+        with torch.no_grad():  # float32 GEMM, then rounded (bf16): an input, not timed
+            logits = (h.detach().float() @ w.detach().float().T).to(dtype).requires_grad_()
+
+        def on_logits() -> tuple[Any, ...]:
+            logits.grad = None
+            loss = F.cross_entropy(logits, t)
+            loss.backward()
+            assert logits.grad is not None
+            return float(loss), logits.grad
+        return on_logits
     if name == "torch unfused":
         return run(lambda: F.cross_entropy(h @ w.T, t))
     if name == "torch linear_cross_entropy":
@@ -250,7 +264,7 @@ def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dic
         times.append(elapsed)
         traced.append(peak_traced - start_traced)
         loss = None if result[0] is None else float(result[0])
-        gradient_bytes = sum(g.nbytes for g in result[1:])
+        gradient_bytes = sum(g.nbytes for g in result[1:])  # numpy arrays and tensors
         del result
     report: dict[str, Any] = {
         "method": name, "n": n, "d": d, "v": v, "threads": threads, "times": times,
@@ -265,6 +279,20 @@ def worker(name: str, n: int, d: int, v: int, threads: int, repeats: int) -> dic
         report["chunk_rows"], report["weight_block"] = plan.rows, plan.weight_block
         report["working_bytes"] = plan.working_bytes(v, d, 4)
         report["phases"] = sorted(phases)[len(phases) // 2]  # the median run's
+    if name.startswith("softmaxloss.torch"):
+        import torch
+
+        from softmaxloss._linear import plan_chunks
+
+        try:
+            from softmaxloss.torch import _linear_scratch_row
+        except ImportError:  # a softmaxloss before backends declared their scratch: NumPy's plan
+            plan = plan_chunks(n, v, d, 4, with_grad=True)
+        else:
+            half = name.endswith("bf16")
+            scratch_row = _linear_scratch_row(torch.bfloat16 if half else torch.float32, (True, True, False), d)
+            plan = plan_chunks(n, v, d, 4, with_grad=True, scratch_row=scratch_row)
+        report["chunk_rows"], report["working_bytes"] = plan.rows, plan.working_bytes(v, d, 4)
     return report
 
 
@@ -309,7 +337,7 @@ def table(reports: list[dict[str, Any]]) -> str:
         cpu = f"{r['cpu_median']:.2f} ({r['cpu_median'] / cpu_floor:.2f}x)" if cpu_floor else f"{r['cpu_median']:.2f}"
         loss = "-" if r["loss"] is None else f"{r['loss']:.6f}"
         grads = r["gradient_bytes"]
-        traced = "n/a (torch allocator)" if r["method"].startswith("torch") else f"{(r['traced_peak'] - grads) / MiB:.1f}"
+        traced = "n/a (torch allocator)" if "torch" in r["method"] else f"{(r['traced_peak'] - grads) / MiB:.1f}"
         lines.append(
             f"| {r['method']} | {r['median']:.3f} ({runs}) | {ratio} | {cpu} | {loss} | {r['rss_growth'] / MiB:.1f} "
             f"| {(r['rss_growth'] - grads) / MiB:.1f} | {traced} | {r.get('load_average', float('nan')):.1f} |"
@@ -372,6 +400,10 @@ def main() -> None:
 
 def print_reports(reports: list[dict[str, Any]]) -> None:
     print(table(reports))
+    for r in reports:
+        if r["method"].startswith("softmaxloss.torch") and "chunk_rows" in r:
+            print(f"\n{r['method']}: chunks of {r['chunk_rows']} rows: working memory "
+                  f"{r['working_bytes'] / MiB:.1f} MiB (one chunk of logits: {r['chunk_rows'] * r['v'] * 4 / MiB:.1f} MiB)")
     fused = next((r for r in reports if r["method"] == "softmaxloss"), None)
     if fused is not None:
         v = fused["v"]

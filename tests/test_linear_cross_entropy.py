@@ -428,6 +428,53 @@ def test_no_allocation_beyond_one_chunk_and_the_gradients(dtype, bias, chunking)
     assert peak <= loss_plan.working_bytes(n_classes, n_features, itemsize) + small_vectors(n_rows, n_classes, n_features)
 
 
+# The two benchmark sizes' proportions (N : D : V), scaled down: (4096, 1024, 32000) and the
+# LM head (2048, 2048, 128256), where dW is as large as the logits' N x V.
+BENCHMARK_PROPORTIONS = [(512, 128, 4000), (256, 256, 16032)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BENCHMARK_PROPORTIONS)
+def test_default_budget_memory_at_the_benchmark_proportions(dtype, shape):
+    """The default call at the benchmark sizes' proportions: at most 1/8 of the logits of
+    working memory (chunk + scratch) beyond the returned gradients, plus O(N + V + D)."""
+    rng = np.random.default_rng(1)
+    n_rows, n_features, n_classes = shape
+    hidden, linear_weight, _, target = problem(rng, dtype, row_shape=(n_rows,), n_features=n_features,
+                                               n_classes=n_classes, bias=False, n_ignored=10)
+    itemsize = np.dtype(dtype).itemsize
+    logits = n_rows * n_classes * itemsize
+    working = plan_chunks(n_rows, n_classes, n_features, itemsize, with_grad=True).working_bytes(
+        n_classes, n_features, itemsize)
+    assert working <= logits / 8
+    peak, result = peak_allocation(lambda: sml.linear_cross_entropy_with_grad(hidden, linear_weight, target))
+    gradients = sum(g.nbytes for g in result[1:])
+    assert gradients <= peak <= gradients + working + small_vectors(n_rows, n_classes, n_features), (
+        f"{peak} bytes allocated: gradients {gradients}, working memory {working}, logits {logits}")
+
+
+def test_a_backends_own_scratch_leaves_the_budget_to_the_chunk():
+    """scratch_row (softmaxloss.torch's backends): the budget holds rows x (V + scratch_row);
+    0 scratch (float32 through PyTorch) gives the logits the whole budget."""
+    n, v, d = 4096, 32000, 1024
+    budget = n * v * 4 / 8
+    numpy_plan = plan_chunks(n, v, d, 4, with_grad=True)
+    assert numpy_plan.rows == int(budget // ((v + v / 4) * 4))  # 409: the NumPy backend's dW blocks
+    plain = plan_chunks(n, v, d, 4, with_grad=True, scratch_row=0)
+    assert plain == _linear.ChunkPlan(rows=512, weight_block=0, scratch_rows=0)
+    assert plain.working_bytes(v, d, 4) == budget
+    half = plan_chunks(n, v, d, 4, with_grad=True, scratch_row=2 * d)
+    assert half.rows == int(budget // ((v + 2 * d) * 4)) and half.scratch_rows == 2 * half.rows
+    assert half.working_bytes(v, d, 4) <= budget
+    assert plan_chunks(n, v, d, 4, with_grad=False, scratch_row=2 * d).rows == 512  # no gradient: no scratch
+    lm = plan_chunks(2048, 128256, 2048, 4, with_grad=True, scratch_row=0)
+    assert lm.rows == 256 > plan_chunks(2048, 128256, 2048, 4, with_grad=True).rows
+    with pytest.raises(ValueError, match="dW blocks"):
+        _linear.NumpyGemms(_linear._check(np.zeros((8, 2), np.float32), np.zeros((5, 2), np.float32), np.zeros(8, int),
+                                          None, None, None, -100, "mean", 0.0, 0.0, 2, None, None),
+                           plan_chunks(8, 5, 2, 4, with_grad=True, chunk_size=2, scratch_row=0), True)
+
+
 def test_the_default_chunk():
     """At most 1/8 of the N x V logits and at most 256 MiB of working memory, at least one row."""
     assert plan_chunks(4096, 32000, 1024, 4, with_grad=True) == plan_chunks(

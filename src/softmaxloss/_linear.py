@@ -74,18 +74,25 @@ class ChunkPlan:
 
 def plan_chunks(
     n_rows: int, n_classes: int, n_features: int, itemsize: int, *, with_grad: bool,
-    chunk_size: int | None = None, memory_budget: float | None = None,
+    chunk_size: int | None = None, memory_budget: float | None = None, scratch_row: float | None = None,
 ) -> ChunkPlan:
     """The chunking of a call, from `chunk_size` (rows) or `memory_budget` (bytes).
 
     Default budget: min(N V itemsize / 8, 256 MiB). The budget holds the logits buffer
-    and, with a gradient, the scratch buffer: D per row of the chunk for a single chunk,
-    max(V / 4, D) per row for several. So a chunk has budget / ((V + max(V / 4, D))
-    itemsize) rows (budget / (V itemsize) for the loss alone); at least one, at most N.
+    and, with a gradient, the backend's scratch buffer. `scratch_row`: the elements of
+    scratch the backend needs per row of the chunk (softmaxloss.torch: 0 in float32 and
+    float64, whose dH and dW go straight into the gradients; D in bf16/f16, whose dH is
+    rounded from a float32 chunk); None for NumPy's backend (`NumpyGemms`): D per row for
+    a single chunk, max(V / 4, D) per row for several (dH transposed and dW's blocks pass
+    through it). So a NumPy chunk has budget / ((V + max(V / 4, D)) itemsize) rows, a
+    float32 torch chunk budget / (V itemsize) (as the loss alone); at least one, at most N.
     """
     row_bytes = n_classes * itemsize
-    single_scratch = n_features * itemsize if with_grad else 0
-    several_scratch = max(n_classes / WEIGHT_BLOCK_FRACTION, n_features) * itemsize if with_grad else 0
+    if scratch_row is not None:
+        single_scratch = several_scratch = scratch_row * itemsize if with_grad else 0
+    else:
+        single_scratch = n_features * itemsize if with_grad else 0
+        several_scratch = max(n_classes / WEIGHT_BLOCK_FRACTION, n_features) * itemsize if with_grad else 0
     if chunk_size is not None:
         rows = chunk_size
     else:
@@ -98,6 +105,8 @@ def plan_chunks(
     rows = max(1, min(rows, n_rows))
     if not with_grad or n_features == 0:
         return ChunkPlan(rows=rows, weight_block=0, scratch_rows=0)
+    if scratch_row is not None:  # the backend's own scratch, in rows of D (no dW blocks)
+        return ChunkPlan(rows=rows, weight_block=0, scratch_rows=math.ceil(rows * scratch_row / n_features))
     if rows >= n_rows:
         return ChunkPlan(rows=rows, weight_block=0, scratch_rows=rows)
     block = max(1, min(n_classes, rows * n_classes // (WEIGHT_BLOCK_FRACTION * n_features)))
@@ -201,6 +210,8 @@ class NumpyGemms:
     def __init__(self, args: LinearLossArgs, plan: ChunkPlan, with_grad: bool) -> None:
         n_rows, n_classes, n_features, dtype = args.n_rows, args.n_classes, args.n_features, args.dtype
         self.plan, self.n_rows, self.n_features, self.n_classes = plan, n_rows, n_features, n_classes
+        if with_grad and n_features and plan.rows < n_rows and not plan.weight_block:
+            raise ValueError("NumpyGemms needs a plan with dW blocks (plan_chunks' scratch_row=None)")
         self.hidden_rows = _rows_of(_native(args.hidden), n_rows, n_features)
         self.weight = _blas_ready(_native(args.linear_weight))
         self.bias = None if args.linear_bias is None else _native(args.linear_bias)
@@ -259,12 +270,13 @@ Backend = Callable[[LinearLossArgs, ChunkPlan, bool], Any]
 # ---- the loop over chunks -----------------------------------------------------------------
 
 
-def _run(args: LinearLossArgs, with_grad: bool,
-         backend: Backend = NumpyGemms) -> tuple[Any, tuple[Any, ...]]:
-    """The loss (as `_loss` returns it) and, with_grad, the backend's gradients."""
+def _run(args: LinearLossArgs, with_grad: bool, backend: Backend = NumpyGemms,
+         scratch_row: float | None = None) -> tuple[Any, tuple[Any, ...]]:
+    """The loss (as `_loss` returns it) and, with_grad, the backend's gradients.
+    scratch_row: the backend's scratch per row of a chunk (see `plan_chunks`; None: NumPy's)."""
     n_rows, n_classes, n_features = args.n_rows, args.n_classes, args.n_features
     plan = plan_chunks(n_rows, n_classes, n_features, args.dtype.itemsize, with_grad=with_grad,
-                       chunk_size=args.chunk_size, memory_budget=args.memory_budget)
+                       chunk_size=args.chunk_size, memory_budget=args.memory_budget, scratch_row=scratch_row)
     threads = _threads(args.n_threads)
     # Each chunk's kernel call sums its rows; the mean's 1/W is in the sample weights.
     kernel_options = dataclasses.replace(args.options, reduction="sum")

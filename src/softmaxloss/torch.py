@@ -1298,6 +1298,16 @@ class _LinearGemms:
         return grad_hidden, grad_weight, grad_bias
 
 
+def _linear_scratch_row(dtype: torch.dtype, want: tuple[bool, bool, bool], n_features: int) -> int:
+    """The elements of scratch `_LinearGemms` uses per row of a chunk, for the chunk plan:
+    in bf16/f16, D for the chunk's hidden in float32 and D more for its dH (float32, then
+    rounded); in float32/float64 0 (hidden's rows are views, dH and dW go straight into
+    the gradients, addmm_ accumulating dW): a float32 chunk has all the budget."""
+    if dtype in (torch.float32, torch.float64):
+        return 0
+    return 2 * n_features if want[0] else n_features
+
+
 def _stand_in(shape: Any, dtype: Any) -> np.ndarray:
     """A zero-strided array of `shape`: what the checks read of a tensor whose values they
     do not need."""
@@ -1351,7 +1361,7 @@ def _linear_cpu_kernel(hidden: torch.Tensor, linear_weight: torch.Tensor, target
                         reduction, label_smoothing, z_loss, chunk_size, memory_budget, n_threads, values=True)
     want = (grad_hidden, grad_linear_weight, grad_linear_bias and linear_bias is not None)
     backend = functools.partial(_LinearGemms, hidden, linear_weight, linear_bias, want)
-    loss, grads = _linear_run(args, any(want), backend)
+    loss, grads = _linear_run(args, any(want), backend, _linear_scratch_row(hidden.dtype, want, args.n_features))
     if not any(want):
         empty = hidden.new_empty((0,))
         grads = (empty, empty.clone(), empty.clone())
@@ -1553,12 +1563,14 @@ def linear_cross_entropy(
     (C, d1, ..., dK, in_features)) is computed unfused, as PyTorch's reference path.
     softmaxloss's keyword-only extras: `z_loss`, `sample_weight` (one per row),
     `chunk_size` (rows per chunk) or `memory_budget` (bytes of working memory; default
-    at most 1/8 of the logits and 256 MiB), `n_threads` (the kernel's; None:
-    torch.get_num_threads()).
+    at most 1/8 of the float32 logits and 256 MiB: in float32/float64 all of it one chunk's
+    logits, in bf16/f16 that chunk's logits and a float32 copy of its rows of input and of
+    their gradient), `n_threads` (the kernel's; None: torch.get_num_threads()).
 
     dtypes: float32 and float64 computed natively; bfloat16 and float16 with float32
     logits, a float32 copy of linear_weight and dW accumulated in float32 over the chunks
-    (rounded to the weight's dtype once). Differentiable once, in reverse mode, with
+    (rounded to the weight's dtype once): those two V x in_features float32 buffers are
+    beyond the working memory. Differentiable once, in reverse mode, with
     respect to input, linear_weight and linear_bias, under torch.compile(fullgraph=True)
     too (one opaque op). Gradients with respect to probability targets, `weight` or
     `sample_weight`, forward-mode AD and torch.func transforms take the unfused path
