@@ -454,8 +454,11 @@ def linear_chunks(case, world):
     options = case.get("options", {})
     n_rows = int(np.prod(case["hidden"].shape[:-1]))
     itemsize = 8 if case["hidden"].dtype == np.float64 else 4
+    # scratch_row=0: the backend (softmaxloss.torch's GEMMs on float32/float64 hidden rows,
+    # half ones upcast first) keeps no scratch per row, so the chunks get the whole budget
     rows = min(plan_chunks(n_rows, hi - lo, LD, itemsize, with_grad=True, chunk_size=options.get("chunk_size"),
-                           memory_budget=options.get("memory_budget")).rows for lo, hi in case["blocks"][world])
+                           memory_budget=options.get("memory_budget"), scratch_row=0).rows
+               for lo, hi in case["blocks"][world])
     return -(-n_rows // rows)
 
 

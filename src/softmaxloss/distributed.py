@@ -449,15 +449,20 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):  # type: ignore
             local_bias = None if local_bias is None else local_bias.float()
         want = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], local_bias is not None and ctx.needs_input_grad[2])
         itemsize = 8 if hidden.dtype == torch.float64 else 4
+        # the backend's own scratch per row (0: hidden is float32/float64 by now), so the
+        # chunks get the budget as softmaxloss.torch's do
+        from .torch import _linear_scratch_row
+        scratch_row = _linear_scratch_row(hidden.dtype, want, args.n_features)
         plan = plan_chunks(args.n_rows, args.n_classes, args.n_features, itemsize, with_grad=any(want),
-                           chunk_size=args.chunk_size, memory_budget=args.memory_budget)
+                           chunk_size=args.chunk_size, memory_budget=args.memory_budget,
+                           scratch_row=scratch_row)
         c0, n_classes, rows, grad_hidden = _extents(args.n_classes, given["vocab_start"], None, group, device,
                                                     n_rows=args.n_rows, chunk_rows=plan.rows, flag=want[0])
         # d hidden's all-reduce needs every rank: a rank whose hidden needs no gradient sends its part too
         want = (grad_hidden, want[1], want[2])
         if rows != plan.rows:  # every rank's chunks must be the same rows: the least of theirs
             plan = plan_chunks(args.n_rows, args.n_classes, args.n_features, itemsize, with_grad=any(want),
-                               chunk_size=rows)
+                               chunk_size=rows, scratch_row=scratch_row)
 
         # Checks that need C (on replicated arguments): raised at the first chunk's exchange.
         error: Exception | None = None
