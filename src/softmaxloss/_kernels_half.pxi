@@ -136,12 +136,19 @@ cdef inline void half_index_chunk(
                              sizeof(float))
     cdef Rows ts = make_rows(labels, 1, sizeof(int64_t), 0, 0)
     cdef Rows ss = make_rows(weights, 1, sizeof(double), 0, 0)
+    cdef LossOptions local = o  # the extra outputs of this chunk's rows 0 .. count - 1
+    if o.lse_out != NULL:
+        local.lse_out = o.lse_out + first
+    if o.entropy_out != NULL:
+        local.entropy_out = o.entropy_out + first
+    if o.argmax_out != NULL:
+        local.argmax_out = o.argmax_out + first
     if path == HALF_BLOCKS:
-        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work)
     elif path == HALF_GROUPS:
-        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work)
     else:
-        index_row(xs, gs, ts, ss, losses, 0, n, o, <float *>NULL)
+        index_row(xs, gs, ts, ss, losses, 0, n, local, <float *>NULL)
     for i in range(count):
         row_loss[first + i] = losses[i]
         half_store(g, first + i, n, kind, rows + i * n)
@@ -161,6 +168,10 @@ def cross_entropy_index_half(
     int kind,                           # 0 bfloat16, 1 float16
     int n_threads,
     bint report_invalid_row=False,
+    double[:, ::1] lse=None,            # OUT (A, B) extra outputs, as cross_entropy_index's
+    double[:, ::1] entropy=None,
+    int64_t[:, ::1] argmax=None,
+    double focal_gamma=0.0,
 ):
     """cross_entropy_index for half logits (the same arguments, and `kind`; the same
     returns): each chunk of rows computed in float32 as a contiguous float32 call would
@@ -176,6 +187,7 @@ def cross_entropy_index_half(
                                       report_invalid_row, &o, &tv, &sv, &normaliser)
     if ready <= 0:
         return (0.0, 0.0) if ready == 0 else None
+    request_stats(&o, x.shape, lse, entropy, argmax, focal_gamma)
     cdef Rows xv = half_rows(x), gv = half_rows(grad)
     cdef double *losses = &row_loss[0, 0]
     # The float32 path of a contiguous float32 call (index_loops), its chunk of rows and
@@ -193,13 +205,15 @@ def cross_entropy_index_half(
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
         buffer = <float *>scratch_alloc(scratch, (chunk * n + work_size) * sizeof(float))
         mine = o
+        mine.stats_scratch = stats_alloc(mine, n * sizeof(float))
         for block in prange((n_rows + chunk - 1) // chunk, schedule="static"):
-            if scratch_missing(scratch, buffer):
+            if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
                 continue
             half_index_chunk(xv, gv, tv, sv, losses, block * chunk,
                              min(chunk, n_rows - block * chunk), n, kind, path, mine,
                              buffer, buffer + chunk * n)
         free(buffer)
+        free(mine.stats_scratch)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser
 
@@ -216,6 +230,9 @@ def cross_entropy_probs_half(
     uint16_t[:, :, :] grad,                  # OUT (A, B, C) half gradient, or None; may be x's memory
     int kind,                                # 0 bfloat16, 1 float16
     int n_threads,
+    double[:, ::1] lse=None,                 # OUT (A, B) extra outputs, as cross_entropy_index's
+    double[:, ::1] entropy=None,
+    int64_t[:, ::1] argmax=None,
 ):
     """cross_entropy_probs for half logits: row_loss_grad_probs on each float32 row, the
     gradient rounded once into `grad`."""
@@ -233,6 +250,7 @@ def cross_entropy_probs_half(
     cdef Rows sv = sample_weight_rows(sample_weight)
     cdef double *losses = &row_loss[0, 0]
     cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, 0)
+    request_stats(&o, x.shape, lse, entropy, argmax, 0.0)
     cdef double normaliser
     cdef Py_ssize_t invalid_row
     with nogil:
@@ -245,15 +263,17 @@ def cross_entropy_probs_half(
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
         buffer = <float *>scratch_alloc(scratch, n * sizeof(float))
         mine = o
+        mine.stats_scratch = stats_alloc(mine, n * sizeof(float))
         for r in prange(n_rows, schedule="static"):
-            if scratch_missing(scratch, buffer):
+            if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
                 continue
             half_load(xv, r, n, kind, buffer)
             losses[r] = row_loss_grad_probs(
                 <const float *>buffer, buffer if gv.base != NULL else <float *>NULL, n,
-                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine)
+                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine, r)
             half_store(gv, r, n, kind, buffer)
         free(buffer)
+        free(mine.stats_scratch)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser
 

@@ -1,0 +1,66 @@
+/*
+ * Row statistics beyond the loss, for the opt-in extra outputs of the cross-entropy
+ * kernels (issue 16 item 3): the entropy's sum and the argmax of one contiguous row.
+ * Loops written once for float and double (a macro instantiated twice), vectorisable
+ * without reassociation: SML_LANES partial sums, lane k taking the indices = k mod
+ * SML_LANES, added up in the one order of SML_LANE_TOTAL, so the same bits for any
+ * thread, chunking or alignment.
+ *
+ * sml_row_entsum_*(x, e, n, m): sum_c e[c] * (m - x[c]) in double, e[c] = exp(x[c] - m)
+ *     as the exp-sum wrote it, m the row max: every term >= 0 (no cancellation). A term
+ *     whose e[c] is 0 is 0: the gap m - x[c] is taken at most DBL_MAX (x[c] = -inf beside
+ *     finite values: 0 * DBL_MAX, not 0 * inf; a NaN gap has a NaN e[c]). Then
+ *     H = log S + entsum / S is the entropy -sum_c p_c log p_c of softmax(x).
+ * sml_row_argmax_*(x, n, m): the first index of the row's max m, as np.argmax: the first
+ *     NaN if the row has one (m is then unspecified), else the first c with x[c] == m.
+ */
+#ifndef SOFTMAXLOSS_ROWSTATS_H
+#define SOFTMAXLOSS_ROWSTATS_H
+
+#include "_rowops.h"
+
+#define SML__ROWSTATS(T, SUFFIX)                                                         \
+    static inline double sml_row_entsum_##SUFFIX(const T *x, const T *e, ptrdiff_t n,     \
+                                                 double m)                               \
+    {                                                                                    \
+        double acc[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};                                \
+        double tail = 0;                                                                 \
+        ptrdiff_t i = 0;                                                                 \
+        for (; i + SML_LANES <= n; i += SML_LANES)                                       \
+            for (int k = 0; k < SML_LANES; k++) {                                        \
+                double gap = m - (double)x[i + k];                                       \
+                acc[k] += (double)e[i + k] * (gap < DBL_MAX ? gap : DBL_MAX);            \
+            }                                                                            \
+        for (; i < n; i++) {                                                             \
+            double gap = m - (double)x[i];                                               \
+            tail += (double)e[i] * (gap < DBL_MAX ? gap : DBL_MAX);                      \
+        }                                                                                \
+        return SML_LANE_TOTAL(acc) + tail;                                               \
+    }                                                                                    \
+                                                                                         \
+    static inline ptrdiff_t sml_row_argmax_##SUFFIX(const T *x, ptrdiff_t n, T m)         \
+    {                                                                                    \
+        ptrdiff_t i = 0;                                                                 \
+        int nan = 0;                                                                     \
+        for (ptrdiff_t c = 0; c < n; c++) nan |= x[c] != x[c];                           \
+        if (nan) {                                                                       \
+            for (ptrdiff_t c = 0; c < n; c++)                                            \
+                if (x[c] != x[c]) return c;                                              \
+        }                                                                                \
+        /* blocks of SML_LANES compared at once (vectorised), then the one that has it */ \
+        for (; i + SML_LANES <= n; i += SML_LANES) {                                     \
+            int hit = 0;                                                                 \
+            for (int k = 0; k < SML_LANES; k++) hit |= x[i + k] == m;                    \
+            if (hit) break;                                                              \
+        }                                                                                \
+        for (; i < n; i++)                                                               \
+            if (x[i] == m) return i;                                                     \
+        return 0; /* not reached for a row without NaN, whose max is one of its entries */ \
+    }
+
+SML__ROWSTATS(float, f)
+SML__ROWSTATS(double, d)
+
+#undef SML__ROWSTATS
+
+#endif /* SOFTMAXLOSS_ROWSTATS_H */
