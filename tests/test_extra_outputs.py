@@ -306,3 +306,146 @@ def test_results_are_a_named_tuple_with_none_for_what_was_not_asked():
     assert entropy is None and argmax is None and n_correct is None
     assert result._fields == ("loss", "grad", "lse", "entropy", "argmax", "n_correct")
     assert sml.cross_entropy(x, target, return_lse=False) == sml.cross_entropy(x, target)
+
+
+# ---- the PyTorch adapter ---------------------------------------------------------------
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("n_classes", [5, 100, 1025])
+def test_torch_outputs_match_the_numpy_api(n_classes):
+    torch = _torch()
+    import softmaxloss.torch as smt
+    x, target = _case(np.float32, n_classes, n_rows=20)
+    result = smt.cross_entropy(torch.from_numpy(x), torch.from_numpy(target), **ALL)
+    expected = sml.cross_entropy(x, target, **ALL)
+    assert isinstance(result, sml.CrossEntropyOutputs) and result.grad is None
+    np.testing.assert_array_equal(result.loss.numpy(), expected.loss)
+    np.testing.assert_array_equal(result.lse.numpy(), expected.lse)
+    np.testing.assert_array_equal(result.entropy.numpy(), expected.entropy)
+    np.testing.assert_array_equal(result.argmax.numpy(), expected.argmax)
+    assert int(result.n_correct) == expected.n_correct
+
+
+def test_torch_lse_and_entropy_are_differentiable_gradcheck():
+    torch = _torch()
+    import softmaxloss.torch as smt
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.standard_normal((6, 5)), requires_grad=True)
+    target = torch.tensor([0, 1, -100, 3, 4, 2])
+
+    def combined(logits):
+        r = smt.cross_entropy(logits, target, return_lse=True, return_entropy=True)
+        return r.loss + 0.3 * (r.lse**2).sum() - 0.7 * r.entropy.sum()
+
+    assert torch.autograd.gradcheck(combined, (x,))
+
+    def per_row(logits):
+        r = smt.cross_entropy(logits, target, reduction="none", return_lse=True, return_entropy=True)
+        return r.loss, r.lse, r.entropy
+
+    assert torch.autograd.gradcheck(per_row, (x,))
+    # against torch's own functions
+    y = x.detach().clone().requires_grad_(True)
+    expected = (torch.nn.functional.cross_entropy(y, target) + 0.3 * (torch.logsumexp(y, 1) ** 2).sum()
+                - 0.7 * torch.distributions.Categorical(logits=y).entropy().sum())
+    expected.backward()
+    value = combined(x)
+    value.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+
+
+def test_torch_compile_fullgraph():
+    torch = _torch()
+    import softmaxloss.torch as smt
+
+    def step(logits, target):
+        r = smt.cross_entropy(logits, target, return_lse=True, return_entropy=True, return_argmax=True)
+        return r.loss + 1e-3 * (r.lse**2).mean() - 1e-2 * r.entropy.mean(), r.n_correct
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    rng = np.random.default_rng(4)
+    x = torch.tensor(rng.standard_normal((16, 300)).astype(np.float32), requires_grad=True)
+    target = torch.tensor(rng.integers(0, 300, 16))
+    value, correct = compiled(x, target)
+    value.backward()
+    y = x.detach().clone().requires_grad_(True)
+    expected, expected_correct = step(y, target)
+    expected.backward()
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(x.grad, y.grad)
+    assert int(correct) == int(expected_correct)
+
+
+def test_torch_bfloat16_outputs():
+    torch = _torch()
+    import softmaxloss.torch as smt
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((8, 64)).astype(np.float32)).to(torch.bfloat16).requires_grad_(True)
+    target = torch.tensor(rng.integers(0, 64, 8))
+    r = smt.cross_entropy(x, target, return_lse=True, return_entropy=True)
+    assert r.lse.dtype == torch.bfloat16 and r.entropy.dtype == torch.bfloat16
+    (r.loss + r.lse.float().sum()).backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
+def test_torch_refuses_second_order_and_weight_gradients():
+    torch = _torch()
+    import softmaxloss.torch as smt
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 0])
+    r = smt.cross_entropy(x, target, return_lse=True)
+    (g,) = torch.autograd.grad(r.loss, x)  # first order works
+    with pytest.raises(NotImplementedError, match="differentiable once"):
+        torch.autograd.grad(smt.cross_entropy(x, target, return_lse=True).loss, x, create_graph=True)
+    with pytest.raises(NotImplementedError, match="weight requires grad"):
+        smt.cross_entropy(x, target, weight=torch.ones(3, dtype=torch.float64, requires_grad=True), return_lse=True)
+    with pytest.raises(TypeError, match="return_lse"):
+        smt.cross_entropy(x, target, return_lse="yes")
+
+
+# ---- the JAX adapter -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_classes", [5, 300])
+def test_jax_outputs_and_their_gradients(n_classes):
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import softmaxloss.jax as smj
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((10, n_classes)).astype(np.float32)
+    target = rng.integers(0, n_classes, 10)
+    target[1] = -100
+    result = smj.cross_entropy(jnp.asarray(x), jnp.asarray(target), **ALL)
+    expected = sml.cross_entropy(x, target, **ALL)
+    np.testing.assert_array_equal(np.asarray(result.loss), expected.loss)
+    np.testing.assert_array_equal(np.asarray(result.lse), expected.lse)
+    np.testing.assert_array_equal(np.asarray(result.entropy), expected.entropy)
+    np.testing.assert_array_equal(np.asarray(result.argmax), expected.argmax)
+    assert int(result.n_correct) == expected.n_correct
+
+    def objective(logits):
+        r = smj.cross_entropy(logits, jnp.asarray(target), return_lse=True, return_entropy=True)
+        return r.loss + 0.3 * (r.lse**2).mean() - 0.5 * r.entropy.mean()
+
+    def formula(logits):
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        kept = jnp.asarray(target != -100)
+        y = jnp.where(kept, jnp.asarray(target), 0)
+        nll = -jnp.take_along_axis(log_p, y[:, None], -1)[:, 0]
+        ce = jnp.where(kept, nll, 0).sum() / kept.sum()
+        lse = jax.scipy.special.logsumexp(logits, axis=-1)
+        entropy = -(jnp.exp(log_p) * log_p).sum(-1)
+        return ce + 0.3 * (lse**2).mean() - 0.5 * entropy.mean()
+
+    value, grad = jax.jit(jax.value_and_grad(objective))(jnp.asarray(x))
+    expected_value, expected_grad = jax.value_and_grad(formula)(jnp.asarray(x))
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
+    tangent = jnp.asarray(rng.standard_normal(x.shape).astype(np.float32))
+    primal_out, tangent_out = jax.jvp(objective, (jnp.asarray(x),), (tangent,))
+    np.testing.assert_allclose(tangent_out, jax.jvp(formula, (jnp.asarray(x),), (tangent,))[1], rtol=1e-4, atol=1e-5)

@@ -184,3 +184,52 @@ def test_in_place_and_layouts():
     assert_close(grad, expected[1], np.float32)
     loss, grad = sml.cross_entropy_with_grad(np.asfortranarray(x), target, focal_gamma=2.0, weight=weight)
     assert_close(grad, expected[1], np.float32)
+
+
+def test_torch_adapter_focal():
+    torch = pytest.importorskip("torch")
+    import softmaxloss.torch as smt
+    rng = np.random.default_rng(6)
+    x = torch.tensor(rng.standard_normal((12, 9)), requires_grad=True)
+    target = torch.tensor(rng.integers(0, 9, 12))
+    target[2] = -100
+    weight = torch.tensor(rng.uniform(0.5, 2.0, 9))
+
+    def focal(logits):
+        return smt.cross_entropy(logits, target, weight=weight, focal_gamma=2.0)
+
+    assert torch.autograd.gradcheck(focal, (x,))
+    loss = focal(x)
+    expected = sml.cross_entropy(x.detach().numpy(), target.numpy(), weight=weight.numpy(), focal_gamma=2.0)
+    np.testing.assert_allclose(loss.item(), expected, rtol=1e-15)
+    compiled = torch.compile(focal, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), loss)
+    with pytest.raises(ValueError, match="class-index targets only"):
+        smt.cross_entropy(x, torch.softmax(x.detach(), 1), focal_gamma=1.0)
+
+
+def test_jax_adapter_focal():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    import softmaxloss.jax as smj
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((12, 9)).astype(np.float32)
+    target = rng.integers(0, 9, 12)
+    target[0] = -100
+
+    def formula(logits):
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        kept = jnp.asarray(target != -100)
+        y = jnp.where(kept, jnp.asarray(target), 0)
+        log_p_y = jnp.take_along_axis(log_p, y[:, None], -1)[:, 0]
+        per_row = -(1 - jnp.exp(log_p_y)) ** 2.0 * log_p_y
+        return jnp.where(kept, per_row, 0).sum() / kept.sum()
+
+    loss, grad = jax.jit(jax.value_and_grad(lambda v: smj.cross_entropy(v, jnp.asarray(target), focal_gamma=2.0)))(
+        jnp.asarray(x))
+    expected, expected_grad = jax.value_and_grad(formula)(jnp.asarray(x))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="not weight"):
+        jax.grad(lambda w: smj.cross_entropy(jnp.asarray(x), jnp.asarray(target), weight=w, focal_gamma=2.0))(
+            jnp.ones(9))

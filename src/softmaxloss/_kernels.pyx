@@ -19,7 +19,9 @@ Design, bottom up (each layer calls only the one below it):
    classes, transposed so that every step is vectorised across the rows). A call's
    options (class weights, label smoothing, z-loss, the divisor W, ignore_index) reach
    them as one `LossOptions`, and one rule (`kept_class`) leaves out the ignored rows
-   and those with a class out of range.
+   and those with a class out of range. The options also carry the focal loss's gamma
+   (a per-row factor inside `index_row_terms`) and where the opt-in extra outputs go
+   (per-row log-sum-exp, entropy, argmax: `row_stats`, from the same statistics).
 3. Array loops (the `def` functions, in this file, and what they share, in
    `_kernels_loops.pxi`): every array arrives as a "rows view" of shape
    (A, B, C): the class axis last, rows indexed by r = a * B + b, any strides (a
