@@ -262,7 +262,7 @@ def _kernel_totals(
     goes with the options."""
     mean = options.reduction == "mean"
     kind = half_kind(x_rows.dtype)
-    extra = {} if stats is None else stats.kernel_arrays()
+    extra: dict[str, Any] = {} if stats is None else stats.kernel_arrays()
     if options.focal_gamma:
         extra["focal_gamma"] = options.focal_gamma
     if kind is not None:

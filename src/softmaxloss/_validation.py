@@ -322,13 +322,14 @@ def check_focal_gamma(focal_gamma: Any) -> float | None:
     return gamma
 
 
-def check_return_flags(**flags: Any) -> tuple[bool, ...]:
+def check_return_flags(return_lse: Any, return_entropy: Any, return_argmax: Any) -> tuple[bool, bool, bool]:
     """The `return_*` keywords of a cross-entropy call: each a bool (TypeError otherwise),
     returned in their order."""
+    flags = {"return_lse": return_lse, "return_entropy": return_entropy, "return_argmax": return_argmax}
     for name, value in flags.items():
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {value!r}")
-    return tuple(bool(value) for value in flags.values())
+    return bool(return_lse), bool(return_entropy), bool(return_argmax)
 
 
 @dataclass(slots=True)

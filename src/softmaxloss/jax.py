@@ -425,8 +425,10 @@ def _output_structs(options: _Options, logits: Any, with_grad: bool) -> tuple[An
 
 def _outputs_primal(options: _Options, requested: tuple[bool, bool, bool], logits: Any, target: Any,
                     weight: Any, sample_weight: Any) -> tuple[Any, ...]:
-    return _host(functools.partial(_host_outputs, options, requested, False),
-                 _output_structs(options, logits, False), logits, target, weight, sample_weight)
+    outputs: tuple[Any, ...] = _host(functools.partial(_host_outputs, options, requested, False),
+                                     _output_structs(options, logits, False), logits, target, weight,
+                                     sample_weight)
+    return outputs
 
 
 def _outputs_jvp(options: _Options, requested: tuple[bool, bool, bool], primals: tuple[Any, ...],

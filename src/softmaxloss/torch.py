@@ -1628,8 +1628,7 @@ from ._outputs import CrossEntropyOutputs  # noqa: E402
 from ._validation import check_return_flags  # noqa: E402
 
 
-@torch.library.custom_op("softmaxloss::cross_entropy_outputs", mutates_args=())
-def _outputs_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+def _outputs_cpu(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
                 label_smoothing: float, z_loss: float, focal_gamma: float, want_lse: bool,
                 want_entropy: bool, want_argmax: bool, n_threads: int, with_grad: bool,
@@ -1674,7 +1673,9 @@ def _outputs_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
             per_row(result.argmax, torch.int64), n_correct)
 
 
-@_outputs_op.register_fake
+_outputs_op = torch.library.custom_op("softmaxloss::cross_entropy_outputs", _outputs_cpu, mutates_args=())
+
+
 def _outputs_fake(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                   sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
                   label_smoothing: float, z_loss: float, focal_gamma: float, want_lse: bool,
@@ -1725,6 +1726,7 @@ def _outputs_backward(ctx: Any, d_loss: torch.Tensor | None, d_grad: Any, d_lse:
     return (d_input,) + (None,) * 13
 
 
+_outputs_op.register_fake(_outputs_fake)
 _outputs_op.register_autograd(_outputs_backward, setup_context=_outputs_setup)
 
 
