@@ -33,7 +33,7 @@ ALL = dict(return_lse=True, return_entropy=True, return_argmax=True)
 CLASS_COUNTS = [2, 5, 23, 24, 100, 1024, 1025, 5000]
 
 
-def _half_dtypes():
+def half_dtypes():
     dtypes = [np.float16]
     try:
         import ml_dtypes
@@ -42,7 +42,7 @@ def _half_dtypes():
     return dtypes + [ml_dtypes.bfloat16]
 
 
-DTYPES = [np.float32, np.float64] + _half_dtypes()
+DTYPES = [np.float32, np.float64] + half_dtypes()
 
 
 def _case(dtype, n_classes, n_rows=None, seed=0, n_ignored=3):

@@ -8,35 +8,10 @@ import pytest
 import softmaxloss as sml
 from softmaxloss import reference as ref
 
-from _helpers import TOLERANCES
-from _helpers import assert_close as _assert_close
-
-
-def assert_close(actual, expected, dtype, what="", scale=0.0):
-    """_helpers.assert_close; half dtypes (computed in float32, rounded once): within two
-    of their ulps relative, or of the largest value (scale) absolute."""
-    if np.dtype(dtype) in TOLERANCES:
-        return _assert_close(actual, expected, dtype, what, scale)
-    assert np.asarray(actual).dtype == np.asarray(expected).dtype, what
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    eps = float(np.finfo(np.float16).eps) if np.dtype(dtype) == np.float16 else 2.0**-7
-    finite = np.abs(e[np.isfinite(e)])
-    largest = max(finite.max() if finite.size else 0.0, scale)
-    np.testing.assert_allclose(a, e, rtol=2 * eps, atol=2 * eps * largest + 1e-30, equal_nan=True, err_msg=what)
+from test_extra_outputs import assert_close, half_dtypes
 
 CLASS_COUNTS = [2, 5, 23, 24, 100, 1024, 1025, 5000]
-
-
-def _half_dtypes():
-    dtypes = [np.float16]
-    try:
-        import ml_dtypes
-    except ImportError:
-        return dtypes
-    return dtypes + [ml_dtypes.bfloat16]
-
-
-DTYPES = [np.float32, np.float64] + _half_dtypes()
+DTYPES = [np.float32, np.float64] + half_dtypes()
 
 
 def _case(dtype, n_classes, n_rows=None, seed=0):

@@ -26,7 +26,7 @@ from . import _dispatch
 from ._halfdtypes import half_kind, is_bfloat16, round_float64
 from ._layout import KERNEL_DTYPES, MergedAxes, RowsLayout
 from ._where import stand_in
-from ._outputs import CrossEntropyOutputs, n_correct
+from ._outputs import CrossEntropyOutputs, n_correct, requested_outputs
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
@@ -43,7 +43,6 @@ from ._validation import (
     check_logsumexp_args,
     check_n_threads,
     check_out,
-    check_return_flags,
 )
 
 _LARGEST = {np.dtype(t): float(np.finfo(t).max) for t in (np.float16, np.float32, np.float64)}
@@ -433,18 +432,6 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
     return loss, grad
 
 
-def _requested_outputs(return_lse: Any, return_entropy: Any, return_argmax: Any,
-                       where: Any) -> tuple[bool, bool, bool] | None:
-    """Which extra outputs a call asks for (None: none, the plain call), checked."""
-    requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
-                                   return_argmax=return_argmax)
-    if not any(requested):
-        return None
-    if where is not None:
-        raise ValueError("return_lse, return_entropy and return_argmax do not combine with where= (a class mask)")
-    return requested
-
-
 def _masked_cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None,
                           with_grad: bool) -> tuple[Any, np.ndarray | None]:
     """`_cross_entropy` under the class mask `args.where`, on the unchanged kernel (the
@@ -595,7 +582,7 @@ def cross_entropy(
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, check_range=False,
         where=where,
     )
-    requested = _requested_outputs(return_lse, return_entropy, return_argmax, where)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     if requested is not None:
         return _cross_entropy(args, _threads(n_threads), None, False, requested)
     compute = _masked_cross_entropy if args.where is not None else _cross_entropy
@@ -647,7 +634,7 @@ def cross_entropy_with_grad(
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out, check_range=False,
         where=where,
     )
-    requested = _requested_outputs(return_lse, return_entropy, return_argmax, where)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     if requested is not None:
         return _cross_entropy(args, _threads(n_threads), out, True, requested)
     compute = _masked_cross_entropy if args.where is not None else _cross_entropy

@@ -83,8 +83,10 @@ cdef extern from "_rowops.h" nogil:
 cdef extern from "_rowstats.h" nogil:
     double sml_row_entsum_f(const float *x, const float *e, Py_ssize_t n, double m)
     double sml_row_entsum_d(const double *x, const double *e, Py_ssize_t n, double m)
-    Py_ssize_t sml_row_argmax_f(const float *x, Py_ssize_t n, float m)
-    Py_ssize_t sml_row_argmax_d(const double *x, Py_ssize_t n, double m)
+    Py_ssize_t sml_row_find_f(const float *x, Py_ssize_t n, float m)
+    Py_ssize_t sml_row_find_d(const double *x, Py_ssize_t n, double m)
+    Py_ssize_t sml_row_first_nan_f(const float *x, Py_ssize_t n)
+    Py_ssize_t sml_row_first_nan_d(const double *x, Py_ssize_t n)
 
 
 cdef extern from "_blockops.h" nogil:

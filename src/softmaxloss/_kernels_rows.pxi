@@ -45,12 +45,30 @@ cdef inline double row_entsum(const floating *x, const floating *e, Py_ssize_t n
         return sml_row_entsum_d(x, e, n, m)
 
 
-cdef inline Py_ssize_t row_argmax(const floating *x, Py_ssize_t n, floating m) noexcept nogil:
-    """np.argmax of the row (m its row_max): the first NaN, else the first max."""
+cdef inline Py_ssize_t row_find(const floating *x, Py_ssize_t n, floating m) noexcept nogil:
+    """The first c with x_c == m, n if none (early exit, vectorised blocks)."""
     if floating is float:
-        return sml_row_argmax_f(x, n, m)
+        return sml_row_find_f(x, n, m)
     else:
-        return sml_row_argmax_d(x, n, m)
+        return sml_row_find_d(x, n, m)
+
+
+cdef inline Py_ssize_t row_first_nan(const floating *x, Py_ssize_t n) noexcept nogil:
+    """The first NaN of the row, n if none."""
+    if floating is float:
+        return sml_row_first_nan_f(x, n)
+    else:
+        return sml_row_first_nan_d(x, n)
+
+
+cdef inline Py_ssize_t row_argmax_slow(const floating *x, Py_ssize_t n, floating m) noexcept nogil:
+    """np.argmax of any row (m its row_max, unspecified with a NaN): the first NaN, else
+    the first max."""
+    cdef Py_ssize_t c = row_first_nan(x, n)
+    if c < n:
+        return c
+    c = row_find(x, n, m)
+    return c if c < n else 0
 
 
 # ---- the opt-in extra outputs of a cross-entropy row (issue 16 item 3) -----------------
@@ -83,10 +101,14 @@ cdef inline double nonfinite_row_lse(const char *row, Py_ssize_t step, Py_ssize_
 
 cdef inline void row_stats_first(const floating *x, Py_ssize_t n, floating m, LossOptions o,
                                  Py_ssize_t r) noexcept nogil:
-    """Before the exponentials (which may overwrite x): the argmax, and the lse of a row
-    whose max is not finite."""
+    """Before the exponentials (which may overwrite x): the argmax (the first x_c == m, an
+    early exit; a row with a NaN is corrected in row_stats, a row whose max is not finite
+    takes np.argmax's rule here), and the lse of a row whose max is not finite."""
     if o.argmax_out != NULL:
-        o.argmax_out[r] = row_argmax(x, n, m)
+        if isfinite(m):
+            o.argmax_out[r] = row_find(x, n, m)
+        else:
+            o.argmax_out[r] = row_argmax_slow(x, n, m)
     if o.lse_out != NULL and not isfinite(m):
         o.lse_out[r] = nonfinite_row_lse(<const char *>x, sizeof(floating), n, m)
 
@@ -104,7 +126,13 @@ cdef inline void row_stats(const floating *x, floating *e, floating *g, Py_ssize
                            floating m, double total, double log_total, LossOptions o,
                            Py_ssize_t r) noexcept nogil:
     """After the exp-sum into e (stats_exps), x still intact: the lse and entropy; then the
-    exponentials moved to g if they went to the scratch (g is x: in place)."""
+    exponentials moved to g if they went to the scratch (g is x: in place). A NaN sum with
+    a finite max means a NaN in the row: its argmax is the first, and e_c = exp(x_c - m)
+    is NaN exactly where x_c is (e is x's only when it is NULL: x is then intact)."""
+    if o.argmax_out != NULL and isfinite(m) and isnan(total):
+        o.argmax_out[r] = row_first_nan(e if e != NULL else x, n)
+    if o.argmax_out != NULL and o.argmax_out[r] >= n:  # (not reached: m is an entry)
+        o.argmax_out[r] = 0
     if isfinite(m):
         if o.lse_out != NULL:
             o.lse_out[r] = <double>m + log_total
@@ -123,10 +151,8 @@ cdef inline void row_stats_alone(const floating *x, Py_ssize_t n, LossOptions o,
     cdef floating m = row_max(x, n)
     cdef double excess, total
     row_stats_first(x, n, m, o, r)
-    if o.lse_out != NULL or o.entropy_out != NULL:
-        total = row_expsum(x, <floating *>o.stats_scratch, n, m, &excess)
-        row_stats(x, <floating *>o.stats_scratch, <floating *>NULL, n, m, total,
-                  sml_log1p(excess), o, r)
+    total = row_expsum(x, <floating *>o.stats_scratch, n, m, &excess)
+    row_stats(x, <floating *>o.stats_scratch, <floating *>NULL, n, m, total, sml_log1p(excess), o, r)
 
 
 # ---- layer 2b: row kernels -----------------------------------------------------------

@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._validation import check_return_flags
+
 
 class CrossEntropyOutputs(NamedTuple):
     """What a cross-entropy call with `return_lse`, `return_entropy` or `return_argmax`
@@ -50,3 +52,15 @@ def n_correct(argmax: np.ndarray, target: np.ndarray, probabilities: bool, axis:
         labels = np.argmax(target, axis=axis)
         return int(np.count_nonzero(labels == argmax))
     return int(np.count_nonzero((target == argmax) & (target != ignored)))
+
+
+def requested_outputs(return_lse: Any, return_entropy: Any, return_argmax: Any,
+                      where: Any) -> tuple[bool, bool, bool] | None:
+    """Which extra outputs a call asks for (None: none, the plain call), checked: each
+    flag a bool (TypeError), none with `where=` (ValueError)."""
+    requested = check_return_flags(return_lse, return_entropy, return_argmax)
+    if not any(requested):
+        return None
+    if where is not None:
+        raise ValueError("return_lse, return_entropy and return_argmax do not combine with where= (a class mask)")
+    return requested

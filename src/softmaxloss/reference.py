@@ -33,9 +33,8 @@ import numpy as np
 
 from ._halfdtypes import round_float64
 from ._layout import MergedAxes
-from ._outputs import CrossEntropyOutputs, n_correct
+from ._outputs import CrossEntropyOutputs, n_correct, requested_outputs
 from ._validation import (
-    check_return_flags,
     DEFAULT_IGNORE_INDEX,
     Dtypes,
     LossArgs,
@@ -588,24 +587,12 @@ def cross_entropy(
              focal_gamma=focal_gamma),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, where=where,
     )
-    requested = _requested_outputs(return_lse, return_entropy, return_argmax, where)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     with _quiet():
         loss, _ = _cross_entropy(args, with_grad=False)
     if requested is not None:
         return _extra_outputs(args, requested, _as_result(loss, args.dtypes), None)
     return _as_result(loss, args.dtypes)
-
-
-def _requested_outputs(return_lse: Any, return_entropy: Any, return_argmax: Any,
-                       where: Any) -> tuple[bool, bool, bool] | None:
-    """Which extra outputs a call asks for (None: none), checked as the NumPy API does."""
-    requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
-                                   return_argmax=return_argmax)
-    if not any(requested):
-        return None
-    if where is not None:
-        raise ValueError("return_lse, return_entropy and return_argmax do not combine with where= (a class mask)")
-    return requested
 
 
 def _extra_outputs(args: LossArgs, requested: tuple[bool, bool, bool], loss: Any,
@@ -659,7 +646,7 @@ def cross_entropy_with_grad(
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out,
         where=where,
     )
-    requested = _requested_outputs(return_lse, return_entropy, return_argmax, where)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     with _quiet():
         loss, grad = _cross_entropy(args, with_grad=True)
     assert grad is not None

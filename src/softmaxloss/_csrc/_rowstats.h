@@ -11,8 +11,9 @@
  *     whose e[c] is 0 is 0: the gap m - x[c] is taken at most DBL_MAX (x[c] = -inf beside
  *     finite values: 0 * DBL_MAX, not 0 * inf; a NaN gap has a NaN e[c]). Then
  *     H = log S + entsum / S is the entropy -sum_c p_c log p_c of softmax(x).
- * sml_row_argmax_*(x, n, m): the first index of the row's max m, as np.argmax: the first
- *     NaN if the row has one (m is then unspecified), else the first c with x[c] == m.
+ * sml_row_find_*(x, n, m): the first c with x[c] == m (n if none), early exit: with m the
+ *     row max, np.argmax of a row without NaN; a row with one is told by its exp-sum being
+ *     NaN, and its argmax is then sml_row_first_nan_* (see row_stats in _kernels_rows.pxi).
  */
 #ifndef SOFTMAXLOSS_ROWSTATS_H
 #define SOFTMAXLOSS_ROWSTATS_H
@@ -23,14 +24,17 @@
     static inline double sml_row_entsum_##SUFFIX(const T *x, const T *e, ptrdiff_t n,     \
                                                  double m)                               \
     {                                                                                    \
-        double acc[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};                                \
+        /* 2 SML_LANES partial sums: two independent chains per vector (the FMA's latency), \
+         * lane k + SML_LANES folded into lane k before the lanes' total */              \
+        double acc[2 * SML_LANES] = {0};                                                 \
         double tail = 0;                                                                 \
         ptrdiff_t i = 0;                                                                 \
-        for (; i + SML_LANES <= n; i += SML_LANES)                                       \
-            for (int k = 0; k < SML_LANES; k++) {                                        \
+        for (; i + 2 * SML_LANES <= n; i += 2 * SML_LANES)                               \
+            for (int k = 0; k < 2 * SML_LANES; k++) {                                    \
                 double gap = m - (double)x[i + k];                                       \
                 acc[k] += (double)e[i + k] * (gap < DBL_MAX ? gap : DBL_MAX);            \
             }                                                                            \
+        for (int k = 0; k < SML_LANES; k++) acc[k] += acc[k + SML_LANES];                \
         for (; i < n; i++) {                                                             \
             double gap = m - (double)x[i];                                               \
             tail += (double)e[i] * (gap < DBL_MAX ? gap : DBL_MAX);                      \
@@ -38,16 +42,10 @@
         return SML_LANE_TOTAL(acc) + tail;                                               \
     }                                                                                    \
                                                                                          \
-    static inline ptrdiff_t sml_row_argmax_##SUFFIX(const T *x, ptrdiff_t n, T m)         \
+    /* the first c with x[c] == m, n if none: blocks of SML_LANES compared at once */    \
+    static inline ptrdiff_t sml_row_find_##SUFFIX(const T *x, ptrdiff_t n, T m)           \
     {                                                                                    \
         ptrdiff_t i = 0;                                                                 \
-        int nan = 0;                                                                     \
-        for (ptrdiff_t c = 0; c < n; c++) nan |= x[c] != x[c];                           \
-        if (nan) {                                                                       \
-            for (ptrdiff_t c = 0; c < n; c++)                                            \
-                if (x[c] != x[c]) return c;                                              \
-        }                                                                                \
-        /* blocks of SML_LANES compared at once (vectorised), then the one that has it */ \
         for (; i + SML_LANES <= n; i += SML_LANES) {                                     \
             int hit = 0;                                                                 \
             for (int k = 0; k < SML_LANES; k++) hit |= x[i + k] == m;                    \
@@ -55,7 +53,15 @@
         }                                                                                \
         for (; i < n; i++)                                                               \
             if (x[i] == m) return i;                                                     \
-        return 0; /* not reached for a row without NaN, whose max is one of its entries */ \
+        return n;                                                                        \
+    }                                                                                    \
+                                                                                         \
+    /* the first NaN of x[0..n), n if none */                                            \
+    static inline ptrdiff_t sml_row_first_nan_##SUFFIX(const T *x, ptrdiff_t n)           \
+    {                                                                                    \
+        for (ptrdiff_t c = 0; c < n; c++)                                                \
+            if (x[c] != x[c]) return c;                                                  \
+        return n;                                                                        \
     }
 
 SML__ROWSTATS(float, f)
