@@ -33,7 +33,8 @@ import numpy as np
 
 from ._halfdtypes import round_float64
 from ._layout import MergedAxes
-from ._outputs import CrossEntropyOutputs, n_correct, requested_outputs
+from . import _outputs
+from ._outputs import n_correct, requested_outputs
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
@@ -596,7 +597,7 @@ def cross_entropy(
 
 
 def _extra_outputs(args: LossArgs, requested: tuple[bool, bool, bool], loss: Any,
-                   grad: np.ndarray | None) -> CrossEntropyOutputs:
+                   grad: np.ndarray | None) -> _outputs.CrossEntropyOutputs:
     """The CrossEntropyOutputs of a call: each row's log-sum-exp (`_logsumexp`), entropy
     (`_entropy`) in float64 rounded once to the result dtype, np.argmax of the logits (as
     given: float64 holds every logit exactly) and the number of correct predictions."""
@@ -608,7 +609,7 @@ def _extra_outputs(args: LossArgs, requested: tuple[bool, bool, bool], loss: Any
     if requested[2]:
         argmax = np.argmax(x, axis=-1)[()]
         correct = n_correct(argmax, args.target, args.probabilities, args.axis, args.target_ignore_index)
-    return CrossEntropyOutputs(loss, grad, lse, entropy, argmax, correct)
+    return _outputs.CrossEntropyOutputs(loss, grad, lse, entropy, argmax, correct)
 
 
 def cross_entropy_with_grad(
