@@ -186,10 +186,6 @@ cdef struct LossOptions:
     double *lse_out
     double *entropy_out
     int64_t *argmax_out
-    # Each thread's own scratch of n logits (set in its copy of the options, see
-    # stats_alloc) where the exponentials go when the entropy needs them beside logits
-    # that the gradient overwrites (in place, or no gradient); NULL without entropy.
-    void *stats_scratch
 
 
 include "_kernels_rows.pxi"
@@ -310,6 +306,8 @@ cdef int index_loops(const floating *kind, Rows xv, Rows gv, Rows tv, Rows sv, d
     cdef floating *buffer = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     cdef Py_ssize_t group = group_rows(n, sizeof(floating))
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the loop's own
+    cdef floating *stats = NULL
     if in_blocks(n, sizeof(floating)):
         scratch = thread_scratch(True, &failed)
         with nogil, parallel(num_threads=threads):
@@ -325,28 +323,27 @@ cdef int index_loops(const floating *kind, Rows xv, Rows gv, Rows tv, Rows sv, d
     elif group > 0 and not row_scratch(xv, gv, sizeof(floating), &failed).needed:
         scratch = thread_scratch(True, &failed)
         with nogil, parallel(num_threads=threads):
-            buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
+            buffer = <floating *>scratch_alloc(scratch, (BLOCK_ROWS + extra) * sizeof(floating))
             mine = o
-            mine.stats_scratch = stats_alloc(mine, n * sizeof(floating))
+            stats = buffer + BLOCK_ROWS if extra > 0 else NULL
             for block in prange((n_rows + group - 1) // group, schedule="static"):
-                if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
+                if scratch_missing(scratch, buffer):
                     continue
                 group_loss_grad_index(xv, gv, tv, sv, losses, block * group,
-                                      min(group, n_rows - block * group), n, mine, buffer)
+                                      min(group, n_rows - block * group), n, mine, buffer, stats)
             free(buffer)
-            free(mine.stats_scratch)
     else:
         scratch = row_scratch(xv, gv, sizeof(floating), &failed)
+        scratch.needed = scratch.needed or extra > 0
         with nogil, parallel(num_threads=threads):
-            buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
+            buffer = <floating *>scratch_alloc(scratch, (n + extra) * sizeof(floating))
             mine = o
-            mine.stats_scratch = stats_alloc(mine, n * sizeof(floating))
+            stats = buffer + n if extra > 0 else NULL
             for r in prange(n_rows, schedule="static"):
-                if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
+                if scratch_missing(scratch, buffer):
                     continue
-                index_row(xv, gv, tv, sv, losses, r, n, mine, buffer)
+                index_row(xv, gv, tv, sv, losses, r, n, mine, buffer, stats)
             free(buffer)
-            free(mine.stats_scratch)
     scratch_raise(scratch)
     return 0
 
@@ -491,24 +488,26 @@ def cross_entropy_probs(
     o.divisor = gradient_divisor(mean, normaliser)
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, gv, sizeof(floating), &failed)
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the row's own
+    scratch.needed = scratch.needed or extra > 0
     cdef floating *buffer = NULL
+    cdef floating *stats = NULL
     cdef floating *work
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
+        buffer = <floating *>scratch_alloc(scratch, (n + extra) * sizeof(floating))
         mine = o
-        mine.stats_scratch = stats_alloc(mine, n * sizeof(floating))
+        stats = buffer + n if extra > 0 else NULL
         for r in prange(n_rows, schedule="static"):
-            if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
+            if scratch_missing(scratch, buffer):
                 continue
             work = row_work(gv, r, buffer)
             losses[r] = row_loss_grad_probs(
                 row_in(xv, r, n, buffer), work, n, <const target_floating *>row_at(tv, r),
-                t_step, sample_weight_at(sv, r), mine, r)
+                t_step, sample_weight_at(sv, r), mine, r, stats)
             if work != NULL:
                 row_out(gv, r, n, work)
         free(buffer)
-        free(mine.stats_scratch)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser
 

@@ -219,10 +219,11 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
     cdef LossOptions constant = o
     cdef IndexRowTerms terms
     cdef Py_ssize_t i
-    if o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0:  # known zero at compile time: vectorised
+    if o.focal_gamma != 0.0:
+        block_focal_terms(b, m, count, o)
+    elif o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
         constant.eps = 0.0
         constant.z = 0.0
-        constant.focal_gamma = 0.0
         block_terms(b, m, count, n, constant)
     else:
         block_terms(b, m, count, n, o)
@@ -234,7 +235,7 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
             continue
         row_loss[i] = b.loss[i]
         if with_grad and divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o):
-            terms = index_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+            terms = any_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                     b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
             grad_divided(&xt[i], BLOCK_ROWS, n, terms, o)
             b.p_scale[i] = 1.0
@@ -251,6 +252,19 @@ cdef inline void block_terms(Block *b, const floating *m, Py_ssize_t count, Py_s
     for i in range(count):
         terms = index_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
+        b.loss[i] = terms.loss
+        b.p_scale[i] = terms.p_scale
+        b.smooth_scale[i] = terms.smooth_scale
+        b.label_grad[i] = terms.label_grad
+
+
+cdef inline void block_focal_terms(Block *b, const floating *m, Py_ssize_t count,
+                                   LossOptions o) noexcept nogil:
+    """block_terms of the focal loss (focal_row_terms), its own loop (see any_row_terms)."""
+    cdef Py_ssize_t i
+    cdef IndexRowTerms terms
+    for i in range(count):
+        terms = focal_row_terms(m[i], b.x_y[i], b.total[i], b.log_total[i], b.w_y[i], b.s[i], o)
         b.loss[i] = terms.loss
         b.p_scale[i] = terms.p_scale
         b.smooth_scale[i] = terms.smooth_scale
@@ -308,6 +322,7 @@ cdef inline void group_loss_grad_index(
     Py_ssize_t n,
     LossOptions o,
     floating *m,               # scratch, BLOCK_ROWS: the rows' max
+    floating *stats,           # scratch (n) for the entropy (stats_exps), or NULL
 ) noexcept nogil:
     """Rows first .. first+count-1 of cross_entropy_index's row path, as row_loss_grad_index
     computes them (see the section's comment): statistics row by row, the formula along
@@ -319,13 +334,13 @@ cdef inline void group_loss_grad_index(
     cdef Py_ssize_t i, y
     cdef double excess
     cdef bint with_grad = g.base != NULL
-    cdef bint stats = wants_stats(o)
+    cdef bint want_stats = wants_stats(o)
     cdef floating *e
     for i in range(count):
         y = (<const int64_t *>row_at(target, first + i))[0]
         if left_out(y, n, o):
-            if stats:
-                row_stats_alone(<const floating *>row_at(x, first + i), n, o, first + i)
+            if want_stats:
+                row_stats_alone(<const floating *>row_at(x, first + i), n, o, first + i, stats)
             b.fill[i] = left_out_value(y, o)
             b.label[i] = -1
             m[i] = 0  # stand-in statistics of a row whose result is dropped
@@ -341,25 +356,26 @@ cdef inline void group_loss_grad_index(
         xi = <const floating *>row_at(x, first + i)
         gi = <floating *>row_at(g, first + i) if with_grad else NULL
         m[i] = row_max(xi, n)
-        if stats:
+        if want_stats:
             row_stats_first(xi, n, m[i], o, first + i)
         b.x_y[i] = xi[y]  # read before gi overwrites xi
         b.gap[i] = row_gapsum(xi, w, n, m[i]) if o.eps != 0.0 else 0.0
-        e = stats_exps(xi, gi, o) if stats else gi
+        e = stats_exps(xi, gi, o, stats) if want_stats else gi
         b.total[i] = row_expsum(xi, e, n, m[i], &excess)
         b.excess[i] = excess
         b.e_y[i] = e[y] if e != NULL else 0.0
-        if stats:  # before the gradient overwrites xi (in place)
+        if want_stats:  # before the gradient overwrites xi (in place)
             row_stats(xi, e, gi, n, m[i], b.total[i], sml_log1p(excess), o, first + i)
         b.w_y[i] = w[y] if w != NULL else 1.0
         b.s[i] = sample_weight_at(sample_weight, first + i)
     for i in range(count):  # vectorised along the rows
         b.log_total[i] = sml_log1p(b.excess[i])
     cdef LossOptions constant = o
-    if o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0:  # known zero at compile time: vectorised
+    if o.focal_gamma != 0.0:
+        block_focal_terms(&b, m, count, o)
+    elif o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
         constant.eps = 0.0
         constant.z = 0.0
-        constant.focal_gamma = 0.0
         block_terms(&b, m, count, n, constant)
     else:
         block_terms(&b, m, count, n, o)
@@ -384,7 +400,7 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
     cdef Py_ssize_t c
     if (not (isfinite(p_scale) and isfinite(smooth_scale))
             or divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o)):
-        terms = index_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+        terms = any_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
         grad_divided(g, 1, n, terms, o)
     elif o.eps == 0.0:

@@ -120,6 +120,7 @@ cdef inline void half_index_chunk(
     LossOptions o,
     float *rows,               # scratch, count * n: the rows in float32, then their gradient
     float *work,               # the float32 path's own scratch (HALF_ROWS: none)
+    float *stats,              # scratch (n) for the entropy, or NULL (see stats_size)
 ) noexcept nogil:
     """Rows first .. first+count-1 of cross_entropy_index_half: converted into `rows`,
     computed there in place by the float32 path, their gradient rounded back into g."""
@@ -146,9 +147,9 @@ cdef inline void half_index_chunk(
     if path == HALF_BLOCKS:
         block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work)
     elif path == HALF_GROUPS:
-        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work)
+        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work, stats)
     else:
-        index_row(xs, gs, ts, ss, losses, 0, n, local, <float *>NULL)
+        index_row(xs, gs, ts, ss, losses, 0, n, local, <float *>NULL, stats)
     for i in range(count):
         row_loss[first + i] = losses[i]
         half_store(g, first + i, n, kind, rows + i * n)
@@ -201,19 +202,20 @@ def cross_entropy_index_half(
     cdef int failed = 0
     cdef ThreadScratch scratch = thread_scratch(True, &failed)
     cdef float *buffer = NULL
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the chunk's own
+    cdef float *stats = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <float *>scratch_alloc(scratch, (chunk * n + work_size) * sizeof(float))
+        buffer = <float *>scratch_alloc(scratch, (chunk * n + work_size + extra) * sizeof(float))
         mine = o
-        mine.stats_scratch = stats_alloc(mine, n * sizeof(float))
+        stats = buffer + chunk * n + work_size if extra > 0 else NULL
         for block in prange((n_rows + chunk - 1) // chunk, schedule="static"):
-            if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
+            if scratch_missing(scratch, buffer):
                 continue
             half_index_chunk(xv, gv, tv, sv, losses, block * chunk,
                              min(chunk, n_rows - block * chunk), n, kind, path, mine,
-                             buffer, buffer + chunk * n)
+                             buffer, buffer + chunk * n, stats)
         free(buffer)
-        free(mine.stats_scratch)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser
 
@@ -259,21 +261,22 @@ def cross_entropy_probs_half(
     cdef int failed = 0
     cdef ThreadScratch scratch = thread_scratch(True, &failed)
     cdef float *buffer = NULL
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the row's own
+    cdef float *stats = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <float *>scratch_alloc(scratch, n * sizeof(float))
+        buffer = <float *>scratch_alloc(scratch, (n + extra) * sizeof(float))
         mine = o
-        mine.stats_scratch = stats_alloc(mine, n * sizeof(float))
+        stats = buffer + n if extra > 0 else NULL
         for r in prange(n_rows, schedule="static"):
-            if scratch_missing(scratch, buffer) or stats_missing(mine, scratch):
+            if scratch_missing(scratch, buffer):
                 continue
             half_load(xv, r, n, kind, buffer)
             losses[r] = row_loss_grad_probs(
                 <const float *>buffer, buffer if gv.base != NULL else <float *>NULL, n,
-                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine, r)
+                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine, r, stats)
             half_store(gv, r, n, kind, buffer)
         free(buffer)
-        free(mine.stats_scratch)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser
 

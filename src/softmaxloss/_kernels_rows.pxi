@@ -113,12 +113,13 @@ cdef inline void row_stats_first(const floating *x, Py_ssize_t n, floating m, Lo
         o.lse_out[r] = nonfinite_row_lse(<const char *>x, sizeof(floating), n, m)
 
 
-cdef inline floating *stats_exps(const floating *x, floating *g, LossOptions o) noexcept nogil:
+cdef inline floating *stats_exps(const floating *x, floating *g, LossOptions o,
+                                 floating *stats) noexcept nogil:
     """Where a row's exponentials go: g (NULL: nowhere), or this thread's stats scratch
     when the entropy needs them beside the logits and g would overwrite those (in place)
     or is missing."""
     if o.entropy_out != NULL and (g == NULL or <const floating *>g == x):
-        return <floating *>o.stats_scratch
+        return stats
     return g
 
 
@@ -145,14 +146,14 @@ cdef inline void row_stats(const floating *x, floating *e, floating *g, Py_ssize
 
 
 cdef inline void row_stats_alone(const floating *x, Py_ssize_t n, LossOptions o,
-                                 Py_ssize_t r) noexcept nogil:
+                                 Py_ssize_t r, floating *stats) noexcept nogil:
     """The extra outputs of a row the loss leaves out (ignored): its statistics for them
     only, x unchanged."""
     cdef floating m = row_max(x, n)
     cdef double excess, total
     row_stats_first(x, n, m, o, r)
-    total = row_expsum(x, <floating *>o.stats_scratch, n, m, &excess)
-    row_stats(x, <floating *>o.stats_scratch, <floating *>NULL, n, m, total, sml_log1p(excess), o, r)
+    total = row_expsum(x, stats, n, m, &excess)
+    row_stats(x, stats, <floating *>NULL, n, m, total, sml_log1p(excess), o, r)
 
 
 # ---- layer 2b: row kernels -----------------------------------------------------------
@@ -269,6 +270,43 @@ cdef struct IndexRowTerms:
     double smooth         # eps / n
 
 
+cdef inline IndexRowTerms finished_terms(double loss, double p_coef, double label_grad,
+                                        double s, double inv_total, double smooth,
+                                        double divisor) noexcept nogil:
+    """An IndexRowTerms from the formula's coefficients: each times s, then divided by W."""
+    cdef IndexRowTerms terms
+    terms.loss = s * loss
+    terms.p_scale = (s * p_coef * inv_total) / divisor
+    terms.smooth_scale = (s * smooth) / divisor
+    terms.label_grad = (s * label_grad) / divisor
+    terms.s = s
+    terms.p_coef = p_coef
+    terms.inv_total = inv_total
+    terms.smooth = smooth
+    return terms
+
+
+cdef inline IndexRowTerms focal_row_terms(double m, double x_y, double total, double log_total,
+                                          double w_y, double s, LossOptions o) noexcept nogil:
+    """index_row_terms of the softmax focal loss (o.focal_gamma > 0, no label smoothing):
+        loss_n = s (w_y f(L) + z lse^2),  L = -log p_y = log S + (m - x_y)
+        grad_c = (s / W) ((w_y f'(L) + 2 z lse) p_c - w_y f'(L) [c == y])
+    with f, f' from focal_terms; 1 - p_y = -expm1(-L) (accurate as p_y -> 1)."""
+    cdef double neg_L = sml_sub_sub(x_y, m, log_total)  # -L, rounded once
+    cdef double loss, slope
+    loss, slope = focal_terms(-neg_L, o.focal_gamma)
+    loss = w_y * loss
+    cdef double p_coef = w_y * slope
+    cdef double inv_total = 1.0 / total
+    cdef double label_grad = -w_y * slope * -expm1(neg_L)
+    cdef double lse = m + log_total
+    if o.z != 0.0:
+        loss += o.z * lse * lse
+        p_coef += 2.0 * o.z * lse
+        label_grad += 2.0 * o.z * lse * libc_exp(neg_L)  # 2 z lse p_y
+    return finished_terms(loss, p_coef, label_grad, s, inv_total, 0.0, o.divisor)
+
+
 cdef inline IndexRowTerms index_row_terms(
     double m,             # the row max
     double x_y,           # the label's logit
@@ -301,13 +339,7 @@ cdef inline IndexRowTerms index_row_terms(
     cdef double inv_total = 1.0 / total
     cdef double p_y = e_y * inv_total
     cdef double loss = 0.0, p_coef = 0.0, label_grad = 0.0
-    cdef double focal_scale
-    if o.focal_gamma != 0.0:  # focal loss (eps is 0: refused with it)
-        loss, focal_scale = focal_terms(-sml_sub_sub(x_y, m, log_total), o.focal_gamma)
-        loss = w_y * loss
-        p_coef = w_y * focal_scale
-        label_grad = -w_y * focal_scale * -expm1(sml_sub_sub(x_y, m, log_total))
-    elif eps != 1.0:
+    if eps != 1.0:
         # log S + (m - x_y) with m - x_y exact, rounded once: -sml_sub_sub(x_y, m, log S)
         loss = (1.0 - eps) * w_y * -sml_sub_sub(x_y, m, log_total)
         p_coef = (1.0 - eps) * w_y
@@ -330,6 +362,22 @@ cdef inline IndexRowTerms index_row_terms(
     terms.p_coef = p_coef
     terms.inv_total = inv_total
     terms.smooth = smooth
+    return terms
+
+
+cdef inline IndexRowTerms any_row_terms(
+    double m, double x_y, double gap_sum, double total, double excess, double log_total,
+    double e_y, Py_ssize_t n, double w_y, double s, LossOptions o,
+) noexcept nogil:
+    """The row's terms, focal (focal_row_terms) or not (index_row_terms): the
+    cross-entropy's always computed, then replaced for the focal loss. Not a branch
+    around it (nor inside index_row_terms): gcc then contracts the cross-entropy's
+    arithmetic into FMAs differently in the row path than in the group path (different
+    bits for the same row, measured with the AVX2 build)."""
+    cdef IndexRowTerms terms = index_row_terms(m, x_y, gap_sum, total, excess, log_total, e_y,
+                                               n, w_y, s, o)
+    if o.focal_gamma != 0.0:
+        terms = focal_row_terms(m, x_y, total, log_total, w_y, s, o)
     return terms
 
 
@@ -375,25 +423,26 @@ cdef inline double row_loss_grad_index(
     double s,                  # the row's sample weight
     LossOptions o,
     Py_ssize_t r,              # the row's number (where its extra outputs go)
+    floating *stats,           # scratch (n) for the entropy's exponentials (stats_exps), or NULL
 ) noexcept nogil:
     """One row with a class-index target, vectorised along its classes: returns loss_n
     and writes d(loss)/dx into g (see index_row_terms), and the row's extra outputs when
     the options ask for them (row_stats)."""
     cdef const double *w = o.w
     cdef floating m = row_max(x, n)
-    cdef bint stats = wants_stats(o)
-    if stats:
+    cdef bint want_stats = wants_stats(o)
+    if want_stats:
         row_stats_first(x, n, m, o, r)
     cdef double x_y = x[y]  # read before g overwrites x
     cdef double gap_sum = row_gapsum(x, w, n, m) if o.eps != 0.0 else 0.0
     cdef double excess
-    cdef floating *e = stats_exps(x, g, o) if stats else g
+    cdef floating *e = stats_exps(x, g, o, stats) if want_stats else g
     cdef double total = row_expsum(x, e, n, m, &excess)
     cdef double e_y = e[y] if e != NULL else 0.0
     cdef double log_total = sml_log1p(excess)
-    if stats:
+    if want_stats:
         row_stats(x, e, g, n, m, total, log_total, o, r)
-    cdef IndexRowTerms terms = index_row_terms(
+    cdef IndexRowTerms terms = any_row_terms(
         m, x_y, gap_sum, total, excess, log_total, e_y, n, w[y] if w != NULL else 1.0, s, o)
     if g == NULL:
         return terms.loss
@@ -434,6 +483,7 @@ cdef inline double row_loss_grad_probs(
     double s,                         # the row's sample weight
     LossOptions o,                    # w, eps, z and the divisor (w_sum unused)
     Py_ssize_t r,                     # the row's number (where its extra outputs go)
+    floating *stats,                  # scratch (n) for the entropy (stats_exps), or NULL
 ) noexcept nogil:
     """One row with probability targets: returns loss_n and writes d(loss)/dx into g.
 
@@ -446,8 +496,8 @@ cdef inline double row_loss_grad_probs(
     cdef const double *w = o.w
     cdef double eps = o.eps, z = o.z, divisor = o.divisor
     cdef floating m = row_max(x, n)
-    cdef bint stats = wants_stats(o)
-    if stats:
+    cdef bint want_stats = wants_stats(o)
+    if want_stats:
         row_stats_first(x, n, m, o, r)
     cdef double smooth = eps / <double>n
     cdef double weight_total = 0.0, gap_sum = 0.0, gap_lo = 0.0, wy
@@ -463,10 +513,10 @@ cdef inline double row_loss_grad_probs(
     gap_sum = gap_sum + gap_lo
 
     cdef double excess
-    cdef floating *e = stats_exps(x, g, o) if stats else g
+    cdef floating *e = stats_exps(x, g, o, stats) if want_stats else g
     cdef double total = row_expsum(x, e, n, m, &excess)
     cdef double log_total = sml_log1p(excess)
-    if stats:
+    if want_stats:
         row_stats(x, e, g, n, m, total, log_total, o, r)
     cdef double lse = <double>m + log_total
     cdef double loss = weight_total * log_total + gap_sum
