@@ -2,9 +2,9 @@
  * Row statistics beyond the loss, for the opt-in extra outputs of the cross-entropy
  * kernels (issue 16 item 3): the entropy's sum and the argmax of one contiguous row.
  * Loops written once for float and double (a macro instantiated twice), vectorisable
- * without reassociation: SML_LANES partial sums, lane k taking the indices = k mod
- * SML_LANES, added up in the one order of SML_LANE_TOTAL, so the same bits for any
- * thread, chunking or alignment.
+ * without reassociation: 2 SML_LANES partial sums, lane k taking the indices = k mod
+ * 2 SML_LANES, folded and added up in the one order of SML_LANE_TOTAL, so the same bits
+ * for any thread, chunking or alignment.
  *
  * sml_row_entsum_*(x, e, n, m): sum_c e[c] * (m - x[c]) in double, e[c] = exp(x[c] - m)
  *     as the exp-sum wrote it, m the row max: every term >= 0 (no cancellation). A term
