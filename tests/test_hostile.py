@@ -80,6 +80,11 @@ def _linear_scale(c):
     return (0.0, term, min(term * largest * max(np.size(c.target), 1), float(np.finfo(np.float64).max)))
 
 
+def _extra_outputs(result):
+    """(lse, entropy, argmax) of a CrossEntropyOutputs (None passed on: the registry's recorder)."""
+    return None if result is None else (result.lse, result.entropy, result.argmax)
+
+
 @dataclass(frozen=True)
 class Call:
     """How to call a function of a module (softmaxloss or its reference) on a case."""
@@ -133,6 +138,17 @@ CALLS = {
     "with_grad_in_place": Call(
         lambda f, c: _with_grad_in_place(f.cross_entropy_with_grad, c, reduction="sum"),
         lambda c: gradient_scale(c, reduction="sum"),
+    ),
+    "with_grad_focal": Call(  # f'(L) <= 1 + gamma: at most 3 times the cross-entropy's scale
+        lambda f, c: f.cross_entropy_with_grad(
+            c.x, c.target, axis=c.axis, weight=c.weight, sample_weight=c.sample_weight, focal_gamma=2.0,
+        ),
+        lambda c: tuple(3 * v for v in gradient_scale(c, weight=c.weight, sample_weight=c.sample_weight)),
+    ),
+    "extra_outputs": Call(  # lse, entropy, argmax (issue 16 item 3)
+        lambda f, c: _extra_outputs(f.cross_entropy(c.x, c.target, axis=c.axis, reduction="none",
+                                                    return_lse=True, return_entropy=True, return_argmax=True)),
+        every_case=True,
     ),
     "linear_cross_entropy": Call(
         lambda f, c: f.linear_cross_entropy(*_as_linear(c), c.target, chunk_size=2), every_case=True

@@ -18,6 +18,7 @@ from ._facade import (
     logsumexp,
     softmax,
 )
+from ._outputs import CrossEntropyOutputs
 from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from .layer import SoftmaxWithLoss
 
@@ -42,6 +43,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CrossEntropyOutputs",
     "SoftmaxWithLoss",
     "__version__",
     "cross_entropy",

@@ -26,6 +26,7 @@ from . import _dispatch
 from ._halfdtypes import half_kind, is_bfloat16, round_float64
 from ._layout import KERNEL_DTYPES, MergedAxes, RowsLayout
 from ._where import stand_in
+from ._outputs import CrossEntropyOutputs, n_correct, requested_outputs
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
@@ -280,30 +281,36 @@ def _kernel_totals(
     x_rows: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
     sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
     options: LossOptions, row_loss: np.ndarray, grad_rows: np.ndarray | None, threads: int,
+    stats: _RowStats | None = None,
 ) -> tuple[float, float] | int:
     """Run the cross-entropy kernel, the one place that does but for `_common_case`'s
     `cross_entropy_plain`, on rows views laid out by the caller: (sum of the per-row losses, the mean's W); or, when a class index is out
     of range and not ignored, the number r = a * B + b of the first such row of the rows
     views, which the kernel finds and reports before it writes anything. Half-precision
-    logits (and gradient) go to the half entry points, as their uint16 bits."""
+    logits (and gradient) go to the half entry points, as their uint16 bits. `stats`:
+    the extra outputs requested (their arrays, filled by the kernel), and the focal gamma
+    goes with the options."""
     mean = options.reduction == "mean"
     kind = half_kind(x_rows.dtype)
     if options.softcap is not None:
         return _softcap_totals(x_rows, target_rows, weight, sample_weight, target_ignore_index,
                                probabilities, options, row_loss, grad_rows, threads, kind)
+    extra: dict[str, Any] = {} if stats is None else stats.kernel_arrays()
+    if options.focal_gamma:
+        extra["focal_gamma"] = options.focal_gamma
     if kind is not None:
         return _half_totals(x_rows.view(_BITS), target_rows, weight, sample_weight, target_ignore_index,
                             probabilities, options, row_loss,
-                            None if grad_rows is None else grad_rows.view(_BITS), threads, kind)
+                            None if grad_rows is None else grad_rows.view(_BITS), threads, kind, extra)
     if probabilities:
         totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs", x_rows.dtype, target_rows.dtype)(
             x_rows, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
-            mean, row_loss, grad_rows, threads,
+            mean, row_loss, grad_rows, threads, **extra,
         )
         return totals
     index_totals: tuple[float, float] | None = _dispatch.specialised("cross_entropy_index", x_rows.dtype)(
         x_rows, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
-        options.z_loss, mean, row_loss, grad_rows, threads, True,
+        options.z_loss, mean, row_loss, grad_rows, threads, True, **extra,
     )
     if index_totals is None:  # the kernel reported the row in row_loss
         return int(row_loss[0, 0])
@@ -314,18 +321,21 @@ def _half_totals(
     x_bits: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
     sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
     options: LossOptions, row_loss: np.ndarray, grad_bits: np.ndarray | None, threads: int, kind: int,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[float, float] | int:
-    """_kernel_totals for half-precision logits given as their bits."""
+    """_kernel_totals for half-precision logits given as their bits (`extra`: the kernel's
+    keywords of the extra outputs and focal gamma)."""
     mean = options.reduction == "mean"
+    extra = {} if extra is None else extra
     if probabilities:
         totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs_half", target_rows.dtype)(
             x_bits, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
-            mean, row_loss, grad_bits, kind, threads,
+            mean, row_loss, grad_bits, kind, threads, **extra,
         )
         return totals
     index_totals: tuple[float, float] | None = _dispatch.kernels.cross_entropy_index_half(
         x_bits, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
-        options.z_loss, mean, row_loss, grad_bits, kind, threads, True,
+        options.z_loss, mean, row_loss, grad_bits, kind, threads, True, **extra,
     )
     if index_totals is None:  # the kernel reported the row in row_loss
         return int(row_loss[0, 0])
@@ -357,6 +367,37 @@ def _softcap_totals(
     if index_totals is None:  # the kernel reported the row in row_loss
         return int(row_loss[0, 0])
     return index_totals
+class _RowStats:
+    """The extra outputs a call requested (issue 16 item 3): the kernel's per-row arrays
+    for them (the rows view's (A, B) shape), and what the call returns of them."""
+
+    def __init__(self, requested: tuple[bool, bool, bool], rows_shape: tuple[int, ...]) -> None:
+        self.lse, self.entropy, self.argmax = (
+            np.empty(rows_shape, dtype) if wanted else None
+            for wanted, dtype in zip(requested, (np.float64, np.float64, np.int64))
+        )
+
+    def kernel_arrays(self) -> dict[str, np.ndarray]:
+        """The kernel's keywords of the requested outputs."""
+        return {name: array for name, array in
+                (("lse", self.lse), ("entropy", self.entropy), ("argmax", self.argmax))
+                if array is not None}
+
+    def results(self, loss: Any, grad: np.ndarray | None, layout: RowsLayout,
+                args: LossArgs) -> CrossEntropyOutputs:
+        """The call's CrossEntropyOutputs: lse and entropy in the result dtype (rounded once
+        from float64), argmax int64, all of the rows' shape; the number correct."""
+        def per_row(values: np.ndarray | None) -> Any:
+            if values is None:
+                return None
+            with np.errstate(over="ignore"):
+                return round_float64(layout.per_row(values), args.dtypes.result)[()]
+        argmax = None
+        correct = None
+        if self.argmax is not None:
+            argmax = np.array(layout.per_row(self.argmax))[()]
+            correct = n_correct(argmax, args.target, args.probabilities, args.axis, args.target_ignore_index)
+        return CrossEntropyOutputs(loss, grad, per_row(self.lse), per_row(self.entropy), argmax, correct)
 
 
 _INT64 = np.dtype(np.int64)
@@ -437,7 +478,10 @@ def _common_case(
     return _as_result(total, dtype), grad  # beyond float32's range: rounds to +-inf quietly
 
 
-def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool) -> tuple[Any, np.ndarray | None]:
+def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_grad: bool,
+                   requested: tuple[bool, bool, bool] | None = None) -> Any:
+    """(loss, grad or None); with `requested` (which of lse, entropy, argmax) a
+    CrossEntropyOutputs, the extra outputs computed by the same kernel pass."""
     x = args.logits
     layout = RowsLayout.of(x if out is None else out, args.axis)
     storage = _storage(args.dtypes)
@@ -462,12 +506,15 @@ def _cross_entropy(args: LossArgs, threads: int, out: np.ndarray | None, with_gr
         target_rows = layout.input(args.target, target_dtype)
     else:
         target_rows = layout.rows(args.target)
+    stats = None if requested is None else _RowStats(requested, layout.rows_shape[:2])
     totals = _kernel_totals(x_rows, target_rows, weight, sample_weight, args.target_ignore_index,
-                            args.probabilities, args.options, row_loss, grad_rows, threads)
+                            args.probabilities, args.options, row_loss, grad_rows, threads, stats)
     if isinstance(totals, int):  # a class out of range, in row `totals`: nothing was written
         raise class_out_of_range(args.target, totals, args.n_classes, args.options.ignore_index)
     loss = _reduce(totals[0], totals[1], row_loss, layout, args)
     grad = None if buffer is None else _result(buffer, out, args.dtypes)
+    if stats is not None:
+        return stats.results(loss, grad, layout, args)
     return loss, grad
 
 
@@ -582,6 +629,10 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    focal_gamma: float | None = None,
+    return_lse: bool = False,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
     where: Any = None,
     n_threads: int | None = None,
 ) -> Any:
@@ -605,20 +656,32 @@ def cross_entropy(
     the mean.
 
     `softcap`: None, or a cap > 0: the loss of the soft-capped logits cap * tanh(logits / cap)
-    (Gemma 2: 30), formed inside the kernel's pass (never stored).
+    (Gemma 2: 30), formed inside the kernel's pass (never stored); not yet with
+    `focal_gamma` or the `return_*` outputs (ValueError).
+    `focal_gamma` (None, or gamma >= 0; class-index targets, no label smoothing or
+    `where`): the softmax focal loss, per row s w[y] (1 - p_y)^gamma (-log p_y) (+ the
+    z-loss term), "mean" dividing by the same W; gamma 0 is the cross-entropy.
+    `return_lse`, `return_entropy`, `return_argmax`: also return, from the same pass, each
+    row's log-sum-exp, entropy of softmax(logits), argmax and the number of correct
+    predictions: the result is then a `CrossEntropyOutputs` (loss, grad=None, lse,
+    entropy, argmax, n_correct; None where not requested).
     """
-    common = None if where is not None or softcap is not None else _common_case(
-        logits, target, axis, weight, sample_weight, ignore_index, reduction,
-        label_smoothing, z_loss, n_threads, with_grad=False)
-    if common is not None:
-        return common[0]
+    if (where is None and softcap is None and focal_gamma is None and return_lse is False
+            and return_entropy is False and return_argmax is False):
+        common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
+                              label_smoothing, z_loss, n_threads, with_grad=False)
+        if common is not None:
+            return common[0]
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
-             softcap=softcap),
+             softcap=softcap, focal_gamma=focal_gamma),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, check_range=False,
         where=where,
     )
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
+    if requested is not None:
+        return _cross_entropy(args, _threads(n_threads), None, False, requested)
     compute = _masked_cross_entropy if args.where is not None else _cross_entropy
     loss, _ = compute(args, _threads(n_threads), None, with_grad=False)
     return loss
@@ -636,10 +699,14 @@ def cross_entropy_with_grad(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    focal_gamma: float | None = None,
+    return_lse: bool = False,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
     where: Any = None,
     out: np.ndarray | None = None,
     n_threads: int | None = None,
-) -> tuple[Any, np.ndarray]:
+) -> Any:
     """`cross_entropy` and its gradient with respect to the logits, in one pass.
 
     grad has the logits' shape and dtype and is d(returned loss)/d(logits); for
@@ -649,20 +716,27 @@ def cross_entropy_with_grad(
     `cross_entropy`; masked classes get gradient exactly 0 (but a label's own masked
     class: -s (1-eps) w[y] / W, its logit being in the loss). With `softcap`, grad is the
     capped logits' gradient times sech^2(logits / cap), the slope formed exactly as
-    4 e^(-2|u|) / (1 + e^(-2|u|))^2 (u = logits / cap).
+    4 e^(-2|u|) / (1 + e^(-2|u|))^2 (u = logits / cap). `focal_gamma` and the
+    `return_*` keywords as in `cross_entropy` (the focal gradient is the cross-entropy's
+    p - onehot rescaled per row by f'(L), L = -log p_y, f(L) = (1 - e^-L)^gamma L); with
+    extra outputs the result is a `CrossEntropyOutputs` (loss, grad, lse, ...).
     """
-    common = None if where is not None or softcap is not None else _common_case(
-        logits, target, axis, weight, sample_weight, ignore_index, reduction,
-        label_smoothing, z_loss, n_threads, with_grad=True, out=out)
-    if common is not None and common[1] is not None:
-        return common[0], common[1]
+    if (where is None and softcap is None and focal_gamma is None and return_lse is False
+            and return_entropy is False and return_argmax is False):
+        common = _common_case(logits, target, axis, weight, sample_weight, ignore_index, reduction,
+                              label_smoothing, z_loss, n_threads, with_grad=True, out=out)
+        if common is not None and common[1] is not None:
+            return common[0], common[1]
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
-             softcap=softcap),
+             softcap=softcap, focal_gamma=focal_gamma),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out, check_range=False,
         where=where,
     )
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
+    if requested is not None:
+        return _cross_entropy(args, _threads(n_threads), out, True, requested)
     compute = _masked_cross_entropy if args.where is not None else _cross_entropy
     loss, grad = compute(args, _threads(n_threads), out, with_grad=True)
     assert grad is not None

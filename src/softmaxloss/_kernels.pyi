@@ -63,6 +63,10 @@ def cross_entropy_index(
     grad: npt.NDArray[_F] | None,
     n_threads: int,
     report_invalid_row: bool = False,
+    lse: npt.NDArray[np.float64] | None = None,
+    entropy: npt.NDArray[np.float64] | None = None,
+    argmax: npt.NDArray[np.int64] | None = None,
+    focal_gamma: float = 0.0,
 ) -> tuple[float, float] | None:
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
@@ -76,7 +80,9 @@ def cross_entropy_index(
     for no rows or no classes; None, having written nothing but row_loss (its scratch),
     when a class is out of range and not ignore_index: with report_invalid_row, the
     first such row's number r = a * B + b is then in row_loss[0, 0] (the facade reports
-    it).
+    it). Extra outputs, each (A, B) C-contiguous or None (not computed): lse, entropy
+    (of softmax) and argmax (np.argmax's) of every row, ignored rows' too, from the same
+    pass. focal_gamma > 0: the softmax focal loss instead (no label smoothing).
     """
 
 def cross_entropy_plain(
@@ -107,6 +113,9 @@ def cross_entropy_probs(
     row_loss: npt.NDArray[np.float64],
     grad: npt.NDArray[_F] | None,
     n_threads: int,
+    lse: npt.NDArray[np.float64] | None = None,
+    entropy: npt.NDArray[np.float64] | None = None,
+    argmax: npt.NDArray[np.int64] | None = None,
 ) -> tuple[float, float]:
     """Per-row cross-entropy losses of probability targets, and their gradient.
 
@@ -257,6 +266,10 @@ def cross_entropy_index_half(
     kind: int,
     n_threads: int,
     report_invalid_row: bool = False,
+    lse: npt.NDArray[np.float64] | None = None,
+    entropy: npt.NDArray[np.float64] | None = None,
+    argmax: npt.NDArray[np.int64] | None = None,
+    focal_gamma: float = 0.0,
 ) -> tuple[float, float] | None:
     """cross_entropy_index of half logits (the same arguments and returns, and `kind`); the
     gradient, if any, in the logits' half dtype."""
@@ -273,6 +286,9 @@ def cross_entropy_probs_half(
     grad: npt.NDArray[np.uint16] | None,
     kind: int,
     n_threads: int,
+    lse: npt.NDArray[np.float64] | None = None,
+    entropy: npt.NDArray[np.float64] | None = None,
+    argmax: npt.NDArray[np.int64] | None = None,
 ) -> tuple[float, float]:
     """cross_entropy_probs of half logits (the same arguments and returns, and `kind`)."""
 

@@ -19,7 +19,9 @@ Design, bottom up (each layer calls only the one below it):
    classes, transposed so that every step is vectorised across the rows). A call's
    options (class weights, label smoothing, z-loss, the divisor W, ignore_index) reach
    them as one `LossOptions`, and one rule (`kept_class`) leaves out the ignored rows
-   and those with a class out of range.
+   and those with a class out of range. The options also carry the focal loss's gamma
+   (a per-row factor inside `index_row_terms`) and where the opt-in extra outputs go
+   (per-row log-sum-exp, entropy, argmax: `row_stats`, from the same statistics).
 3. Array loops (the `def` functions, in this file, and what they share, in
    `_kernels_loops.pxi`): every array arrives as a "rows view" of shape
    (A, B, C): the class axis last, rows indexed by r = a * B + b, any strides (a
@@ -53,7 +55,9 @@ import os as _os
 
 from cython.parallel cimport parallel, prange
 from libc.float cimport DBL_MIN
-from libc.math cimport INFINITY, NAN, fabs, isfinite
+from libc.math cimport INFINITY, NAN, expm1, fabs, isfinite, isnan, pow
+from libc.math cimport exp as libc_exp
+from libc.string cimport memcpy
 from libc.stdint cimport int64_t, uint16_t, uint64_t
 from libc.stdlib cimport free, malloc
 
@@ -77,6 +81,15 @@ cdef extern from "_rowops.h" nogil:
     double sml_row_expsum_d(const double *x, double *e, Py_ssize_t n, double m, double *excess)
     double sml_row_gapsum_f(const float *x, const double *w, Py_ssize_t n, double m)
     double sml_row_gapsum_d(const double *x, const double *w, Py_ssize_t n, double m)
+
+
+cdef extern from "_rowstats.h" nogil:
+    double sml_row_entsum_f(const float *x, const float *e, Py_ssize_t n, double m)
+    double sml_row_entsum_d(const double *x, const double *e, Py_ssize_t n, double m)
+    Py_ssize_t sml_row_find_f(const float *x, Py_ssize_t n, float m)
+    Py_ssize_t sml_row_find_d(const double *x, Py_ssize_t n, double m)
+    Py_ssize_t sml_row_first_nan_f(const float *x, Py_ssize_t n)
+    Py_ssize_t sml_row_first_nan_d(const double *x, Py_ssize_t n)
 
 
 cdef extern from "_blockops.h" nogil:
@@ -168,6 +181,14 @@ cdef struct LossOptions:
     double z              # z-loss coefficient
     double divisor        # W for reduction="mean" (NaN when W is 0), else 1
     int64_t ignore_index  # class-index targets: the rows left out
+    # Softmax focal loss (issue 16 item 4): the row's -log p_y term becomes
+    # (1 - p_y)^gamma (-log p_y), its gradient rescaled (index_row_terms); 0: plain.
+    double focal_gamma
+    # The opt-in extra outputs (issue 16 item 3), row r at [r], NULL when not requested
+    # (row_stats_first, row_stats): the row's log-sum-exp, entropy, argmax.
+    double *lse_out
+    double *entropy_out
+    int64_t *argmax_out
 
 
 include "_kernels_rows.pxi"
@@ -288,6 +309,8 @@ cdef int index_loops(const floating *kind, Rows xv, Rows gv, Rows tv, Rows sv, d
     cdef floating *buffer = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     cdef Py_ssize_t group = group_rows(n, sizeof(floating))
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the loop's own
+    cdef floating *stats = NULL
     if in_blocks(n, sizeof(floating)):
         scratch = thread_scratch(True, &failed)
         with nogil, parallel(num_threads=threads):
@@ -303,23 +326,26 @@ cdef int index_loops(const floating *kind, Rows xv, Rows gv, Rows tv, Rows sv, d
     elif group > 0 and not row_scratch(xv, gv, sizeof(floating), &failed).needed:
         scratch = thread_scratch(True, &failed)
         with nogil, parallel(num_threads=threads):
-            buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
+            buffer = <floating *>scratch_alloc(scratch, (BLOCK_ROWS + extra) * sizeof(floating))
             mine = o
+            stats = buffer + BLOCK_ROWS if extra > 0 else NULL
             for block in prange((n_rows + group - 1) // group, schedule="static"):
                 if scratch_missing(scratch, buffer):
                     continue
                 group_loss_grad_index(xv, gv, tv, sv, losses, block * group,
-                                      min(group, n_rows - block * group), n, mine, buffer)
+                                      min(group, n_rows - block * group), n, mine, buffer, stats)
             free(buffer)
     else:
         scratch = row_scratch(xv, gv, sizeof(floating), &failed)
+        scratch.needed = scratch.needed or extra > 0
         with nogil, parallel(num_threads=threads):
-            buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
+            buffer = <floating *>scratch_alloc(scratch, (n + extra) * sizeof(floating))
             mine = o
+            stats = buffer + n if extra > 0 else NULL
             for r in prange(n_rows, schedule="static"):
                 if scratch_missing(scratch, buffer):
                     continue
-                index_row(xv, gv, tv, sv, losses, r, n, mine, buffer)
+                index_row(xv, gv, tv, sv, losses, r, n, mine, buffer, stats)
             free(buffer)
     scratch_raise(scratch)
     return 0
@@ -338,13 +364,18 @@ def cross_entropy_index(
     floating[:, :, :] grad,             # OUT (A, B, C) gradient, or None; may be x's memory
     int n_threads,
     bint report_invalid_row=False,
+    double[:, ::1] lse=None,            # OUT (A, B) per-row log-sum-exp, or None
+    double[:, ::1] entropy=None,        # OUT (A, B) per-row entropy of softmax, or None
+    int64_t[:, ::1] argmax=None,        # OUT (A, B) per-row argmax (np.argmax's), or None
+    double focal_gamma=0.0,             # softmax focal loss's gamma (0: cross-entropy)
 ):
     """Per-row cross-entropy losses of class-index targets, and their gradient.
 
     Returns (sum of the per-row losses, W = sum over kept rows of s * w[y]), or None
     when a class is out of range (and not ignore_index), having written nothing but
     row_loss (its first pass uses it as scratch), and with report_invalid_row the
-    number r = a * B + b of the first such row into row_loss[0, 0]."""
+    number r = a * B + b of the first such row into row_loss[0, 0]. The extra outputs
+    (lse, entropy, argmax) are every row's, ignored rows' too (see row_stats)."""
     cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1]
     cdef LossOptions o
     cdef Rows tv, sv
@@ -355,6 +386,7 @@ def cross_entropy_index(
                                       report_invalid_row, &o, &tv, &sv, &normaliser)
     if ready <= 0:
         return (0.0, 0.0) if ready == 0 else None
+    request_stats(&o, x.shape, lse, entropy, argmax, focal_gamma)
     cdef Rows xv = logits_rows(x), gv = output_rows(grad)
     cdef double *losses = &row_loss[0, 0]
     index_loops(&x[0, 0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
@@ -431,6 +463,9 @@ def cross_entropy_probs(
     double[:, ::1] row_loss not None,        # OUT (A, B) per-row losses
     floating[:, :, :] grad,                  # OUT (A, B, C) gradient, or None; may be x's memory
     int n_threads,
+    double[:, ::1] lse=None,                 # OUT (A, B) extra outputs, as cross_entropy_index's
+    double[:, ::1] entropy=None,
+    int64_t[:, ::1] argmax=None,
 ):
     """Per-row cross-entropy losses of probability targets, and their gradient.
 
@@ -448,6 +483,7 @@ def cross_entropy_probs(
     cdef Rows sv = sample_weight_rows(sample_weight)
     cdef double *losses = &row_loss[0, 0]
     cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, 0)
+    request_stats(&o, x.shape, lse, entropy, argmax, 0.0)
     cdef double normaliser
     cdef Py_ssize_t invalid_row
     with nogil:
@@ -455,19 +491,23 @@ def cross_entropy_probs(
     o.divisor = gradient_divisor(mean, normaliser)
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, gv, sizeof(floating), &failed)
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the row's own
+    scratch.needed = scratch.needed or extra > 0
     cdef floating *buffer = NULL
+    cdef floating *stats = NULL
     cdef floating *work
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
+        buffer = <floating *>scratch_alloc(scratch, (n + extra) * sizeof(floating))
         mine = o
+        stats = buffer + n if extra > 0 else NULL
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):
                 continue
             work = row_work(gv, r, buffer)
             losses[r] = row_loss_grad_probs(
                 row_in(xv, r, n, buffer), work, n, <const target_floating *>row_at(tv, r),
-                t_step, sample_weight_at(sv, r), mine)
+                t_step, sample_weight_at(sv, r), mine, r, stats)
             if work != NULL:
                 row_out(gv, r, n, work)
         free(buffer)

@@ -52,12 +52,17 @@ cdef inline void block_loss_grad_index(
     cdef const char *x_rows[BLOCK_ROWS]
     cdef char *g_rows[BLOCK_ROWS]
     cdef Py_ssize_t i
+    cdef double entsum[BLOCK_ROWS]
     for i in range(count):
         x_rows[i] = row_at(x, first + i)
-    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt,
+                     entsum if o.entropy_out != NULL else NULL,
+                     o.argmax_out + first if o.argmax_out != NULL else NULL)
     # Row i's logits are still intact here, also in place: the gradient is written only
     # after the formula.
     block_labels(&b, m, ties, x_rows, x.step, target, sample_weight, first, count, n, o, xt)
+    if o.lse_out != NULL or o.entropy_out != NULL:
+        block_stats(&b, m, entsum, x_rows, x.step, first, count, n, o)
     block_formula(&b, m, row_loss + first, g.base != NULL, count, n, o, xt)
     if g.base == NULL:
         return
@@ -69,10 +74,12 @@ cdef inline void block_loss_grad_index(
 cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                                   const char *const *x_rows, Py_ssize_t step,
                                   Py_ssize_t count, Py_ssize_t n, LossOptions o,
-                                  floating *xt) noexcept nogil:
+                                  floating *xt, double *entsum,
+                                  int64_t *argmax) noexcept nogil:
     """Step 1: the block transposed into xt (xt[c, i] = x[i, c]); each row's max m, gap
     sum, e_c = exp(x_c - m) over xt, and S = ties + rest split as in sml_exp_split
-    (excess = S - 1 and log S)."""
+    (excess = S - 1 and log S). Extra outputs when not NULL: each row's argmax, and the
+    entropy's sum_c e_c (m - x_c) (see row_stats)."""
     cdef const double *w = o.w
     cdef Py_ssize_t i, c
     cdef floating v
@@ -106,18 +113,74 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                     gap_lo[i] += w_c * sml_sub_lo(m[i], xt[c * BLOCK_ROWS + i])
             for i in range(count):
                 b.gap[i] = b.gap[i] + gap_lo[i]
-    for c in range(n):  # exp of the exact x_c - m (sml_exp*_sub)
+    if argmax != NULL:
+        block_argmax(m, count, n, xt, argmax)
+    cdef floating u
+    if entsum != NULL:  # the loop below, with the entropy's sum
         for i in range(count):
-            if floating is float:
-                v = sml_expf_sub(xt[c * BLOCK_ROWS + i], m[i])
-            else:
-                v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
-            xt[c * BLOCK_ROWS + i] = v
-            b.rest[i] += 0.0 if v == 1 else <double>v
-            ties[i] += 1 if v == 1 else 0
+            entsum[i] = 0.0
+        for c in range(n):
+            for i in range(count):
+                u = xt[c * BLOCK_ROWS + i]
+                if floating is float:
+                    v = sml_expf_sub(u, m[i])
+                else:
+                    v = sml_exp_sub(u, m[i])
+                xt[c * BLOCK_ROWS + i] = v
+                b.rest[i] += 0.0 if v == 1 else <double>v
+                ties[i] += 1 if v == 1 else 0
+                entsum[i] += 0.0 if v == 0 else <double>v * (<double>m[i] - <double>u)
+    else:
+        for c in range(n):  # exp of the exact x_c - m (sml_exp*_sub)
+            for i in range(count):
+                if floating is float:
+                    v = sml_expf_sub(xt[c * BLOCK_ROWS + i], m[i])
+                else:
+                    v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
+                xt[c * BLOCK_ROWS + i] = v
+                b.rest[i] += 0.0 if v == 1 else <double>v
+                ties[i] += 1 if v == 1 else 0
     for i in range(count):  # vectorised along the rows
         b.excess[i] = (<double>ties[i] - 1.0) + b.rest[i]
         b.log_total[i] = sml_log1p(b.excess[i])
+
+
+cdef inline void block_argmax(const floating *m, Py_ssize_t count, Py_ssize_t n,
+                              const floating *xt, int64_t *argmax) noexcept nogil:
+    """Each row's np.argmax from the transposed block (before its exponentials): the
+    first NaN, else the first entry equal to its max."""
+    cdef Py_ssize_t first_max[BLOCK_ROWS]
+    cdef Py_ssize_t first_nan[BLOCK_ROWS]
+    cdef Py_ssize_t i, c
+    cdef floating v
+    for i in range(count):
+        first_max[i] = n
+        first_nan[i] = n
+    for c in range(n - 1, -1, -1):  # backwards: the last write is the first index
+        for i in range(count):
+            v = xt[c * BLOCK_ROWS + i]
+            first_max[i] = c if v == m[i] else first_max[i]
+            first_nan[i] = c if v != v else first_nan[i]
+    for i in range(count):
+        argmax[i] = first_nan[i] if first_nan[i] < n else (first_max[i] if first_max[i] < n else 0)
+
+
+cdef inline void block_stats(Block *b, const floating *m, const double *entsum,
+                             const char *const *x_rows, Py_ssize_t step, Py_ssize_t first,
+                             Py_ssize_t count, Py_ssize_t n, LossOptions o) noexcept nogil:
+    """The block's lse and entropy (row_stats' formulas), every row's, ignored ones too."""
+    cdef Py_ssize_t i
+    for i in range(count):
+        if isfinite(m[i]):
+            if o.lse_out != NULL:
+                o.lse_out[first + i] = <double>m[i] + b.log_total[i]
+            if o.entropy_out != NULL:
+                o.entropy_out[first + i] = b.log_total[i] + entsum[i] / b.total[i]
+        else:
+            if o.lse_out != NULL:
+                o.lse_out[first + i] = nonfinite_row_lse(x_rows[i], step, n, m[i])
+            if o.entropy_out != NULL:
+                o.entropy_out[first + i] = NAN
 
 
 cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
@@ -156,7 +219,9 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
     cdef LossOptions constant = o
     cdef IndexRowTerms terms
     cdef Py_ssize_t i
-    if o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
+    if o.focal_gamma != 0.0:
+        block_focal_terms(b, m, count, o)
+    elif o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
         constant.eps = 0.0
         constant.z = 0.0
         block_terms(b, m, count, n, constant)
@@ -170,7 +235,7 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
             continue
         row_loss[i] = b.loss[i]
         if with_grad and divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o):
-            terms = index_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+            terms = any_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                     b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
             grad_divided(&xt[i], BLOCK_ROWS, n, terms, o)
             b.p_scale[i] = 1.0
@@ -187,6 +252,19 @@ cdef inline void block_terms(Block *b, const floating *m, Py_ssize_t count, Py_s
     for i in range(count):
         terms = index_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
+        b.loss[i] = terms.loss
+        b.p_scale[i] = terms.p_scale
+        b.smooth_scale[i] = terms.smooth_scale
+        b.label_grad[i] = terms.label_grad
+
+
+cdef inline void block_focal_terms(Block *b, const floating *m, Py_ssize_t count,
+                                   LossOptions o) noexcept nogil:
+    """block_terms of the focal loss (focal_row_terms), its own loop (see any_row_terms)."""
+    cdef Py_ssize_t i
+    cdef IndexRowTerms terms
+    for i in range(count):
+        terms = focal_row_terms(m[i], b.x_y[i], b.total[i], b.log_total[i], b.w_y[i], b.s[i], o)
         b.loss[i] = terms.loss
         b.p_scale[i] = terms.p_scale
         b.smooth_scale[i] = terms.smooth_scale
@@ -244,6 +322,7 @@ cdef inline void group_loss_grad_index(
     Py_ssize_t n,
     LossOptions o,
     floating *m,               # scratch, BLOCK_ROWS: the rows' max
+    floating *stats,           # scratch (n) for the entropy (stats_exps), or NULL
 ) noexcept nogil:
     """Rows first .. first+count-1 of cross_entropy_index's row path, as row_loss_grad_index
     computes them (see the section's comment): statistics row by row, the formula along
@@ -255,9 +334,13 @@ cdef inline void group_loss_grad_index(
     cdef Py_ssize_t i, y
     cdef double excess
     cdef bint with_grad = g.base != NULL
+    cdef bint want_stats = wants_stats(o)
+    cdef floating *e
     for i in range(count):
         y = (<const int64_t *>row_at(target, first + i))[0]
         if left_out(y, n, o):
+            if want_stats:
+                row_stats_alone(<const floating *>row_at(x, first + i), n, o, first + i, stats)
             b.fill[i] = left_out_value(y, o)
             b.label[i] = -1
             m[i] = 0  # stand-in statistics of a row whose result is dropped
@@ -273,17 +356,24 @@ cdef inline void group_loss_grad_index(
         xi = <const floating *>row_at(x, first + i)
         gi = <floating *>row_at(g, first + i) if with_grad else NULL
         m[i] = row_max(xi, n)
+        if want_stats:
+            row_stats_first(xi, n, m[i], o, first + i)
         b.x_y[i] = xi[y]  # read before gi overwrites xi
         b.gap[i] = row_gapsum(xi, w, n, m[i]) if o.eps != 0.0 else 0.0
-        b.total[i] = row_expsum(xi, gi, n, m[i], &excess)
+        e = stats_exps(xi, gi, o, stats) if want_stats else gi
+        b.total[i] = row_expsum(xi, e, n, m[i], &excess)
         b.excess[i] = excess
-        b.e_y[i] = gi[y] if with_grad else 0.0
+        b.e_y[i] = e[y] if e != NULL else 0.0
+        if want_stats:  # before the gradient overwrites xi (in place)
+            row_stats(xi, e, gi, n, m[i], b.total[i], sml_log1p(excess), o, first + i)
         b.w_y[i] = w[y] if w != NULL else 1.0
         b.s[i] = sample_weight_at(sample_weight, first + i)
     for i in range(count):  # vectorised along the rows
         b.log_total[i] = sml_log1p(b.excess[i])
     cdef LossOptions constant = o
-    if o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
+    if o.focal_gamma != 0.0:
+        block_focal_terms(&b, m, count, o)
+    elif o.eps == 0.0 and o.z == 0.0:  # options known zero at compile time: vectorised
         constant.eps = 0.0
         constant.z = 0.0
         block_terms(&b, m, count, n, constant)
@@ -310,7 +400,7 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
     cdef Py_ssize_t c
     if (not (isfinite(p_scale) and isfinite(smooth_scale))
             or divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o)):
-        terms = index_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+        terms = any_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
         grad_divided(g, 1, n, terms, o)
     elif o.eps == 0.0:

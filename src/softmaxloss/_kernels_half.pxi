@@ -120,6 +120,7 @@ cdef inline void half_index_chunk(
     LossOptions o,
     float *rows,               # scratch, count * n: the rows in float32, then their gradient
     float *work,               # the float32 path's own scratch (HALF_ROWS: none)
+    float *stats,              # scratch (n) for the entropy, or NULL (see stats_size)
 ) noexcept nogil:
     """Rows first .. first+count-1 of cross_entropy_index_half: converted into `rows`,
     computed there in place by the float32 path, their gradient rounded back into g."""
@@ -136,12 +137,19 @@ cdef inline void half_index_chunk(
                              sizeof(float))
     cdef Rows ts = make_rows(labels, 1, sizeof(int64_t), 0, 0)
     cdef Rows ss = make_rows(weights, 1, sizeof(double), 0, 0)
+    cdef LossOptions local = o  # the extra outputs of this chunk's rows 0 .. count - 1
+    if o.lse_out != NULL:
+        local.lse_out = o.lse_out + first
+    if o.entropy_out != NULL:
+        local.entropy_out = o.entropy_out + first
+    if o.argmax_out != NULL:
+        local.argmax_out = o.argmax_out + first
     if path == HALF_BLOCKS:
-        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work)
     elif path == HALF_GROUPS:
-        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work, stats)
     else:
-        index_row(xs, gs, ts, ss, losses, 0, n, o, <float *>NULL)
+        index_row(xs, gs, ts, ss, losses, 0, n, local, <float *>NULL, stats)
     for i in range(count):
         row_loss[first + i] = losses[i]
         half_store(g, first + i, n, kind, rows + i * n)
@@ -161,6 +169,10 @@ def cross_entropy_index_half(
     int kind,                           # 0 bfloat16, 1 float16
     int n_threads,
     bint report_invalid_row=False,
+    double[:, ::1] lse=None,            # OUT (A, B) extra outputs, as cross_entropy_index's
+    double[:, ::1] entropy=None,
+    int64_t[:, ::1] argmax=None,
+    double focal_gamma=0.0,
 ):
     """cross_entropy_index for half logits (the same arguments, and `kind`; the same
     returns): each chunk of rows computed in float32 as a contiguous float32 call would
@@ -176,6 +188,7 @@ def cross_entropy_index_half(
                                       report_invalid_row, &o, &tv, &sv, &normaliser)
     if ready <= 0:
         return (0.0, 0.0) if ready == 0 else None
+    request_stats(&o, x.shape, lse, entropy, argmax, focal_gamma)
     cdef Rows xv = half_rows(x), gv = half_rows(grad)
     cdef double *losses = &row_loss[0, 0]
     # The float32 path of a contiguous float32 call (index_loops), its chunk of rows and
@@ -189,16 +202,19 @@ def cross_entropy_index_half(
     cdef int failed = 0
     cdef ThreadScratch scratch = thread_scratch(True, &failed)
     cdef float *buffer = NULL
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the chunk's own
+    cdef float *stats = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <float *>scratch_alloc(scratch, (chunk * n + work_size) * sizeof(float))
+        buffer = <float *>scratch_alloc(scratch, (chunk * n + work_size + extra) * sizeof(float))
         mine = o
+        stats = buffer + chunk * n + work_size if extra > 0 else NULL
         for block in prange((n_rows + chunk - 1) // chunk, schedule="static"):
             if scratch_missing(scratch, buffer):
                 continue
             half_index_chunk(xv, gv, tv, sv, losses, block * chunk,
                              min(chunk, n_rows - block * chunk), n, kind, path, mine,
-                             buffer, buffer + chunk * n)
+                             buffer, buffer + chunk * n, stats)
         free(buffer)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser
@@ -216,6 +232,9 @@ def cross_entropy_probs_half(
     uint16_t[:, :, :] grad,                  # OUT (A, B, C) half gradient, or None; may be x's memory
     int kind,                                # 0 bfloat16, 1 float16
     int n_threads,
+    double[:, ::1] lse=None,                 # OUT (A, B) extra outputs, as cross_entropy_index's
+    double[:, ::1] entropy=None,
+    int64_t[:, ::1] argmax=None,
 ):
     """cross_entropy_probs for half logits: row_loss_grad_probs on each float32 row, the
     gradient rounded once into `grad`."""
@@ -233,6 +252,7 @@ def cross_entropy_probs_half(
     cdef Rows sv = sample_weight_rows(sample_weight)
     cdef double *losses = &row_loss[0, 0]
     cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, 0)
+    request_stats(&o, x.shape, lse, entropy, argmax, 0.0)
     cdef double normaliser
     cdef Py_ssize_t invalid_row
     with nogil:
@@ -241,17 +261,20 @@ def cross_entropy_probs_half(
     cdef int failed = 0
     cdef ThreadScratch scratch = thread_scratch(True, &failed)
     cdef float *buffer = NULL
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the row's own
+    cdef float *stats = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <float *>scratch_alloc(scratch, n * sizeof(float))
+        buffer = <float *>scratch_alloc(scratch, (n + extra) * sizeof(float))
         mine = o
+        stats = buffer + n if extra > 0 else NULL
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):
                 continue
             half_load(xv, r, n, kind, buffer)
             losses[r] = row_loss_grad_probs(
                 <const float *>buffer, buffer if gv.base != NULL else <float *>NULL, n,
-                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine)
+                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine, r, stats)
             half_store(gv, r, n, kind, buffer)
         free(buffer)
     scratch_raise(scratch)

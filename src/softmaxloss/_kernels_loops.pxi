@@ -153,7 +153,42 @@ cdef LossOptions loss_options(const double[::1] weight, Py_ssize_t n, double eps
     o.z = z
     o.divisor = 1.0
     o.ignore_index = ignore_index
+    o.focal_gamma = 0.0
+    o.lse_out = NULL
+    o.entropy_out = NULL
+    o.argmax_out = NULL
     return o
+
+
+cdef int request_stats(LossOptions *o, const Py_ssize_t *x_shape, double[:, ::1] lse,
+                       double[:, ::1] entropy, int64_t[:, ::1] argmax,
+                       double focal_gamma) except -1:
+    """The extra outputs a call asks for (None: not requested; each (A, B), C-contiguous)
+    and its focal gamma, into its options."""
+    if lse is not None:
+        check_shape("lse", lse.shape, x_shape, 2)
+        o.lse_out = &lse[0, 0]
+    if entropy is not None:
+        check_shape("entropy", entropy.shape, x_shape, 2)
+        o.entropy_out = &entropy[0, 0]
+    if argmax is not None:
+        check_shape("argmax", argmax.shape, x_shape, 2)
+        o.argmax_out = &argmax[0, 0]
+    if not (focal_gamma >= 0.0 and isfinite(focal_gamma)):
+        raise ValueError(f"softmaxloss kernels: focal_gamma must be finite and >= 0, got {focal_gamma}")
+    if focal_gamma != 0.0 and o.eps != 0.0:
+        raise ValueError("softmaxloss kernels: focal_gamma does not combine with label smoothing")
+    o.focal_gamma = focal_gamma
+    return 0
+
+
+cdef inline Py_ssize_t stats_size(LossOptions o, Py_ssize_t n) noexcept nogil:
+    """The per-thread stats scratch a loop adds to its own (in elements): n logits when the
+    entropy is requested, where the exponentials go when the entropy needs them beside
+    logits that the gradient overwrites (in place, or no gradient); else none. A pointer
+    of its own, passed to the row kernels, not a field of the thread's options: writing
+    that copy in the loop changes how gcc compiles the row (FMA contractions, measured)."""
+    return n if o.entropy_out != NULL else 0
 
 
 cdef inline double gradient_divisor(bint mean, double normaliser) noexcept nogil:
@@ -171,17 +206,19 @@ cdef inline bint in_blocks(Py_ssize_t n, size_t itemsize) noexcept nogil:
 
 cdef inline void index_row(Rows x, Rows g, Rows target, Rows sample_weight, double *row_loss,
                            Py_ssize_t r, Py_ssize_t n, LossOptions o,
-                           floating *scratch) noexcept nogil:
+                           floating *scratch, floating *stats) noexcept nogil:
     """Row r of cross_entropy_index's row loop: left out (left_out), or gathered,
     computed by row_loss_grad_index and scattered back."""
     cdef Py_ssize_t y = (<const int64_t *>row_at(target, r))[0]
     if left_out(y, n, o):
+        if wants_stats(o):
+            row_stats_alone(row_in(x, r, n, scratch), n, o, r, stats)
         row_loss[r] = left_out_value(y, o)
         row_fill(g, r, n, <floating>left_out_value(y, o))
         return
     cdef double s = sample_weight_at(sample_weight, r)
     cdef floating *work = row_work(g, r, scratch)
-    row_loss[r] = row_loss_grad_index(row_in(x, r, n, scratch), work, n, y, s, o)
+    row_loss[r] = row_loss_grad_index(row_in(x, r, n, scratch), work, n, y, s, o, r, stats)
     if work != NULL:
         row_out(g, r, n, work)
 

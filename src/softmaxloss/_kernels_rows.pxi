@@ -36,6 +36,126 @@ cdef inline double row_gapsum(const floating *x, const double *w, Py_ssize_t n,
         return sml_row_gapsum_d(x, w, n, m)
 
 
+cdef inline double row_entsum(const floating *x, const floating *e, Py_ssize_t n,
+                              double m) noexcept nogil:
+    """sum_c e_c (m - x_c) in double, every term >= 0 (e_c = 0: 0): the entropy's sum."""
+    if floating is float:
+        return sml_row_entsum_f(x, e, n, m)
+    else:
+        return sml_row_entsum_d(x, e, n, m)
+
+
+cdef inline Py_ssize_t row_find(const floating *x, Py_ssize_t n, floating m) noexcept nogil:
+    """The first c with x_c == m, n if none (early exit, vectorised blocks)."""
+    if floating is float:
+        return sml_row_find_f(x, n, m)
+    else:
+        return sml_row_find_d(x, n, m)
+
+
+cdef inline Py_ssize_t row_first_nan(const floating *x, Py_ssize_t n) noexcept nogil:
+    """The first NaN of the row, n if none."""
+    if floating is float:
+        return sml_row_first_nan_f(x, n)
+    else:
+        return sml_row_first_nan_d(x, n)
+
+
+cdef inline Py_ssize_t row_argmax_slow(const floating *x, Py_ssize_t n, floating m) noexcept nogil:
+    """np.argmax of any row (m its row_max, unspecified with a NaN): the first NaN, else
+    the first max."""
+    cdef Py_ssize_t c = row_first_nan(x, n)
+    if c < n:
+        return c
+    c = row_find(x, n, m)
+    return c if c < n else 0
+
+
+# ---- the opt-in extra outputs of a cross-entropy row (issue 16 item 3) -----------------
+# Row r's log-sum-exp, entropy H = -sum_c p_c log p_c and argmax, into the arrays the
+# options point to (LossOptions.lse_out, entropy_out, argmax_out; each NULL when not
+# requested), from the statistics the loss computes anyway: lse = m + log S and
+# H = log S + (1/S) sum_c e_c (m - x_c), both sums of non-negative terms (no
+# cancellation), e_c = exp(x_c - m) as the exp-sum wrote it. Every row gets them, also
+# an ignored one (as torch.logsumexp / Categorical(logits=...).entropy() of the row).
+# A row whose max is not finite: lse as torch.logsumexp (NaN with a NaN, else +inf with
+# +inf, -inf for all -inf), entropy NaN (as Categorical's).
+
+cdef inline bint wants_stats(LossOptions o) noexcept nogil:
+    return o.lse_out != NULL or o.entropy_out != NULL or o.argmax_out != NULL
+
+
+cdef inline double nonfinite_row_lse(const char *row, Py_ssize_t step, Py_ssize_t n,
+                                     floating kind) noexcept nogil:
+    """torch.logsumexp of a row whose max is not finite (`kind` selects the precision)."""
+    cdef Py_ssize_t c
+    cdef floating v
+    cdef bint has_inf = False
+    for c in range(n):
+        v = (<const floating *>(row + c * step))[0]
+        if isnan(v):
+            return NAN
+        has_inf = has_inf or v == INFINITY
+    return INFINITY if has_inf else -INFINITY
+
+
+cdef inline void row_stats_first(const floating *x, Py_ssize_t n, floating m, LossOptions o,
+                                 Py_ssize_t r) noexcept nogil:
+    """Before the exponentials (which may overwrite x): the argmax (the first x_c == m, an
+    early exit; a row with a NaN is corrected in row_stats, a row whose max is not finite
+    takes np.argmax's rule here), and the lse of a row whose max is not finite."""
+    if o.argmax_out != NULL:
+        if isfinite(m):
+            o.argmax_out[r] = row_find(x, n, m)
+        else:
+            o.argmax_out[r] = row_argmax_slow(x, n, m)
+    if o.lse_out != NULL and not isfinite(m):
+        o.lse_out[r] = nonfinite_row_lse(<const char *>x, sizeof(floating), n, m)
+
+
+cdef inline floating *stats_exps(const floating *x, floating *g, LossOptions o,
+                                 floating *stats) noexcept nogil:
+    """Where a row's exponentials go: g (NULL: nowhere), or this thread's stats scratch
+    when the entropy needs them beside the logits and g would overwrite those (in place)
+    or is missing."""
+    if o.entropy_out != NULL and (g == NULL or <const floating *>g == x):
+        return stats
+    return g
+
+
+cdef inline void row_stats(const floating *x, floating *e, floating *g, Py_ssize_t n,
+                           floating m, double total, double log_total, LossOptions o,
+                           Py_ssize_t r) noexcept nogil:
+    """After the exp-sum into e (stats_exps), x still intact: the lse and entropy; then the
+    exponentials moved to g if they went to the scratch (g is x: in place). A NaN sum with
+    a finite max means a NaN in the row: its argmax is the first, and e_c = exp(x_c - m)
+    is NaN exactly where x_c is (e is x's only when it is NULL: x is then intact)."""
+    if o.argmax_out != NULL and isfinite(m) and isnan(total):
+        o.argmax_out[r] = row_first_nan(e if e != NULL else x, n)
+    if o.argmax_out != NULL and o.argmax_out[r] >= n:  # (not reached: m is an entry)
+        o.argmax_out[r] = 0
+    if isfinite(m):
+        if o.lse_out != NULL:
+            o.lse_out[r] = <double>m + log_total
+        if o.entropy_out != NULL:
+            o.entropy_out[r] = log_total + row_entsum(x, e, n, <double>m) / total
+    elif o.entropy_out != NULL:
+        o.entropy_out[r] = NAN
+    if g != NULL and e != g:
+        memcpy(g, e, n * sizeof(floating))
+
+
+cdef inline void row_stats_alone(const floating *x, Py_ssize_t n, LossOptions o,
+                                 Py_ssize_t r, floating *stats) noexcept nogil:
+    """The extra outputs of a row the loss leaves out (ignored): its statistics for them
+    only, x unchanged."""
+    cdef floating m = row_max(x, n)
+    cdef double excess, total
+    row_stats_first(x, n, m, o, r)
+    total = row_expsum(x, stats, n, m, &excess)
+    row_stats(x, stats, <floating *>NULL, n, m, total, sml_log1p(excess), o, r)
+
+
 # ---- layer 2b: row kernels -----------------------------------------------------------
 
 cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
@@ -121,6 +241,23 @@ cdef inline double left_out_value(int64_t y, LossOptions o) noexcept nogil:
     return 0.0 if y == o.ignore_index else NAN
 
 
+cdef inline (double, double) focal_terms(double L, double gamma) noexcept nogil:
+    """Softmax focal loss of a row whose cross-entropy is L = -log p_y (>= 0, accurate):
+    (f(L), f'(L)) with f(L) = q^gamma L, q = 1 - p_y = -expm1(-L) (accurate as p_y -> 1),
+        f'(L) = gamma q^(gamma-1) p_y L + q^gamma = q^gamma (1 + gamma p_y (L / q)),
+    the factor of the row's cross-entropy gradient p - onehot. Finite for every gamma > 0:
+    as q -> 0, L / q -> 1 (L = q = 0: f' = 0^gamma = 0, the limit also for gamma < 1,
+    where q^(gamma-1) alone diverges); L = inf (p_y = 0): f = inf, f' = 1."""
+    cdef double q = -expm1(-L)
+    cdef double p_y = libc_exp(-L)
+    cdef double q_gamma = pow(q, gamma)
+    cdef double ratio = L / q if q != 0.0 else 1.0
+    cdef double focal_scale = q_gamma
+    if p_y != 0.0:  # else gamma p_y L / q -> 0 (also for L = inf: not 0 * inf)
+        focal_scale = q_gamma * (1.0 + gamma * p_y * ratio)
+    return q_gamma * L, focal_scale
+
+
 cdef struct IndexRowTerms:
     double loss           # loss_n
     double p_scale        # grad_c = p_scale * e_c - smooth_scale * w_c   (c != y)
@@ -131,6 +268,43 @@ cdef struct IndexRowTerms:
     double p_coef         # (1-eps) w_y + (eps/n) w_sum + 2 z lse
     double inv_total      # 1 / S
     double smooth         # eps / n
+
+
+cdef inline IndexRowTerms finished_terms(double loss, double p_coef, double label_grad,
+                                        double s, double inv_total, double smooth,
+                                        double divisor) noexcept nogil:
+    """An IndexRowTerms from the formula's coefficients: each times s, then divided by W."""
+    cdef IndexRowTerms terms
+    terms.loss = s * loss
+    terms.p_scale = (s * p_coef * inv_total) / divisor
+    terms.smooth_scale = (s * smooth) / divisor
+    terms.label_grad = (s * label_grad) / divisor
+    terms.s = s
+    terms.p_coef = p_coef
+    terms.inv_total = inv_total
+    terms.smooth = smooth
+    return terms
+
+
+cdef inline IndexRowTerms focal_row_terms(double m, double x_y, double total, double log_total,
+                                          double w_y, double s, LossOptions o) noexcept nogil:
+    """index_row_terms of the softmax focal loss (o.focal_gamma > 0, no label smoothing):
+        loss_n = s (w_y f(L) + z lse^2),  L = -log p_y = log S + (m - x_y)
+        grad_c = (s / W) ((w_y f'(L) + 2 z lse) p_c - w_y f'(L) [c == y])
+    with f, f' from focal_terms; 1 - p_y = -expm1(-L) (accurate as p_y -> 1)."""
+    cdef double neg_L = sml_sub_sub(x_y, m, log_total)  # -L, rounded once
+    cdef double loss, slope
+    loss, slope = focal_terms(-neg_L, o.focal_gamma)
+    loss = w_y * loss
+    cdef double p_coef = w_y * slope
+    cdef double inv_total = 1.0 / total
+    cdef double label_grad = -w_y * slope * -expm1(neg_L)
+    cdef double lse = m + log_total
+    if o.z != 0.0:
+        loss += o.z * lse * lse
+        p_coef += 2.0 * o.z * lse
+        label_grad += 2.0 * o.z * lse * libc_exp(neg_L)  # 2 z lse p_y
+    return finished_terms(loss, p_coef, label_grad, s, inv_total, 0.0, o.divisor)
 
 
 cdef inline IndexRowTerms index_row_terms(
@@ -191,6 +365,22 @@ cdef inline IndexRowTerms index_row_terms(
     return terms
 
 
+cdef inline IndexRowTerms any_row_terms(
+    double m, double x_y, double gap_sum, double total, double excess, double log_total,
+    double e_y, Py_ssize_t n, double w_y, double s, LossOptions o,
+) noexcept nogil:
+    """The row's terms, focal (focal_row_terms) or not (index_row_terms): the
+    cross-entropy's always computed, then replaced for the focal loss. Not a branch
+    around it (nor inside index_row_terms): gcc then contracts the cross-entropy's
+    arithmetic into FMAs differently in the row path than in the group path (different
+    bits for the same row, measured with the AVX2 build)."""
+    cdef IndexRowTerms terms = index_row_terms(m, x_y, gap_sum, total, excess, log_total, e_y,
+                                               n, w_y, s, o)
+    if o.focal_gamma != 0.0:
+        terms = focal_row_terms(m, x_y, total, log_total, w_y, s, o)
+    return terms
+
+
 cdef inline bint divide_last(double p_scale, double smooth_scale, double s,
                              LossOptions o) noexcept nogil:
     """Whether a row's gradient must be formed as grad_divided does: p_scale or
@@ -232,18 +422,28 @@ cdef inline double row_loss_grad_index(
     Py_ssize_t y,              # the row's class, 0 <= y < n
     double s,                  # the row's sample weight
     LossOptions o,
+    Py_ssize_t r,              # the row's number (where its extra outputs go)
+    floating *stats,           # scratch (n) for the entropy's exponentials (stats_exps), or NULL
 ) noexcept nogil:
     """One row with a class-index target, vectorised along its classes: returns loss_n
-    and writes d(loss)/dx into g (see index_row_terms)."""
+    and writes d(loss)/dx into g (see index_row_terms), and the row's extra outputs when
+    the options ask for them (row_stats)."""
     cdef const double *w = o.w
     cdef floating m = row_max(x, n)
+    cdef bint want_stats = wants_stats(o)
+    if want_stats:
+        row_stats_first(x, n, m, o, r)
     cdef double x_y = x[y]  # read before g overwrites x
     cdef double gap_sum = row_gapsum(x, w, n, m) if o.eps != 0.0 else 0.0
     cdef double excess
-    cdef double total = row_expsum(x, g, n, m, &excess)
-    cdef double e_y = g[y] if g != NULL else 0.0
-    cdef IndexRowTerms terms = index_row_terms(
-        m, x_y, gap_sum, total, excess, sml_log1p(excess), e_y, n, w[y] if w != NULL else 1.0, s, o)
+    cdef floating *e = stats_exps(x, g, o, stats) if want_stats else g
+    cdef double total = row_expsum(x, e, n, m, &excess)
+    cdef double e_y = e[y] if e != NULL else 0.0
+    cdef double log_total = sml_log1p(excess)
+    if want_stats:
+        row_stats(x, e, g, n, m, total, log_total, o, r)
+    cdef IndexRowTerms terms = any_row_terms(
+        m, x_y, gap_sum, total, excess, log_total, e_y, n, w[y] if w != NULL else 1.0, s, o)
     if g == NULL:
         return terms.loss
     cdef floating p_scale = <floating>terms.p_scale
@@ -282,6 +482,8 @@ cdef inline double row_loss_grad_probs(
     Py_ssize_t t_step,
     double s,                         # the row's sample weight
     LossOptions o,                    # w, eps, z and the divisor (w_sum unused)
+    Py_ssize_t r,                     # the row's number (where its extra outputs go)
+    floating *stats,                  # scratch (n) for the entropy (stats_exps), or NULL
 ) noexcept nogil:
     """One row with probability targets: returns loss_n and writes d(loss)/dx into g.
 
@@ -294,6 +496,9 @@ cdef inline double row_loss_grad_probs(
     cdef const double *w = o.w
     cdef double eps = o.eps, z = o.z, divisor = o.divisor
     cdef floating m = row_max(x, n)
+    cdef bint want_stats = wants_stats(o)
+    if want_stats:
+        row_stats_first(x, n, m, o, r)
     cdef double smooth = eps / <double>n
     cdef double weight_total = 0.0, gap_sum = 0.0, gap_lo = 0.0, wy
     cdef Py_ssize_t c
@@ -308,8 +513,11 @@ cdef inline double row_loss_grad_probs(
     gap_sum = gap_sum + gap_lo
 
     cdef double excess
-    cdef double total = row_expsum(x, g, n, m, &excess)
+    cdef floating *e = stats_exps(x, g, o, stats) if want_stats else g
+    cdef double total = row_expsum(x, e, n, m, &excess)
     cdef double log_total = sml_log1p(excess)
+    if want_stats:
+        row_stats(x, e, g, n, m, total, log_total, o, r)
     cdef double lse = <double>m + log_total
     cdef double loss = weight_total * log_total + gap_sum
     cdef double p_coef = weight_total

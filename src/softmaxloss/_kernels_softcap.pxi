@@ -251,9 +251,9 @@ cdef inline void softcap_index_chunk(
     if path == HALF_BLOCKS:
         block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
     elif path == HALF_GROUPS:
-        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work, <floating *>NULL)
     else:
-        index_row(xs, gs, ts, ss, losses, 0, n, o, <floating *>NULL)
+        index_row(xs, gs, ts, ss, losses, 0, n, o, <floating *>NULL, <floating *>NULL)
     for i in range(count):
         row_loss[first + i] = losses[i]
         if with_grad:
@@ -355,7 +355,8 @@ cdef int softcap_probs_loops(const floating *which, Rows xv, Rows gv, Rows tv,
             capped_load(xv, r, n, kind, cap, buffer, buffer + n if with_grad else NULL)
             losses[r] = row_loss_grad_probs(
                 <const floating *>buffer, buffer if with_grad else <floating *>NULL, n,
-                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine)
+                <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine, r,
+                <floating *>NULL)  # no extra outputs with softcap (refused by the facade)
             if with_grad:
                 sloped_store(gv, r, n, kind, buffer, buffer + n)
         free(buffer)

@@ -290,6 +290,7 @@ class LossOptions:
     z_loss: float = 0.0
     ignore_index: int = DEFAULT_IGNORE_INDEX
     softcap: float | None = None
+    focal_gamma: float | None = None
 
     @classmethod
     def checked(
@@ -299,16 +300,62 @@ class LossOptions:
         z_loss: Any = 0.0,
         ignore_index: Any = DEFAULT_IGNORE_INDEX,
         softcap: Any = None,
+        focal_gamma: Any = None,
     ) -> LossOptions:
         """The options from a public call's keywords; TypeError/ValueError naming the
         first bad one."""
-        return cls(
+        options = cls(
             reduction=check_reduction(reduction),
             label_smoothing=_check_float_scalar(label_smoothing, "label_smoothing", 0.0, 1.0),
             z_loss=_check_float_scalar(z_loss, "z_loss", 0.0, np.inf),
             ignore_index=_check_ignore_index(ignore_index),
             softcap=check_softcap(softcap),
+            focal_gamma=check_focal_gamma(focal_gamma),
         )
+        if options.focal_gamma is not None and options.softcap is not None:
+            raise ValueError(
+                "focal_gamma does not combine with softcap yet; got "
+                f"focal_gamma={focal_gamma!r}, softcap={softcap!r}"
+            )
+        if options.focal_gamma is not None and options.label_smoothing != 0:
+            raise ValueError(
+                "focal_gamma does not combine with label_smoothing (the focal loss of a "
+                f"smoothed target is not defined here); got label_smoothing={label_smoothing!r}"
+            )
+        return options
+
+    @property
+    def kernel_focal_gamma(self) -> float:
+        """focal_gamma as the kernels take it: 0 for the plain cross-entropy."""
+        return 0.0 if self.focal_gamma is None else self.focal_gamma
+
+
+def check_focal_gamma(focal_gamma: Any) -> float | None:
+    """`focal_gamma`: None (the cross-entropy) or a finite real number >= 0 (0 gives the
+    cross-entropy's values)."""
+    if focal_gamma is None:
+        return None
+    if isinstance(focal_gamma, (bool, np.bool_)):
+        raise TypeError(f"focal_gamma must be None or a real number >= 0, got {focal_gamma!r}")
+    if isinstance(focal_gamma, (str, bytes)):
+        raise TypeError(f"focal_gamma must be None or a real number >= 0, got {focal_gamma!r}")
+    try:
+        gamma = float(focal_gamma)
+    except (TypeError, ValueError):
+        raise TypeError(f"focal_gamma must be None or a real number >= 0, got {focal_gamma!r}") from None
+    if not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError(f"focal_gamma must be a finite number >= 0 (or None); got {focal_gamma!r}")
+    return gamma
+
+
+def check_return_flags(return_lse: Any, return_entropy: Any, return_argmax: Any) -> tuple[bool, bool, bool]:
+    """The `return_*` keywords of a cross-entropy call: each a bool (TypeError otherwise),
+    returned in their order."""
+    flags = {"return_lse": return_lse, "return_entropy": return_entropy, "return_argmax": return_argmax}
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(return_lse), bool(return_entropy), bool(return_argmax)
 
 
 @dataclass(slots=True)
@@ -575,7 +622,14 @@ def check_cross_entropy_call(
     to the kernel, which checks them before writing anything, so the first error is the
     same; with a mask every index is checked here)."""
     args = _check_loss_arguments(logits, target, axis, weight, sample_weight, options)
+    if args.options.focal_gamma is not None and args.probabilities:
+        raise ValueError(
+            "focal_gamma applies to class-index targets only; got probability targets "
+            f"(dtype {args.target.dtype})"
+        )
     args.where = check_where(where, args.logits.shape, args.axis)
+    if args.where is not None and args.options.focal_gamma is not None:
+        raise ValueError("focal_gamma does not combine with where= (a class mask)")
     check_n_threads(n_threads)
     if out is not None:
         check_out(out, args.logits.shape, args.dtypes, args.axis)

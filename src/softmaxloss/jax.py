@@ -76,7 +76,9 @@ from ._adapter import computes_in_float32, kept_rows, scaled_gradient
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._facade import log_softmax as _np_log_softmax
+from ._outputs import CrossEntropyOutputs, requested_outputs
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_axes, check_loss_args, check_n_threads
+from ._validation import check_return_flags, check_softcap
 from ._where import stand_in
 
 __all__ = ["cross_entropy", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
@@ -242,6 +244,10 @@ def _other_tangents(options: _Options, x: Any, t: Any, w: Any, s: Any, loss: Any
     (probabilities). With index targets each row's tangent is where(kept, ..., 0), and
     ignored rows' coefficients are 0 (their nl may be inf), so that the transpose gives
     ignored rows exactly 0 whatever the cotangent (the cotangent is masked first)."""
+    if dw is not None and options.loss.focal_gamma is not None:
+        raise NotImplementedError(
+            "softmaxloss.jax.cross_entropy with focal_gamma differentiates with respect to the "
+            "logits and sample_weight, not weight")
     if computes_in_float32(x.dtype):  # half-precision logits: these tangents in float32
         x = x.astype(jnp.float32)
     axis, eps, dtype = options.axis, options.loss.label_smoothing, x.dtype
@@ -341,7 +347,11 @@ def cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     n_threads: int | None = None,
-) -> jax.Array:
+    focal_gamma: float | None = None,
+    return_lse: bool = False,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
+) -> Any:
     """`softmaxloss.cross_entropy` for JAX arrays, differentiable once, in forward
     (jax.jvp, jax.jacfwd, jax.linearize) and reverse mode (jax.grad,
     jax.value_and_grad, jax.vjp, jax.jacrev), with respect to `logits`, probability
@@ -349,7 +359,15 @@ def cross_entropy(
 
     Returns the loss as a JAX array of the logits' dtype: a scalar, or per-row losses
     for reduction="none". The keywords are static: changing them retraces.
+    `focal_gamma`: the softmax focal loss (differentiable with respect to the logits and
+    sample_weight). `return_lse`, `return_entropy`, `return_argmax`: a
+    `softmaxloss.CrossEntropyOutputs` of arrays (grad None) from the same host pass, the
+    loss, lse and entropy differentiable with respect to the logits (`_outputs`).
     """
+    requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
+                                   return_argmax=return_argmax)
+    if any(requested):  # the NumPy API's checks of the flags (not yet with softcap)
+        requested_outputs(*requested, None, check_softcap(softcap))
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(
@@ -365,12 +383,101 @@ def cross_entropy(
     args = check_loss_args(
         _abstract(compute), _abstract(target),
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
-             softcap=softcap),
+             softcap=softcap, focal_gamma=focal_gamma),
         axis=axis, weight=_abstract(weight), sample_weight=_abstract(sample_weight),
     )
+    if args.options.focal_gamma is not None and args.probabilities:
+        raise ValueError("focal_gamma applies to class-index targets only; got probability targets")
     options = _Options(args.axis, args.options, check_n_threads(n_threads), args.probabilities)
+    if any(requested):
+        return _outputs(options, requested, compute, target, weight, sample_weight)
     loss = _cross_entropy(options, compute, target, weight, sample_weight)
     return loss.astype(result_dtype)
+
+
+# ---- the extra outputs (issue 16 item 3) -------------------------------------------------
+
+
+def _row_struct(options: _Options, logits: Any, dtype: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(n for i, n in enumerate(logits.shape) if i != options.axis), dtype)
+
+
+def _host_outputs(options: _Options, requested: tuple[bool, bool, bool], with_grad: bool, logits: np.ndarray,
+                  target: np.ndarray, weight: np.ndarray | None, sample_weight: np.ndarray | None) -> tuple[Any, ...]:
+    """One fused host call: (loss, lse, entropy, argmax, n_correct[, grad]); the outputs not
+    requested as zeros of their shape."""
+    keywords = dict(_keywords(options, weight, sample_weight), return_lse=requested[0],
+                    return_entropy=requested[1], return_argmax=requested[2])
+    call = _np_cross_entropy_with_grad if with_grad else _np_cross_entropy
+    result = call(logits, target, **keywords)
+    rows = tuple(n for i, n in enumerate(logits.shape) if i != options.axis)
+    index = np.int64 if jax.config.jax_enable_x64 else np.int32
+    values = (np.asarray(result.loss, dtype=logits.dtype),
+              np.asarray(result.lse if result.lse is not None else np.zeros(rows), dtype=logits.dtype),
+              np.asarray(result.entropy if result.entropy is not None else np.zeros(rows), dtype=logits.dtype),
+              np.asarray(result.argmax if result.argmax is not None else np.zeros(rows), dtype=index),
+              np.asarray(result.n_correct or 0, dtype=index))
+    return values + ((result.grad,) if with_grad else ())
+
+
+def _output_structs(options: _Options, logits: Any, with_grad: bool) -> tuple[Any, ...]:
+    index = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    structs = (_loss_shape(options, logits), _row_struct(options, logits, logits.dtype),
+               _row_struct(options, logits, logits.dtype), _row_struct(options, logits, index),
+               jax.ShapeDtypeStruct((), index))
+    return structs + ((jax.ShapeDtypeStruct(logits.shape, logits.dtype),) if with_grad else ())
+
+
+def _outputs_primal(options: _Options, requested: tuple[bool, bool, bool], logits: Any, target: Any,
+                    weight: Any, sample_weight: Any) -> tuple[Any, ...]:
+    outputs: tuple[Any, ...] = _host(functools.partial(_host_outputs, options, requested, False),
+                                     _output_structs(options, logits, False), logits, target, weight,
+                                     sample_weight)
+    return outputs
+
+
+def _outputs_jvp(options: _Options, requested: tuple[bool, bool, bool], primals: tuple[Any, ...],
+                 tangents: tuple[Any, ...]) -> tuple[Any, Any]:
+    """Tangents with respect to the logits: d loss = sum(grad * dx) (per row for "none"),
+    d lse = sum_c p_c dx_c, d H = -sum_c (p_c log p_c + p_c H) dx_c; argmax and n_correct
+    have none (float0)."""
+    x, t, w, s = primals
+    dx, dt, dw, ds = map(_given, tangents)
+    if dt is not None or dw is not None or ds is not None:
+        raise NotImplementedError(
+            "softmaxloss.jax.cross_entropy with return_lse / return_entropy / return_argmax "
+            "differentiates with respect to the logits only")
+    if dx is None:
+        out = _outputs_primal(options, requested, x, t, w, s)
+        tangent_out = tuple(jnp.zeros(o.shape, o.dtype) for o in out[:3])
+    else:
+        *out, grad = _host(functools.partial(_host_outputs, options, requested, True),
+                           _output_structs(options, x, True), x, t, w, s)
+        compute = jnp.float32 if computes_in_float32(x.dtype) else x.dtype
+        keep = None if options.probabilities else _kept_rows(options, t)
+        kept = None if keep is None else jnp.expand_dims(keep, options.axis)
+        d = dx.astype(compute)
+        product = _scaled_by_grad(grad.astype(compute), kept, d)
+        d_loss = product.sum(options.axis) if options.loss.reduction == "none" else product.sum()
+        log_p = jax.nn.log_softmax(x.astype(compute), axis=options.axis)
+        p = jnp.exp(log_p)
+        d_lse = (p * d).sum(options.axis)
+        h = jnp.expand_dims(out[2].astype(compute), options.axis)
+        d_entropy = -((jax.scipy.special.xlogy(p, p) + p * h) * d).sum(options.axis)
+        tangent_out = (d_loss.astype(x.dtype), d_lse.astype(x.dtype), d_entropy.astype(x.dtype))
+    zeros_int = tuple(np.zeros(o.shape, jax.dtypes.float0) for o in out[3:5])
+    return tuple(out), tangent_out + zeros_int
+
+
+_outputs_fn = jax.custom_jvp(_outputs_primal, nondiff_argnums=(0, 1))
+_outputs_fn.defjvp(_outputs_jvp, symbolic_zeros=True)
+
+
+def _outputs(options: _Options, requested: tuple[bool, bool, bool], logits: Any, target: Any,
+             weight: Any, sample_weight: Any) -> Any:
+    loss, lse, entropy, argmax, n_correct = _outputs_fn(options, requested, logits, target, weight, sample_weight)
+    return CrossEntropyOutputs(loss, None, lse if requested[0] else None, entropy if requested[1] else None,
+                               argmax if requested[2] else None, n_correct if requested[2] else None)
 
 
 # ---- optax's call forms: class axes as a tuple, where= masks ---------------------------------

@@ -35,6 +35,8 @@ import numpy as np
 
 from ._halfdtypes import round_float64
 from ._layout import MergedAxes
+from . import _outputs
+from ._outputs import n_correct, requested_outputs
 from ._validation import (
     DEFAULT_IGNORE_INDEX,
     Dtypes,
@@ -229,6 +231,51 @@ def _index_target_grads(
     return s[..., None] * grad
 
 
+def _focal_terms(nll: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(f(L), f'(L)) of the softmax focal loss, L = -log p_y the row's cross-entropy:
+    f(L) = q^gamma L and f'(L) = gamma q^(gamma-1) p_y L + q^gamma
+    = q^gamma (1 + gamma p_y L / q), q = 1 - p_y = -expm1(-L) (accurate as p_y -> 1).
+    At q = 0 (L = 0) L / q is its limit 1; where p_y = 0 the term gamma p_y L / q is 0."""
+    q = -np.expm1(-nll)
+    p_y = np.exp(-nll)
+    ratio = np.where(q != 0, nll / np.where(q != 0, q, 1.0), 1.0)
+    q_gamma = q**gamma
+    slope = q_gamma * (1 + np.where(p_y != 0, gamma * p_y * ratio, 0.0))
+    return q_gamma * nll, slope
+
+
+def _focal_losses(log_p: np.ndarray, lse: np.ndarray, y: np.ndarray, w: np.ndarray, s: np.ndarray,
+                  gamma: float, z: float) -> np.ndarray:
+    """loss_n = s_n (w[y_n] (1 - p_y)^gamma (-l[n, y_n]) + z lse_n^2)."""
+    loss = w[y] * _focal_terms(-_pick(log_p, y), gamma)[0]
+    if z != 0:
+        loss = loss + z * lse**2
+    return s * loss
+
+
+def _focal_grads(x: np.ndarray, log_p: np.ndarray, lse: np.ndarray, y: np.ndarray, w: np.ndarray,
+                 s: np.ndarray, gamma: float, z: float) -> np.ndarray:
+    """g_n = s_n (w[y_n] f'(L_n) (p_n - onehot_n) + 2 z lse_n p_n), L_n = -l[n, y_n]."""
+    slope = _focal_terms(-_pick(log_p, y), gamma)[1]
+    grad = (w[y] * slope)[..., None] * _p_minus_onehot(x, y)
+    if z != 0:
+        grad = grad + 2 * z * lse[..., None] * _softmax(x)
+    return s[..., None] * grad
+
+
+def _entropy(x: np.ndarray) -> np.ndarray:
+    """-sum_c p_c log p_c of p = softmax(x), as log S + sum_c p_c (m - x_c) (every term >= 0:
+    no cancellation; p_c = 0 terms are 0); NaN for a row whose max is not finite (as
+    torch.distributions.Categorical); (..., C) -> (...)."""
+    m = _row_max(x)
+    shifted = x - m
+    p = _softmax(x)
+    with _quiet():
+        terms = np.where(p > 0, p * -shifted, 0.0)
+    entropy = _log_sum_exp_shifted(shifted)[..., 0] + np.sum(terms, axis=-1)
+    return np.where(np.isfinite(m[..., 0]), entropy, np.nan)
+
+
 def _smoothed_probabilities(y: np.ndarray, eps: float) -> np.ndarray:
     """y' = (1-eps) y + eps/C; (..., C) -> (..., C)."""
     n_classes = y.shape[-1]
@@ -295,9 +342,16 @@ def _cross_entropy(args: LossArgs, with_grad: bool) -> tuple[np.ndarray, np.ndar
     else:
         kept = args.target != args.target_ignore_index  # int64 targets: ignore_index as int64
         y = np.where(kept, args.target, 0)  # ignored rows get class 0, then are dropped
-        losses = np.where(kept, _index_target_losses(log_p, lse, y, w, s, eps, z), 0.0)
+        gamma = args.options.focal_gamma
+        if gamma:  # the focal loss (gamma 0: the cross-entropy)
+            losses = np.where(kept, _focal_losses(log_p, lse, y, w, s, gamma, z), 0.0)
+        else:
+            losses = np.where(kept, _index_target_losses(log_p, lse, y, w, s, eps, z), 0.0)
         if with_grad:
-            grads = _index_target_grads(x, lse, y, w, s, eps, z) * slope
+            if gamma:
+                grads = _focal_grads(x, log_p, lse, y, w, s, gamma, z) * slope
+            else:
+                grads = _index_target_grads(x, lse, y, w, s, eps, z) * slope
             grads = np.where(kept[..., None], grads, 0.0)
         normaliser = np.sum(s * w[y], where=kept)
 
@@ -550,6 +604,10 @@ def cross_entropy(
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
     softcap: Any = None,
+    focal_gamma: Any = None,
+    return_lse: Any = False,
+    return_entropy: Any = False,
+    return_argmax: Any = False,
     where: Any = None,
     n_threads: Any = None,
 ) -> Any:
@@ -562,17 +620,39 @@ def cross_entropy(
     y' = (1-eps) y + eps/C; "mean" divides by the number of rows (sum(s) if given).
     Returns a result-dtype scalar for "mean"/"sum", the per-row losses (shape of the rows,
     0 for ignored rows) for "none". `where`: a boolean class mask (`_masked_cross_entropy`).
-    `softcap`: None, or cap > 0: every formula of cap * tanh(logits / cap).
+    `softcap`: None, or cap > 0: every formula of cap * tanh(logits / cap) (not yet with
+    `focal_gamma` or the `return_*` outputs: ValueError).
+    `focal_gamma`: loss_n = s_n (w[y_n] (1 - p_y)^gamma (-l[n,y_n]) + z lse_n^2) (`_focal_terms`).
+    `return_lse`, `return_entropy`, `return_argmax`: a CrossEntropyOutputs (`_extra_outputs`).
     """
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
-             softcap=softcap),
+             softcap=softcap, focal_gamma=focal_gamma),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, where=where,
     )
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
     with _quiet():
         loss, _ = _cross_entropy(args, with_grad=False)
+    if requested is not None:
+        return _extra_outputs(args, requested, _as_result(loss, args.dtypes), None)
     return _as_result(loss, args.dtypes)
+
+
+def _extra_outputs(args: LossArgs, requested: tuple[bool, bool, bool], loss: Any,
+                   grad: np.ndarray | None) -> _outputs.CrossEntropyOutputs:
+    """The CrossEntropyOutputs of a call: each row's log-sum-exp (`_logsumexp`), entropy
+    (`_entropy`) in float64 rounded once to the result dtype, np.argmax of the logits (as
+    given: float64 holds every logit exactly) and the number of correct predictions."""
+    x = _float64_rows(args.logits, args.axis)
+    with _quiet():
+        lse = _as_result(_logsumexp(x), args.dtypes) if requested[0] else None
+        entropy = _as_result(_entropy(x), args.dtypes) if requested[1] else None
+    argmax = correct = None
+    if requested[2]:
+        argmax = np.argmax(x, axis=-1)[()]
+        correct = n_correct(argmax, args.target, args.probabilities, args.axis, args.target_ignore_index)
+    return _outputs.CrossEntropyOutputs(loss, grad, lse, entropy, argmax, correct)
 
 
 def cross_entropy_with_grad(
@@ -587,10 +667,14 @@ def cross_entropy_with_grad(
     label_smoothing: Any = 0.0,
     z_loss: Any = 0.0,
     softcap: Any = None,
+    focal_gamma: Any = None,
+    return_lse: Any = False,
+    return_entropy: Any = False,
+    return_argmax: Any = False,
     where: Any = None,
     out: np.ndarray | None = None,
     n_threads: Any = None,
-) -> tuple[Any, np.ndarray]:
+) -> Any:
     """(loss, grad): `cross_entropy`'s loss and grad = d(loss)/d(logits), logits' shape.
 
     For reduction "none", grad is the gradient of the sum of the per-row losses. Index targets:
@@ -599,20 +683,26 @@ def cross_entropy_with_grad(
     + 2 z lse_n p_n). "mean" divides by the same normaliser as the loss. `out` (logits' shape,
     result dtype; may be the logits array itself, for an in-place update) receives grad.
     With `softcap`, grad is the capped logits' gradient times `softcap_slope(logits, cap)`.
+    `focal_gamma`: g_n = s_n (w[y_n] f'(L_n) (p_n - onehot_n) + 2 z lse_n p_n) (`_focal_grads`).
     """
     args = check_cross_entropy_call(
         logits, target,
         dict(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, ignore_index=ignore_index,
-             softcap=softcap),
+             softcap=softcap, focal_gamma=focal_gamma),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out,
         where=where,
     )
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
     with _quiet():
         loss, grad = _cross_entropy(args, with_grad=True)
     assert grad is not None
     # Everything is computed (from a copy) before `out`, possibly the logits, is written.
+    extras = None if requested is None else _extra_outputs(args, requested, None, None)
     grad = np.moveaxis(grad, -1, args.axis)
-    return _as_result(loss, args.dtypes), _write(grad, args.dtypes, out)
+    result = _as_result(loss, args.dtypes), _write(grad, args.dtypes, out)
+    if extras is not None:
+        return extras._replace(loss=result[0], grad=result[1])
+    return result
 
 
 def gradient_hessian(

@@ -1098,7 +1098,11 @@ def cross_entropy(
     sample_weight: torch.Tensor | None = None,
     inplace_grad: bool = False,
     n_threads: int | None = None,
-) -> torch.Tensor:
+    focal_gamma: float | None = None,
+    return_lse: bool = False,
+    return_entropy: bool = False,
+    return_argmax: bool = False,
+) -> Any:
     """`torch.nn.functional.cross_entropy`, computed by softmaxloss's fused kernel.
 
     input: (N, C), (N, C, d1, ...) or (C,) logits on the CPU (float32/float64; float16
@@ -1117,9 +1121,28 @@ def cross_entropy(
     reduction="none". Differentiable any number of times, in reverse and forward mode,
     under torch.func transforms and torch.compile, with respect to the input,
     probability targets, `weight` and `sample_weight`.
+
+    `focal_gamma` (softmax focal loss) and `return_lse` / `return_entropy` /
+    `return_argmax` (a `softmaxloss.CrossEntropyOutputs` of tensors: loss, grad=None, lse,
+    entropy, argmax, n_correct), as in `softmaxloss.cross_entropy`: their own op
+    (`_outputs_op`), differentiable once with respect to the input, through the loss and
+    through lse and entropy; compiles with fullgraph=True. Not with `inplace_grad`.
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_tensors(input, target, weight, sample_weight)
+    if (focal_gamma is not None or return_lse is not False or return_entropy is not False
+            or return_argmax is not False):
+        requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
+                                       return_argmax=return_argmax)
+        options = LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                                      ignore_index=ignore_index, softcap=softcap, focal_gamma=focal_gamma)
+        if any(requested):  # the NumPy API's checks of the flags (not yet with softcap)
+            requested_outputs(*requested, None, options.softcap)
+        if inplace_grad:
+            raise ValueError("inplace_grad does not combine with focal_gamma or the return_* outputs")
+        if options.focal_gamma is not None and target.dtype.is_floating_point:
+            raise ValueError("focal_gamma applies to class-index targets only; got probability targets")
+        return _cross_entropy_outputs(input, target, weight, sample_weight, options, requested, n_threads)
     if inplace_grad:
         options = _checked_options(reduction, label_smoothing, z_loss, ignore_index, softcap)
         return _inplace_cross_entropy(input, target, weight, sample_weight, options, _op_arguments(0, n_threads)[1])
@@ -1670,3 +1693,142 @@ class LinearCrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, out_features={self.out_features}, reduction={self.reduction!r}"
+
+
+# =========================================================================================
+# The focal loss and the extra outputs (issue 16 items 3-4): `cross_entropy(...,
+# focal_gamma=..., return_lse=..., return_entropy=..., return_argmax=...)` takes an op of
+# its own, torch.ops.softmaxloss.cross_entropy_outputs, whose CPU kernel is one call of
+# the NumPy function (one fused pass: loss, gradient, log-sum-exp, entropy, argmax). Its
+# autograd (first order, with respect to the input): the saved gradient times the loss's
+# upstream, plus d_lse * p and d_entropy * -(p log p + p H) for the per-row log-sum-exp
+# and entropy, which are differentiable outputs (so `lse**2` or an entropy bonus can be
+# built on them); those two terms are formed from softmax(input) only when the op's
+# outputs are differentiated through them.
+# =========================================================================================
+
+from ._outputs import CrossEntropyOutputs, requested_outputs  # noqa: E402
+from ._validation import check_return_flags  # noqa: E402
+
+
+def _outputs_cpu(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                label_smoothing: float, z_loss: float, focal_gamma: float, want_lse: bool,
+                want_entropy: bool, want_argmax: bool, n_threads: int, with_grad: bool,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad, lse, entropy, argmax, n_correct): those not requested (and grad
+    without with_grad) empty tensors."""
+    keywords: dict[str, Any] = dict(
+        axis=_class_axis(input),
+        weight=None if weight is None else _numpy(weight),
+        sample_weight=None if sample_weight is None else _numpy(sample_weight),
+        ignore_index=_facade_ignore_index(ignore_index), reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss,
+        focal_gamma=focal_gamma if focal_gamma > 0 else None,
+        return_lse=want_lse, return_entropy=want_entropy, return_argmax=want_argmax,
+        n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
+    )
+    x, t = _numpy(input), _numpy(target)
+    empty = input.new_empty((0,))
+    try:
+        _probabilities_only_as_floats(x, t)
+        if with_grad:
+            grad = torch.empty(input.shape, dtype=input.dtype if _zero_copy(input.dtype) else torch.float32)
+            result = _np_cross_entropy_with_grad(x, t, out=_numpy(grad), **keywords)
+            grad = grad.to(input.dtype)
+        else:
+            result = _np_cross_entropy(x, t, **keywords)
+            grad = empty
+    except ValueError as error:
+        raise _torch_error(error, input, target, weight, ignore_index) from None
+    if not isinstance(result, CrossEntropyOutputs):  # focal only
+        result = CrossEntropyOutputs(result[0] if with_grad else result)
+
+    def per_row(values: Any, dtype: torch.dtype) -> torch.Tensor:
+        if values is None:
+            return input.new_empty((0,), dtype=dtype)
+        return _tensor(np.array(values)).to(dtype).contiguous()
+
+    n_correct = (torch.tensor(result.n_correct, dtype=torch.int64) if result.n_correct is not None
+                 else input.new_empty((0,), dtype=torch.int64))
+    return (_tensor(np.asarray(result.loss)).to(input.dtype).contiguous(), grad,
+            per_row(result.lse, input.dtype), per_row(result.entropy, input.dtype),
+            per_row(result.argmax, torch.int64), n_correct)
+
+
+_outputs_op = torch.library.custom_op("softmaxloss::cross_entropy_outputs", _outputs_cpu, mutates_args=())
+
+
+def _outputs_fake(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                  sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
+                  label_smoothing: float, z_loss: float, focal_gamma: float, want_lse: bool,
+                  want_entropy: bool, want_argmax: bool, n_threads: int, with_grad: bool,
+                  ) -> tuple[torch.Tensor, ...]:
+    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    rows = _loss_shape(input.shape, "none") if input.dim() >= 2 else []
+    empty = input.new_empty((0,))
+    return (input.new_empty(_loss_shape(input.shape, reduction)),
+            input.new_empty(input.shape) if with_grad else empty,
+            input.new_empty(rows) if want_lse else empty,
+            input.new_empty(rows) if want_entropy else empty,
+            input.new_empty(rows, dtype=torch.int64) if want_argmax else input.new_empty((0,), dtype=torch.int64),
+            input.new_empty((), dtype=torch.int64) if want_argmax else input.new_empty((0,), dtype=torch.int64))
+
+
+def _outputs_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    input, target = inputs[0], inputs[1]
+    ctx.ignore_index, ctx.reduction = inputs[4], inputs[5]
+    ctx.want = inputs[9], inputs[10]
+    ctx.save_for_backward(input, target, output[1], output[3])
+
+
+def _outputs_backward(ctx: Any, d_loss: torch.Tensor | None, d_grad: Any, d_lse: torch.Tensor | None,
+                      d_entropy: torch.Tensor | None, d_argmax: Any, d_correct: Any) -> tuple[Any, ...]:
+    if torch.is_grad_enabled():
+        raise NotImplementedError(
+            "softmaxloss.torch.cross_entropy with focal_gamma or extra outputs is differentiable once "
+            "(first order, with respect to the input): no double backward")
+    input, target, grad, entropy = ctx.saved_tensors
+    axis = 1 if input.dim() >= 2 else 0
+    d_input = None
+    if d_loss is not None:
+        d_input = _scaled_gradient(grad, d_loss, target, ctx.ignore_index, ctx.reduction == "none")
+    want_lse, want_entropy = ctx.want
+    if (want_lse and d_lse is not None) or (want_entropy and d_entropy is not None):
+        compute = input.float() if input.dtype in _UPCAST else input
+        log_p = torch.log_softmax(compute, axis)
+        p = log_p.exp()
+        extra = torch.zeros_like(p)
+        if want_lse and d_lse is not None:
+            extra = extra + d_lse.to(p.dtype).unsqueeze(axis) * p
+        if want_entropy and d_entropy is not None:  # dH/dx = -(p log p + p H)
+            h = entropy.to(p.dtype).unsqueeze(axis)
+            extra = extra - d_entropy.to(p.dtype).unsqueeze(axis) * (torch.special.xlogy(p, p) + p * h)
+        extra = extra.to(input.dtype)
+        d_input = extra if d_input is None else d_input + extra
+    return (d_input,) + (None,) * 13
+
+
+_outputs_op.register_fake(_outputs_fake)
+_outputs_op.register_autograd(_outputs_backward, setup_context=_outputs_setup)
+
+
+def _cross_entropy_outputs(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                           sample_weight: torch.Tensor | None, options: LossOptions,
+                           requested: tuple[bool, bool, bool], n_threads: Any) -> Any:
+    """`cross_entropy` with focal_gamma or extra outputs: the loss, or a CrossEntropyOutputs
+    of tensors (grad None; n_correct a 0-d int64 tensor)."""
+    for name, tensor in (("weight", weight), ("sample_weight", sample_weight), ("target", target)):
+        if tensor is not None and tensor.requires_grad:
+            raise NotImplementedError(
+                f"softmaxloss.torch.cross_entropy with focal_gamma or extra outputs differentiates with "
+                f"respect to the input only; {name} requires grad")
+    index, threads = _op_arguments(options.ignore_index, n_threads)
+    with_grad = bool(input.requires_grad) and torch.is_grad_enabled()
+    loss, _, lse, entropy, argmax, n_correct = _outputs_op(
+        input, target, weight, sample_weight, index, options.reduction, float(options.label_smoothing),
+        float(options.z_loss), options.kernel_focal_gamma, *requested, threads, with_grad)
+    if not any(requested):
+        return loss
+    return CrossEntropyOutputs(loss, None, lse if requested[0] else None, entropy if requested[1] else None,
+                               argmax if requested[2] else None, n_correct if requested[2] else None)
