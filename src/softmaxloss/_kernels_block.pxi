@@ -18,6 +18,8 @@ cdef struct Block:
     double excess[BLOCK_ROWS]      # S - 1
     double log_total[BLOCK_ROWS]   # log(S)
     double total[BLOCK_ROWS]       # S
+    double total_lo[BLOCK_ROWS]    # S - fl(S) (float64: S's sum compensated; float32: 0)
+    double p_lo[BLOCK_ROWS]        # p_scale's low part (float64, eps = z = 0; else 0)
     Py_ssize_t label[BLOCK_ROWS]   # the row's class, -1 for a row left out (see left_out)
     double fill[BLOCK_ROWS]        # a left-out row's loss and gradient entries
     double x_y[BLOCK_ROWS]
@@ -87,9 +89,12 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
         for i in range(count):
             v = xt[c * BLOCK_ROWS + i]
             m[i] = v if v > m[i] else m[i]
+    cdef double rest_lo[BLOCK_ROWS]
+    cdef double sum_, back_
     for i in range(count):
         b.gap[i] = 0.0
         b.rest[i] = 0.0
+        rest_lo[i] = 0.0
         ties[i] = 0.0
     cdef double gap_lo[BLOCK_ROWS]
     if o.eps != 0.0:  # before the exponentials overwrite xt
@@ -113,11 +118,18 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
             else:
                 v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
             xt[c * BLOCK_ROWS + i] = v
-            b.rest[i] += 0.0 if v == 1 else <double>v
+            if floating is float:
+                b.rest[i] += 0.0 if v == 1 else <double>v
+            else:  # rest + rest_lo: TwoSum (issue 19: S to ~2^-104)
+                sum_ = b.rest[i] + (0.0 if v == 1 else v)
+                back_ = sum_ - b.rest[i]
+                rest_lo[i] += (b.rest[i] - (sum_ - back_)) + ((0.0 if v == 1 else v) - back_)
+                b.rest[i] = sum_
             ties[i] += 1 if v == 1 else 0
     for i in range(count):  # vectorised along the rows
-        b.excess[i] = (<double>ties[i] - 1.0) + b.rest[i]
+        b.excess[i] = sml_add_lo(<double>ties[i] - 1.0, b.rest[i], rest_lo[i], &sum_)
         b.log_total[i] = sml_log1p(b.excess[i])
+        b.total[i] = sml_add_lo(<double>ties[i], b.rest[i], rest_lo[i], &b.total_lo[i])
 
 
 cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
@@ -140,7 +152,6 @@ cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
         b.w_y[i] = w[y] if w != NULL else 1.0
         b.s[i] = sample_weight_at(sample_weight, first + i)
-        b.total[i] = <double>ties[i] + b.rest[i]
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             b.excess[i] = NAN
             b.log_total[i] = NAN
@@ -162,6 +173,7 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
         block_terms(b, m, count, n, constant)
     else:
         block_terms(b, m, count, n, o)
+    block_p_lo(b, count, o)
     for i in range(count):
         if b.label[i] < 0:
             row_loss[i] = b.fill[i]
@@ -175,6 +187,20 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
             grad_divided(&xt[i], BLOCK_ROWS, n, terms, o)
             b.p_scale[i] = 1.0
             b.smooth_scale[i] = 0.0
+
+
+cdef inline void block_p_lo(Block *b, Py_ssize_t count, LossOptions o) noexcept nogil:
+    """float64 rows, eps = z = 0: p_scale = s w_y / (S W) again, as hi + lo (sml_quot_dd, from
+    S's own lo), for the gradient e_c p_scale rounded once (issue 19); else p_lo = 0."""
+    cdef Py_ssize_t i
+    for i in range(count):
+        b.p_lo[i] = 0.0
+        if o.eps == 0.0 and o.z == 0.0 and b.label[i] >= 0 and isfinite(b.p_scale[i]):
+            b.p_scale[i] = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i],
+                                       o.divisor, &b.p_lo[i])
+            if b.e_y[i] == 1.0:  # the label at the max: -(1 - p_y) s w_y / W rounded once
+                b.label_grad[i] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i],
+                                                        b.total[i], b.total_lo[i], o.divisor)
 
 
 cdef inline void block_terms(Block *b, const floating *m, Py_ssize_t count, Py_ssize_t n,
@@ -203,7 +229,7 @@ cdef inline void block_store(Block *b, char *const *g_rows, Py_ssize_t step,
         sml_block_store_grad_f(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
                                b.smooth_scale, o.w)
     else:
-        sml_block_store_grad_d(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
+        sml_block_store_grad_d(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale, b.p_lo,
                                b.smooth_scale, o.w)
     for i in range(count):
         if b.label[i] < 0:
@@ -264,6 +290,7 @@ cdef inline void group_loss_grad_index(
             b.x_y[i] = 0.0
             b.gap[i] = 0.0
             b.total[i] = 1.0
+            b.total_lo[i] = 0.0
             b.excess[i] = 0.0
             b.e_y[i] = 1.0
             b.w_y[i] = 1.0
@@ -275,7 +302,7 @@ cdef inline void group_loss_grad_index(
         m[i] = row_max(xi, n)
         b.x_y[i] = xi[y]  # read before gi overwrites xi
         b.gap[i] = row_gapsum(xi, w, n, m[i]) if o.eps != 0.0 else 0.0
-        b.total[i] = row_expsum(xi, gi, n, m[i], &excess)
+        b.total[i] = row_expsum_lo(xi, gi, n, m[i], &excess, &b.total_lo[i])
         b.excess[i] = excess
         b.e_y[i] = gi[y] if with_grad else 0.0
         b.w_y[i] = w[y] if w != NULL else 1.0
@@ -308,11 +335,21 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
     cdef floating smooth_scale = <floating>b.smooth_scale[i]
     cdef IndexRowTerms terms
     cdef Py_ssize_t c
+    cdef double k_hi, k_lo
     if (not (isfinite(p_scale) and isfinite(smooth_scale))
             or divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o)):
         terms = index_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
         grad_divided(g, 1, n, terms, o)
+    elif o.eps == 0.0 and o.z == 0.0:
+        # e_c p_scale rounded once (issue 19), as row_loss_grad_index
+        if floating is float:
+            for c in range(n):
+                g[c] = <floating>(<double>g[c] * b.p_scale[i])
+        else:
+            k_hi = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i], o.divisor, &k_lo)
+            for c in range(n):
+                g[c] = sml_mul_dd(g[c], k_hi, k_lo)
     elif o.eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
@@ -323,3 +360,8 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
         for c in range(n):
             g[c] = g[c] * p_scale - <floating>(b.smooth_scale[i] * w[c])
     g[y] = <floating>b.label_grad[i]
+    if floating is double:
+        if o.eps == 0.0 and o.z == 0.0 and b.e_y[i] == 1.0 and isfinite(b.p_scale[i]):
+            # as row_loss_grad_index (issue 19)
+            g[y] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i], b.total[i],
+                                         b.total_lo[i], o.divisor)

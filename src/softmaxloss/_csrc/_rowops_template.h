@@ -68,15 +68,60 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
     return ties;
 }
 
-/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row). */
+/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row).
+ * SML_COMPENSATED: lanes[0..SML_LANES) start at 1 and every v is in [0, 1) (exp(x - m) < 1:
+ * the ones are counted apart), so each add is a Fast2Sum whose exact error goes to the
+ * lane's compensation lanes[SML_LANES + k]; the row's last n % SML_LANES go to lanes
+ * 0, 1, ... likewise (tail unused). Else plain sums, the last ones into tail. */
+#define SML__LANE_ADD(acc, c, v)                                                       \
+    do {                                                                               \
+        double s_ = (acc) + (v);                                                       \
+        (c) += (v) - (s_ - (acc));                                                     \
+        (acc) = s_;                                                                    \
+    } while (0)
 static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *lanes,
                                            double *tail)
 {
     ptrdiff_t i = 0;
+#if SML_COMPENSATED
+    (void)tail;
+    for (; i + SML_LANES <= n; i += SML_LANES)
+        for (int k = 0; k < SML_LANES; k++)
+            SML__LANE_ADD(lanes[k], lanes[SML_LANES + k], (double)v[i + k]);
+    for (int k = 0; i + k < n; k++)
+        SML__LANE_ADD(lanes[k], lanes[SML_LANES + k], (double)v[i + k]);
+#else
     for (; i + SML_LANES <= n; i += SML_LANES)
         for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
     for (; i < n; i++) *tail += (double)v[i];
+#endif
 }
+#undef SML__LANE_ADD
+
+#if SML_COMPENSATED
+/* The compensated lanes' total less their starting ones, as hi + *lo (hi + *lo within
+ * ~2^-104 of the lanes' exact sum): lanes[k] - 1 is exact (lanes[k] >= 1), the eight are
+ * added by Fast2Sums of the larger and the smaller (all >= 0), pairwise as SML_LANE_TOTAL,
+ * their errors and the compensations summed into *lo. A NaN or infinite lane gives hi
+ * NaN or inf (*lo is then not meaningful). */
+static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, double *lo)
+{
+    double h[SML_LANES], err = 0.0, comp;
+    int width;
+    for (int k = 0; k < SML_LANES; k++) h[k] = lanes[k] - 1.0;
+    for (width = SML_LANES / 2; width >= 1; width /= 2)
+        for (int k = 0; k < width; k++) {
+            double a = h[k] > h[k + width] ? h[k] : h[k + width];
+            double b = h[k] > h[k + width] ? h[k + width] : h[k];
+            double s = a + b;
+            err += b - (s - a);
+            h[k] = s;
+        }
+    comp = SML_LANE_TOTAL((lanes + SML_LANES));
+    *lo = comp + err;
+    return h[0];
+}
+#endif
 
 #if SML_VEXP_ON
 /* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES) in one pass, on
@@ -93,25 +138,42 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
     ptrdiff_t i = 0;
     memcpy(&lo, lanes, sizeof lo);
     memcpy(&hi, lanes + 4, sizeof hi);
+#if SML_COMPENSATED
+    sml_f64x4 clo, chi; /* their compensations, lanes 8-11, 12-15 */
+    memcpy(&clo, lanes + 8, sizeof clo);
+    memcpy(&chi, lanes + 12, sizeof chi);
+#endif
     for (; i < n; i += SML_LANES) {
         SML_VGROUP_T v;
         SML_VMASK out;
         SML_VEXP_GROUP(x + i, m, v, out);
         if (SML_VANY(out)) break;
+#if SML_COMPENSATED
+        SML_VSUM_GROUP_C(e + i, v, lo, hi, clo, chi, ones);
+#else
         SML_VSUM_GROUP(e + i, v, lo, hi, ones);
+#endif
     }
     memcpy(lanes, &lo, sizeof lo);
     memcpy(lanes + 4, &hi, sizeof hi);
+#if SML_COMPENSATED
+    memcpy(lanes + 8, &clo, sizeof clo);
+    memcpy(lanes + 12, &chi, sizeof chi);
+#endif
     for (int k = 0; k < (int)(sizeof ones / sizeof ones[0]); k++) *ties -= ones[k];
     return i;
 }
 #endif
 
-static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
-                                              double *excess)
+static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdiff_t n,
+                                                 SML_T m, double *excess, double *total_lo)
 {
     SML_T exps[SML_CHUNK], rest[SML_CHUNK];
+#if SML_COMPENSATED /* the lanes start at 1 (see sml_lanes_add), their compensations at 0 */
+    double lanes[2 * SML_LANES] = {1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+#else
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+#endif
     double tail = 0;
     ptrdiff_t ties = 0;
 #if SML_VEXP_ON
@@ -143,13 +205,46 @@ static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_
             SML_NAME(sml_lanes_add)(rest, len - done, lanes, &tail);
         }
     }
-    double rest_sum = SML_LANE_TOTAL(lanes) + tail;
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
         if (excess != NULL) *excess = NAN;
+        if (total_lo != NULL) *total_lo = 0.0;
         return NAN;
     }
+#if SML_COMPENSATED
+    /* rest = rest_hi + rest_lo to ~2^-104; S = ties + rest and S - 1 each by a TwoSum of
+     * the integer and rest_hi, rounded once (beyond the range, or NaN: the plain sums) */
+    double rest_lo, rest_hi = SML_NAME(sml__lanes_total_c)(lanes, &rest_lo);
+    double t, t_lo;
+    (void)tail;
+    if (!(fabs(rest_hi) <= DBL_MAX)) {
+        if (excess != NULL) *excess = ((double)ties - 1.0) + rest_hi;
+        if (total_lo != NULL) *total_lo = 0.0;
+        return (double)ties + rest_hi;
+    }
+    if (excess != NULL) {
+        SML__TWO_SUM((double)ties - 1.0, rest_hi, t, t_lo);
+        *excess = t + (t_lo + rest_lo);
+    }
+    SML__TWO_SUM((double)ties, rest_hi, t, t_lo);
+    t_lo += rest_lo;
+    if (total_lo != NULL) { /* S - fl(S), to ~2^-104 S */
+        double s = t + t_lo;
+        *total_lo = t_lo - (s - t);
+        return s;
+    }
+    return t + t_lo;
+#else
+    double rest_sum = SML_LANE_TOTAL(lanes) + tail;
     if (excess != NULL) *excess = ((double)ties - 1.0) + rest_sum;
+    if (total_lo != NULL) *total_lo = 0.0;
     return (double)ties + rest_sum;
+#endif
+}
+
+static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
+                                              double *excess)
+{
+    return SML_NAME(sml_row_expsum_lo)(x, e, n, m, excess, NULL);
 }
 
 static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, ptrdiff_t n,
@@ -205,10 +300,12 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
 #undef SML_EXP_SUB
 #undef SML_EXACT_GAPS
 #undef SML_COUNT
+#undef SML_COMPENSATED
 #undef SML_VEXP_ON
 #if SML_HAVE_VEXP
 #undef SML_VMASK
 #undef SML_VGROUP_T
 #undef SML_VEXP_GROUP
 #undef SML_VSUM_GROUP
+#undef SML_VSUM_GROUP_C
 #endif
