@@ -36,6 +36,7 @@
 #define SML_LANES 8
 #define SML_CHUNK 1024 /* a multiple of SML_LANES; 4 or 8 KiB of stack */
 #define SML_VBLOCK 128 /* a multiple of SML_LANES: see sml_row_expsum */
+#define SML_SUMBLOCK 128 /* a multiple of SML_LANES: the float64 sums' blocks (sml_lanes_add) */
 
 /* The lanes' total, always in this order. */
 #define SML_LANE_TOTAL(acc)                                                            \
@@ -243,29 +244,16 @@ static inline double sml_mul_dd(double e, double hi, double lo)
         SML_EXP_X4_INRANGE_LO(d1_, l1_, (v).v[1]);                                      \
     } while (0)
 
-/* SML_VSUM_GROUP_DC(ep, v, lo, hi, clo, chi, ones): SML_VSUM_GROUP_D with each lane's sum
- * compensated (SML__LANE_ADD: the lanes start at 1, every term is in [0, 1), so Fast2Sum
- * is exact; its error into clo / chi), as sml_lanes_add_d does it: the same bits. */
+/* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum of the larger and the smaller of acc and
+ * v (both >= 0), its exact error into c: sml__merge_lanes_d's on vectors (the same bits). */
 #define SML__VLANE_ADD(acc, c, v)                                                       \
     do {                                                                                \
-        sml_f64x4 s_ = (acc) + (v);                                                     \
-        (c) += (v) - (s_ - (acc));                                                      \
+        sml_i64x4 gt_ = (acc) > (v);                                                    \
+        sml_f64x4 a_ = (sml_f64x4)((gt_ & (sml_i64x4)(acc)) | (~gt_ & (sml_i64x4)(v)));  \
+        sml_f64x4 b_ = (sml_f64x4)((gt_ & (sml_i64x4)(v)) | (~gt_ & (sml_i64x4)(acc)));  \
+        sml_f64x4 s_ = a_ + b_;                                                         \
+        (c) += b_ - (s_ - a_);                                                          \
         (acc) = s_;                                                                     \
-    } while (0)
-#define SML_VSUM_GROUP_DC(ep, v, lo, hi, clo, chi, ones)                                \
-    do {                                                                                \
-        sml_i64x4 one0_, one1_;                                                         \
-        sml_f64x4 w0_, w1_;                                                             \
-        memcpy((ep), &(v).v[0], sizeof(v).v[0]);                                        \
-        memcpy((ep) + 4, &(v).v[1], sizeof(v).v[1]);                                    \
-        one0_ = (v).v[0] == 1.0;                                                        \
-        one1_ = (v).v[1] == 1.0;                                                        \
-        (ones) += one0_;                                                                \
-        (ones) += one1_;                                                                \
-        w0_ = (sml_f64x4)((sml_i64x4)(v).v[0] & ~one0_);                                \
-        w1_ = (sml_f64x4)((sml_i64x4)(v).v[1] & ~one1_);                                \
-        SML__VLANE_ADD(lo, clo, w0_);                                                   \
-        SML__VLANE_ADD(hi, chi, w1_);                                                   \
     } while (0)
 
 #define SML_VSUM_GROUP_D(ep, v, lo, hi, ones)                                           \
@@ -308,14 +296,13 @@ static inline double sml_mul_dd(double e, double hi, double lo)
 #define SML_EXP_SUB sml_exp_sub
 #define SML_EXACT_GAPS 1 /* m - x[c] rounds: its low part summed apart (sml_row_gapsum) */
 #define SML_COUNT int64_t
-#define SML_COMPENSATED 1 /* S's lanes compensated (Fast2Sum from 1): S to ~2^-104 */
+#define SML_COMPENSATED 1 /* S's lanes compensated (sorted Fast2Sum): S to ~2^-104 */
 #define SML_VEXP_ON SML_HAVE_VEXP
 #if SML_VEXP_ON
 #define SML_VMASK sml_i64x4
 #define SML_VGROUP_T SML_VGROUP_T_D
 #define SML_VEXP_GROUP SML_VEXP_GROUP_D
 #define SML_VSUM_GROUP SML_VSUM_GROUP_D
-#define SML_VSUM_GROUP_C SML_VSUM_GROUP_DC
 #endif
 #include "_rowops_template.h" /* which #undefs its parameters */
 
