@@ -173,7 +173,11 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
         block_terms(b, m, count, n, constant)
     else:
         block_terms(b, m, count, n, o)
-    block_p_lo(b, count, o)
+    if floating is double:  # float32 gradients are formed in double from p_scale: no lo
+        block_p_lo(b, count, o)
+    else:
+        for i in range(count):
+            b.p_lo[i] = 0.0
     for i in range(count):
         if b.label[i] < 0:
             row_loss[i] = b.fill[i]

@@ -65,7 +65,8 @@
                     - smooth_scale[i] * (w != NULL ? w[c] : 1.0));
 
 /* The same with p_scale as hi + lo (p_lo): p_scale e + (p_lo e - smooth_scale w), the first
- * product and the sum by one fma where the target has it. */
+ * product and the sum by one fma where the target has it; p_lo e is 0 where p_lo is (a row
+ * whose gradient is already in et, p_scale = 1: e may be inf, and 0 * inf = NaN). */
 #if defined(__FMA__)
 #define SML__BLOCK_FMA(a, b, c) fma((a), (b), (c))
 #else
@@ -76,7 +77,7 @@
         for (ptrdiff_t c = 0; c < n; c++)                                              \
             *(T *)(rows[i] + c * step) = (T)SML__BLOCK_FMA(                            \
                 p_scale[i], (double)et[c * ld + i],                                    \
-                p_lo[i] * (double)et[c * ld + i]                                       \
+                (p_lo[i] != 0.0 ? p_lo[i] * (double)et[c * ld + i] : 0.0)              \
                     - smooth_scale[i] * (w != NULL ? w[c] : 1.0));
 
 #if SML_BLOCK_SIMD
@@ -297,6 +298,7 @@ static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, 
         ptrdiff_t tile_rows = count - i0 < 4 ? count - i0 : 4;
         __m256d p = sml__load_first_pd(p_scale + i0, tile_rows);
         __m256d pl = sml__load_first_pd(p_lo + i0, tile_rows);
+        __m256d pl_on = _mm256_cmp_pd(pl, _mm256_setzero_pd(), _CMP_NEQ_OQ); /* see the loop */
         __m256d s = sml__load_first_pd(smooth_scale + i0, tile_rows);
         for (ptrdiff_t c0 = 0; c0 < n; c0 += 4) {
             ptrdiff_t cols = n - c0 < 4 ? n - c0 : 4;
@@ -309,7 +311,8 @@ static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, 
                 __m256d w_c = _mm256_set1_pd(w != NULL ? w[c0 + c] : 1.0);
                 __m256d e = _mm256_loadu_pd(et + (c0 + c) * ld + i0);
                 /* p e + (p_lo e - s w): SML_BLOCK_STORE_LOOP_LO's fma */
-                r[c] = _mm256_fmadd_pd(p, e, _mm256_fmsub_pd(pl, e, _mm256_mul_pd(s, w_c)));
+                r[c] = _mm256_fmadd_pd(p, e, _mm256_fmsub_pd(pl, _mm256_and_pd(e, pl_on),
+                                                             _mm256_mul_pd(s, w_c)));
             }
             sml__transpose4_pd(r);
             for (ptrdiff_t k = 0; k < tile_rows; k++) {

@@ -36,7 +36,7 @@
 #define SML_LANES 8
 #define SML_CHUNK 1024 /* a multiple of SML_LANES; 4 or 8 KiB of stack */
 #define SML_VBLOCK 128 /* a multiple of SML_LANES: see sml_row_expsum */
-#define SML_SUMBLOCK 128 /* a multiple of SML_LANES: the float64 sums' blocks (sml_lanes_add) */
+#define SML_SUMBLOCK 64 /* a multiple of SML_LANES: the float64 sums' blocks (sml_lanes_add) */
 
 /* The lanes' total, always in this order. */
 #define SML_LANE_TOTAL(acc)                                                            \
@@ -70,9 +70,9 @@ static inline double sml_sub_sub(double x, double m, double L)
  * sml_quot_dd(num, s, s_lo, w, &lo): num / ((s + s_lo) w) as hi + lo, the pair within a few
  * units of 2^-104 of it (num, w > 0 normal; s + s_lo the sum S of sml_row_expsum_lo_d):
  * the factor that turns e_c into p_c (1 / S), a gradient's p_scale (s p_coef / (S W)).
- * sml_mul_dd(e, hi, lo): e (hi + lo), rounded once with FMA (one fma of e hi and e lo,
- * the latter's own rounding far below an ulp of the result), twice without it (e hi, then
- * the correction). Where hi is not finite the plain e * hi. */
+ * sml_mul_dd(e, hi, lo): e (hi + lo), rounded once: with FMA one fma of e hi and e lo (the
+ * latter's own rounding far below an ulp of the result), without it e hi exactly by
+ * Dekker's product, then its sum with the correction. */
 #define SML__TWO_SUM(a, b, s, e)                                                        \
     do {                                                                                \
         double bb_;                                                                     \
@@ -167,8 +167,10 @@ static inline double sml_mul_dd(double e, double hi, double lo)
 {
 #if SML__HAVE_FMA
     return fma(e, hi, e * lo);
-#else
-    return e * hi + e * lo;
+#else /* e hi exactly (Dekker), then rounded once with the correction */
+    double p, p_lo;
+    SML__TWO_PROD(e, hi, p, p_lo);
+    return isfinite(p) ? p + (p_lo + e * lo) : p;
 #endif
 }
 

@@ -242,9 +242,9 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
     /* rest = rest_hi + rest_lo to ~2^-104; S = ties + rest and S - 1 each by a TwoSum of
      * the integer and rest_hi, rounded once (beyond the range, or NaN: the plain sums) */
     double rest_lo, rest_hi;
-    if (n > SML_SUMBLOCK) {
-        SML_NAME(sml__merge_lanes)(lanes); /* the last block's */
-    } else { /* one block: the merge into zero lanes is a copy (Fast2Sum(0, p) = p + 0) */
+    if (n >= SML_SUMBLOCK) {
+        SML_NAME(sml__merge_lanes)(lanes); /* the last block's (zeros if n ended one) */
+    } else { /* within one block: the merge into zero lanes is a copy (Fast2Sum(0, p) = p) */
         for (int k = 0; k < SML_LANES; k++) lanes[SML_LANES + k] = lanes[k];
     }
     rest_hi = SML_NAME(sml__lanes_total_c)(lanes, &rest_lo);
