@@ -391,9 +391,11 @@ cdef inline void row_grad_hess(
                 s * (e * inv_total) * complement(e, total, excess))
             g[c] = <floating>(s * e * inv_total)
     else:  # p and p (1 - p) each rounded once (issue 19): sml_grad_hess_d
-        c_max = sml_quot_dd(excess, total, total_lo, 1.0, &c_max_lo) if excess > 0.0 else 0.0
-        if not excess > 0.0:
-            c_max_lo = 0.0
+        c_max_lo = 0.0
+        if excess > 0.0:
+            c_max = sml_quot_dd(excess, total, total_lo, 1.0, &c_max_lo)
+        else:  # 0, or NaN (a row with NaN): as complement gives it
+            c_max = excess / total
         for c in range(n):
             (<floating *>(h + c * h_step))[0] = s * sml_grad_hess_d(
                 g[c], inv_total, inv_lo, c_max, c_max_lo, &p)
