@@ -79,6 +79,16 @@ cdef extern from "_rowops.h" nogil:
     double sml_row_max_d(const double *x, Py_ssize_t n)
     double sml_row_expsum_f(const float *x, float *e, Py_ssize_t n, float m, double *excess)
     double sml_row_expsum_d(const double *x, double *e, Py_ssize_t n, double m, double *excess)
+    double sml_row_expsum_lo_f(const float *x, float *e, Py_ssize_t n, float m, double *excess,
+                               double *total_lo)
+    double sml_row_expsum_lo_d(const double *x, double *e, Py_ssize_t n, double m, double *excess,
+                               double *total_lo)
+    double sml_quot_dd(double num, double s, double s_lo, double w, double *lo)
+    double sml_mul_dd(double e, double hi, double lo)
+    double sml_add_lo(double a, double b, double b_lo, double *lo)
+    double sml_label_grad_at_max(double scale, double excess, double s, double s_lo, double w)
+    double sml_grad_hess_d(double e, double inv, double inv_lo, double c_max, double c_max_lo,
+                           double *p_out)
     double sml_row_gapsum_f(const float *x, const double *w, Py_ssize_t n, double m)
     double sml_row_gapsum_d(const double *x, const double *w, Py_ssize_t n, double m)
 
@@ -103,8 +113,8 @@ cdef extern from "_blockops.h" nogil:
                                 const double *w)
     void sml_block_store_grad_d(char *const *rows, Py_ssize_t step, Py_ssize_t count,
                                 Py_ssize_t n, const double *et, Py_ssize_t ld,
-                                const double *p_scale, const double *smooth_scale,
-                                const double *w)
+                                const double *p_scale, const double *p_lo,
+                                const double *smooth_scale, const double *w)
 
 
 ctypedef fused floating:

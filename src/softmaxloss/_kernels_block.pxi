@@ -18,6 +18,8 @@ cdef struct Block:
     double excess[BLOCK_ROWS]      # S - 1
     double log_total[BLOCK_ROWS]   # log(S)
     double total[BLOCK_ROWS]       # S
+    double total_lo[BLOCK_ROWS]    # S - fl(S) (float64: S's sum compensated; float32: 0)
+    double p_lo[BLOCK_ROWS]        # p_scale's low part (float64, eps = z = 0; else 0)
     Py_ssize_t label[BLOCK_ROWS]   # the row's class, -1 for a row left out (see left_out)
     double fill[BLOCK_ROWS]        # a left-out row's loss and gradient entries
     double x_y[BLOCK_ROWS]
@@ -71,6 +73,20 @@ cdef inline void block_loss_grad_index(
     block_store(&b, g_rows, g.step, count, n, o, xt)
 
 
+cdef inline void add_rest(Block *b, double *rest_lo, Py_ssize_t i, floating v) noexcept nogil:
+    """rest += v unless v is 1 (a tie, counted apart); for double as rest + rest_lo by
+    TwoSum (issue 19: S to ~2^-104), float32's terms summed plainly in double."""
+    cdef double term = 0.0 if v == 1 else <double>v
+    cdef double total, back
+    if floating is float:
+        b.rest[i] += term
+    else:
+        total = b.rest[i] + term
+        back = total - b.rest[i]
+        rest_lo[i] += (b.rest[i] - (total - back)) + (term - back)
+        b.rest[i] = total
+
+
 cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                                   const char *const *x_rows, Py_ssize_t step,
                                   Py_ssize_t count, Py_ssize_t n, LossOptions o,
@@ -94,9 +110,12 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
         for i in range(count):
             v = xt[c * BLOCK_ROWS + i]
             m[i] = v if v > m[i] else m[i]
+    cdef double rest_lo[BLOCK_ROWS]
+    cdef double sum_  # the discarded low part of excess
     for i in range(count):
         b.gap[i] = 0.0
         b.rest[i] = 0.0
+        rest_lo[i] = 0.0
         ties[i] = 0.0
     cdef double gap_lo[BLOCK_ROWS]
     if o.eps != 0.0:  # before the exponentials overwrite xt
@@ -127,7 +146,7 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                 else:
                     v = sml_exp_sub(u, m[i])
                 xt[c * BLOCK_ROWS + i] = v
-                b.rest[i] += 0.0 if v == 1 else <double>v
+                add_rest(b, rest_lo, i, v)
                 ties[i] += 1 if v == 1 else 0
                 entsum[i] += 0.0 if v == 0 else <double>v * (<double>m[i] - <double>u)
     else:
@@ -138,11 +157,12 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                 else:
                     v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
                 xt[c * BLOCK_ROWS + i] = v
-                b.rest[i] += 0.0 if v == 1 else <double>v
+                add_rest(b, rest_lo, i, v)
                 ties[i] += 1 if v == 1 else 0
     for i in range(count):  # vectorised along the rows
-        b.excess[i] = (<double>ties[i] - 1.0) + b.rest[i]
+        b.excess[i] = sml_add_lo(<double>ties[i] - 1.0, b.rest[i], rest_lo[i], &sum_)
         b.log_total[i] = sml_log1p(b.excess[i])
+        b.total[i] = sml_add_lo(<double>ties[i], b.rest[i], rest_lo[i], &b.total_lo[i])
 
 
 cdef inline void block_argmax(const floating *m, Py_ssize_t count, Py_ssize_t n,
@@ -203,7 +223,6 @@ cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
         b.w_y[i] = w[y] if w != NULL else 1.0
         b.s[i] = sample_weight_at(sample_weight, first + i)
-        b.total[i] = <double>ties[i] + b.rest[i]
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             b.excess[i] = NAN
             b.log_total[i] = NAN
@@ -227,6 +246,11 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
         block_terms(b, m, count, n, constant)
     else:
         block_terms(b, m, count, n, o)
+    if floating is double:  # float32 gradients are formed in double from p_scale: no lo
+        block_p_lo(b, count, o)
+    else:
+        for i in range(count):
+            b.p_lo[i] = 0.0
     for i in range(count):
         if b.label[i] < 0:
             row_loss[i] = b.fill[i]
@@ -240,6 +264,20 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
             grad_divided(&xt[i], BLOCK_ROWS, n, terms, o)
             b.p_scale[i] = 1.0
             b.smooth_scale[i] = 0.0
+
+
+cdef inline void block_p_lo(Block *b, Py_ssize_t count, LossOptions o) noexcept nogil:
+    """float64 rows, eps = z = 0: p_scale = s w_y / (S W) again, as hi + lo (sml_quot_dd, from
+    S's own lo), for the gradient e_c p_scale rounded once (issue 19); else p_lo = 0."""
+    cdef Py_ssize_t i
+    for i in range(count):
+        b.p_lo[i] = 0.0
+        if o.eps == 0.0 and o.z == 0.0 and b.label[i] >= 0 and isfinite(b.p_scale[i]):
+            b.p_scale[i] = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i],
+                                       o.divisor, &b.p_lo[i])
+            if b.e_y[i] == 1.0:  # the label at the max: -(1 - p_y) s w_y / W rounded once
+                b.label_grad[i] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i],
+                                                        b.total[i], b.total_lo[i], o.divisor)
 
 
 cdef inline void block_terms(Block *b, const floating *m, Py_ssize_t count, Py_ssize_t n,
@@ -281,7 +319,7 @@ cdef inline void block_store(Block *b, char *const *g_rows, Py_ssize_t step,
         sml_block_store_grad_f(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
                                b.smooth_scale, o.w)
     else:
-        sml_block_store_grad_d(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale,
+        sml_block_store_grad_d(g_rows, step, count, n, xt, BLOCK_ROWS, b.p_scale, b.p_lo,
                                b.smooth_scale, o.w)
     for i in range(count):
         if b.label[i] < 0:
@@ -347,6 +385,7 @@ cdef inline void group_loss_grad_index(
             b.x_y[i] = 0.0
             b.gap[i] = 0.0
             b.total[i] = 1.0
+            b.total_lo[i] = 0.0
             b.excess[i] = 0.0
             b.e_y[i] = 1.0
             b.w_y[i] = 1.0
@@ -361,7 +400,7 @@ cdef inline void group_loss_grad_index(
         b.x_y[i] = xi[y]  # read before gi overwrites xi
         b.gap[i] = row_gapsum(xi, w, n, m[i]) if o.eps != 0.0 else 0.0
         e = stats_exps(xi, gi, o, stats) if want_stats else gi
-        b.total[i] = row_expsum(xi, e, n, m[i], &excess)
+        b.total[i] = row_expsum_lo(xi, e, n, m[i], &excess, &b.total_lo[i])
         b.excess[i] = excess
         b.e_y[i] = e[y] if e != NULL else 0.0
         if want_stats:  # before the gradient overwrites xi (in place)
@@ -398,11 +437,21 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
     cdef floating smooth_scale = <floating>b.smooth_scale[i]
     cdef IndexRowTerms terms
     cdef Py_ssize_t c
+    cdef double k_hi, k_lo
     if (not (isfinite(p_scale) and isfinite(smooth_scale))
             or divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o)):
         terms = any_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
         grad_divided(g, 1, n, terms, o)
+    elif o.eps == 0.0 and o.z == 0.0:
+        # e_c p_scale rounded once (issue 19), as row_loss_grad_index
+        if floating is float:
+            for c in range(n):
+                g[c] = <floating>(<double>g[c] * b.p_scale[i])
+        else:
+            k_hi = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i], o.divisor, &k_lo)
+            for c in range(n):
+                g[c] = sml_mul_dd(g[c], k_hi, k_lo)
     elif o.eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
@@ -413,3 +462,8 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
         for c in range(n):
             g[c] = g[c] * p_scale - <floating>(b.smooth_scale[i] * w[c])
     g[y] = <floating>b.label_grad[i]
+    if floating is double:
+        if o.eps == 0.0 and o.z == 0.0 and b.e_y[i] == 1.0 and isfinite(b.p_scale[i]):
+            # as row_loss_grad_index (issue 19)
+            g[y] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i], b.total[i],
+                                         b.total_lo[i], o.divisor)

@@ -21,6 +21,16 @@ cdef inline double row_expsum(const floating *x, floating *e, Py_ssize_t n, floa
         return sml_row_expsum_d(x, e, n, m, excess)
 
 
+cdef inline double row_expsum_lo(const floating *x, floating *e, Py_ssize_t n, floating m,
+                                 double *excess, double *total_lo) noexcept nogil:
+    """row_expsum, and S - fl(S) into total_lo (float64 logits: S's lanes compensated, to
+    ~2^-104 S; float32: 0)."""
+    if floating is float:
+        return sml_row_expsum_lo_f(x, e, n, m, excess, total_lo)
+    else:
+        return sml_row_expsum_lo_d(x, e, n, m, excess, total_lo)
+
+
 cdef inline double complement(double e, double total, double excess) noexcept nogil:
     """1 - p = (S - e) / S for an entry e = exp(x - m), without cancellation: p > 1/2
     only at the max, whose e is exactly 1, and there S - e = excess exactly."""
@@ -164,7 +174,7 @@ cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
     cdef floating m = row_max(x, n)
     cdef double total
     cdef double log_total
-    cdef floating inv_total
+    cdef double total_lo, inv_hi, inv_lo
     cdef Py_ssize_t c
     cdef double excess
     if log_output:
@@ -179,10 +189,15 @@ cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
             for c in range(n):
                 out[c] = sml_sub_sub(x[c], m, log_total)
     else:
-        total = row_expsum(x, out, n, m, NULL)
-        inv_total = <floating>(1.0 / total)
+        # p_c = e_c / S rounded once (issue 19): float32 in double; float64 as e_c (1/S as
+        # hi + lo, with S's own lo), one fma
+        total = row_expsum_lo(x, out, n, m, NULL, &total_lo)
+        inv_hi = sml_quot_dd(1.0, total, total_lo, 1.0, &inv_lo)
         for c in range(n):
-            out[c] = out[c] * inv_total
+            if floating is float:
+                out[c] = <floating>(<double>out[c] * inv_hi)
+            else:
+                out[c] = sml_mul_dd(out[c], inv_hi, inv_lo)
 
 
 cdef inline double row_logsumexp(const floating *x, Py_ssize_t n) noexcept nogil:
@@ -435,9 +450,9 @@ cdef inline double row_loss_grad_index(
         row_stats_first(x, n, m, o, r)
     cdef double x_y = x[y]  # read before g overwrites x
     cdef double gap_sum = row_gapsum(x, w, n, m) if o.eps != 0.0 else 0.0
-    cdef double excess
+    cdef double excess, total_lo, k_hi, k_lo
     cdef floating *e = stats_exps(x, g, o, stats) if want_stats else g
-    cdef double total = row_expsum(x, e, n, m, &excess)
+    cdef double total = row_expsum_lo(x, e, n, m, &excess, &total_lo)
     cdef double e_y = e[y] if e != NULL else 0.0
     cdef double log_total = sml_log1p(excess)
     if want_stats:
@@ -454,6 +469,16 @@ cdef inline double row_loss_grad_index(
         # Overflow checked in the logits' precision too, as the loops below compute: a
         # float32 scale may overflow where its double does not (inf - inf = NaN, not inf).
         grad_divided(g, 1, n, terms, o)
+    elif o.eps == 0.0 and o.z == 0.0:
+        # p_scale e_c rounded once (issue 19): float32 in double; float64 with p_scale =
+        # s p_coef / (S W) as hi + lo, one fma
+        if floating is float:
+            for c in range(n):
+                g[c] = <floating>(<double>g[c] * terms.p_scale)
+        else:
+            k_hi = sml_quot_dd(s * terms.p_coef, total, total_lo, o.divisor, &k_lo)
+            for c in range(n):
+                g[c] = sml_mul_dd(g[c], k_hi, k_lo)
     elif o.eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
@@ -464,6 +489,10 @@ cdef inline double row_loss_grad_index(
         for c in range(n):
             g[c] = g[c] * p_scale - <floating>(terms.smooth_scale * w[c])
     g[y] = <floating>terms.label_grad
+    if floating is double:
+        if o.eps == 0.0 and o.z == 0.0 and e_y == 1.0 and isfinite(terms.p_scale):
+            # -(1 - p_y) s w_y / W at a labelled max, rounded once (issue 19)
+            g[y] = sml_label_grad_at_max(s * terms.p_coef, excess, total, total_lo, o.divisor)
     return terms.loss
 
 
@@ -557,15 +586,29 @@ cdef inline void row_grad_hess(
     cancellation also at a max with p close to 1.
     """
     cdef floating m = row_max(x, n)
-    cdef double excess
-    cdef double total = row_expsum(x, g, n, m, &excess)
-    cdef double inv_total = 1.0 / total
+    cdef double excess, total_lo, inv_lo, p, c_max, c_max_lo
+    cdef double total = row_expsum_lo(x, g, n, m, &excess, &total_lo)
+    cdef double inv_total = sml_quot_dd(1.0, total, total_lo, 1.0, &inv_lo)
     cdef double e_y = g[y]
     cdef double e
     cdef Py_ssize_t c
-    for c in range(n):
-        e = g[c]
-        (<floating *>(h + c * h_step))[0] = <floating>(
-            s * (e * inv_total) * complement(e, total, excess))
-        g[c] = <floating>(s * e * inv_total)
+    if floating is float:
+        for c in range(n):
+            e = g[c]
+            (<floating *>(h + c * h_step))[0] = <floating>(
+                s * (e * inv_total) * complement(e, total, excess))
+            g[c] = <floating>(s * e * inv_total)
+    else:  # p and p (1 - p) each rounded once (issue 19): sml_grad_hess_d
+        c_max_lo = 0.0
+        if excess > 0.0:
+            c_max = sml_quot_dd(excess, total, total_lo, 1.0, &c_max_lo)
+        else:  # 0, or NaN (a row with NaN): as complement gives it
+            c_max = excess / total
+        for c in range(n):
+            (<floating *>(h + c * h_step))[0] = s * sml_grad_hess_d(
+                g[c], inv_total, inv_lo, c_max, c_max_lo, &p)
+            g[c] = s * p
+        if e_y == 1.0:  # -(1 - p_y) s = -s excess / S, rounded once
+            g[y] = -s * (c_max + c_max_lo)
+            return
     g[y] = <floating>(-s * complement(e_y, total, excess))

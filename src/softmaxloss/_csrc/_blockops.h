@@ -7,9 +7,11 @@
  *       xt[c * ld + i] = element c of rows[i]   (i < count, c < n; elements `step`
  *       bytes apart), and xt[c * ld + i] = 0 for count <= i < count rounded up to
  *       the tile height (8 floats, 4 doubles; ld must be a multiple of 8).
- *   sml_block_store_grad_*(rows, step, count, n, et, ld, p_scale, smooth_scale, w):
+ *   sml_block_store_grad_*(rows, step, count, n, et, ld, p_scale, [p_lo,] smooth_scale, w):
  *       element c of rows[i] = (T)(p_scale[i] * et[c * ld + i] - smooth_scale[i] * w[c])
- *       in double (w NULL: all ones), for i < count, c < n: the gradient off the label.
+ *       in double (w NULL: all ones), for i < count, c < n: the gradient off the label;
+ *       the double one with p_scale[i] + p_lo[i] as the scale, its product with et and
+ *       the sum rounded once (one fma; issue 19).
  *
  * Why C: with AVX2 and contiguous rows both run on 8 x 8 (float; 8 x 4 for at most
  * 4 classes) or 4 x 4 (double) tiles transposed in registers, the rows loaded and
@@ -24,6 +26,7 @@
 #ifndef SOFTMAXLOSS_BLOCKOPS_H
 #define SOFTMAXLOSS_BLOCKOPS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,6 +62,22 @@
         for (ptrdiff_t c = 0; c < n; c++)                                              \
             *(T *)(rows[i] + c * step) =                                               \
                 (T)(p_scale[i] * (double)et[c * ld + i]                                \
+                    - smooth_scale[i] * (w != NULL ? w[c] : 1.0));
+
+/* The same with p_scale as hi + lo (p_lo): p_scale e + (p_lo e - smooth_scale w), the first
+ * product and the sum by one fma where the target has it; p_lo e is 0 where p_lo is (a row
+ * whose gradient is already in et, p_scale = 1: e may be inf, and 0 * inf = NaN). */
+#if defined(__FMA__)
+#define SML__BLOCK_FMA(a, b, c) fma((a), (b), (c))
+#else
+#define SML__BLOCK_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+#define SML_BLOCK_STORE_LOOP_LO(T)                                                     \
+    for (ptrdiff_t i = 0; i < count; i++)                                              \
+        for (ptrdiff_t c = 0; c < n; c++)                                              \
+            *(T *)(rows[i] + c * step) = (T)SML__BLOCK_FMA(                            \
+                p_scale[i], (double)et[c * ld + i],                                    \
+                (p_lo[i] != 0.0 ? p_lo[i] * (double)et[c * ld + i] : 0.0)              \
                     - smooth_scale[i] * (w != NULL ? w[c] : 1.0));
 
 #if SML_BLOCK_SIMD
@@ -272,11 +291,14 @@ static inline void sml__block_store_tiles_f(char *const *rows, ptrdiff_t count, 
 
 static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, ptrdiff_t n,
                                             const double *et, ptrdiff_t ld, const double *p_scale,
-                                            const double *smooth_scale, const double *w)
+                                            const double *p_lo, const double *smooth_scale,
+                                            const double *w)
 {
     for (ptrdiff_t i0 = 0; i0 < count; i0 += 4) {
         ptrdiff_t tile_rows = count - i0 < 4 ? count - i0 : 4;
         __m256d p = sml__load_first_pd(p_scale + i0, tile_rows);
+        __m256d pl = sml__load_first_pd(p_lo + i0, tile_rows);
+        __m256d pl_on = _mm256_cmp_pd(pl, _mm256_setzero_pd(), _CMP_NEQ_OQ); /* see the loop */
         __m256d s = sml__load_first_pd(smooth_scale + i0, tile_rows);
         for (ptrdiff_t c0 = 0; c0 < n; c0 += 4) {
             ptrdiff_t cols = n - c0 < 4 ? n - c0 : 4;
@@ -287,7 +309,10 @@ static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, 
                     continue;
                 }
                 __m256d w_c = _mm256_set1_pd(w != NULL ? w[c0 + c] : 1.0);
-                r[c] = _mm256_fmsub_pd(p, _mm256_loadu_pd(et + (c0 + c) * ld + i0), _mm256_mul_pd(s, w_c));
+                __m256d e = _mm256_loadu_pd(et + (c0 + c) * ld + i0);
+                /* p e + (p_lo e - s w): SML_BLOCK_STORE_LOOP_LO's fma */
+                r[c] = _mm256_fmadd_pd(p, e, _mm256_fmsub_pd(pl, _mm256_and_pd(e, pl_on),
+                                                             _mm256_mul_pd(s, w_c)));
             }
             sml__transpose4_pd(r);
             for (ptrdiff_t k = 0; k < tile_rows; k++) {
@@ -339,12 +364,12 @@ static inline void sml_block_store_grad_f(char *const *rows, ptrdiff_t step, ptr
 
 static inline void sml_block_store_grad_d(char *const *rows, ptrdiff_t step, ptrdiff_t count,
                                           ptrdiff_t n, const double *et, ptrdiff_t ld,
-                                          const double *p_scale, const double *smooth_scale,
-                                          const double *w)
+                                          const double *p_scale, const double *p_lo,
+                                          const double *smooth_scale, const double *w)
 {
     SML_BLOCK_TILES_IF_CONTIGUOUS(
-        double, sml__block_store_tiles_d(rows, count, n, et, ld, p_scale, smooth_scale, w))
-    SML_BLOCK_STORE_LOOP(double)
+        double, sml__block_store_tiles_d(rows, count, n, et, ld, p_scale, p_lo, smooth_scale, w))
+    SML_BLOCK_STORE_LOOP_LO(double)
 }
 
 #endif /* SOFTMAXLOSS_BLOCKOPS_H */

@@ -36,6 +36,7 @@
 #define SML_LANES 8
 #define SML_CHUNK 1024 /* a multiple of SML_LANES; 4 or 8 KiB of stack */
 #define SML_VBLOCK 128 /* a multiple of SML_LANES: see sml_row_expsum */
+#define SML_SUMBLOCK 64 /* a multiple of SML_LANES: the float64 sums' blocks (sml_lanes_add) */
 
 /* The lanes' total, always in this order. */
 #define SML_LANE_TOTAL(acc)                                                            \
@@ -60,6 +61,117 @@ static inline double sml_sub_sub(double x, double m, double L)
     SML__TWO_DIFF(double, x, m, d, dl);
     SML__TWO_DIFF(double, d, L, t, tl);
     return fabs(t) <= DBL_MAX ? t + (tl + dl) : t;
+}
+
+/* ---- results of S in one rounding (float64 results; issue 19) -------------------------
+ * SML__TWO_SUM(a, b, s, e): s + e = a + b exactly (Knuth's TwoSum). SML__TWO_PROD(a, b, p, e):
+ * p + e = a * b exactly (fma where the target has FMA, else Dekker's product of Veltkamp
+ * halves); valid without overflow or underflow of the partial products.
+ * sml_quot_dd(num, s, s_lo, w, &lo): num / ((s + s_lo) w) as hi + lo, the pair within a few
+ * units of 2^-104 of it (num, w > 0 normal; s + s_lo the sum S of sml_row_expsum_lo_d):
+ * the factor that turns e_c into p_c (1 / S), a gradient's p_scale (s p_coef / (S W)).
+ * sml_mul_dd(e, hi, lo): e (hi + lo), rounded once: with FMA one fma of e hi and e lo (the
+ * latter's own rounding far below an ulp of the result), without it e hi exactly by
+ * Dekker's product, then its sum with the correction. */
+#define SML__TWO_SUM(a, b, s, e)                                                        \
+    do {                                                                                \
+        double bb_;                                                                     \
+        (s) = (a) + (b);                                                                \
+        bb_ = (s) - (a);                                                                \
+        (e) = ((a) - ((s) - bb_)) + ((b) - bb_);                                        \
+    } while (0)
+
+#if defined(__FMA__) || (defined(_MSC_VER) && defined(__AVX2__))
+#define SML__HAVE_FMA 1
+#define SML__TWO_PROD(a, b, p, e)                                                       \
+    do {                                                                                \
+        (p) = (a) * (b);                                                                \
+        (e) = fma((a), (b), -(p));                                                      \
+    } while (0)
+#else
+#define SML__HAVE_FMA 0
+static inline void sml__split(double a, double *hi, double *lo)
+{
+    double t = 134217729.0 * a; /* 2^27 + 1 */
+    *hi = t - (t - a);
+    *lo = a - *hi;
+}
+#define SML__TWO_PROD(a, b, p, e)                                                       \
+    do {                                                                                \
+        double ah_, al_, bh_, bl_;                                                      \
+        (p) = (a) * (b);                                                                \
+        sml__split((a), &ah_, &al_);                                                    \
+        sml__split((b), &bh_, &bl_);                                                    \
+        (e) = ((ah_ * bh_ - (p)) + ah_ * bl_ + al_ * bh_) + al_ * bl_;                  \
+    } while (0)
+#endif
+
+static inline double sml_quot_dd(double num, double s, double s_lo, double w, double *lo)
+{
+    double d, d_lo, q, p, p_lo, r;
+    SML__TWO_PROD(s, w, d, d_lo);
+    d_lo += s_lo * w;                 /* (s + s_lo) w = d + d_lo to ~2^-104 */
+    q = num / d;
+    SML__TWO_PROD(q, d, p, p_lo);     /* num - q d exactly: (num - p) - p_lo */
+    r = ((num - p) - p_lo) - q * d_lo;
+    *lo = isfinite(q) ? r / d : 0.0;
+    return q;
+}
+
+/* sml_grad_hess_d(e, inv, inv_lo, c_max, c_max_lo, &p): p (1 - p) for p = e (inv + inv_lo)
+ * (= e / S), and p rounded once into *p; 1 - p as c_max + c_max_lo (the row's excess / S)
+ * at the max (e = 1), else as 1 - p exactly (p <= 1/2 off the max: Sterbenz) less p's lo.
+ * p and 1 - p as hi + lo (SML__TWO_PROD), the product rounded once: within ~0.5 ulp of
+ * e (1 - e / S) / S for the e given (issue 19). */
+static inline double sml_grad_hess_d(double e, double inv, double inv_lo, double c_max,
+                                     double c_max_lo, double *p_out)
+{
+    double q, q_lo, t, p, p_lo, c, c_lo, h, h_lo;
+    SML__TWO_PROD(e, inv, q, q_lo);
+    t = q_lo + e * inv_lo;
+    p = q + t;
+    p_lo = t - (p - q);
+    c = 1.0 - p;
+    c_lo = ((1.0 - c) - p) - p_lo;
+    c_lo = e == 1.0 ? c_max_lo : c_lo;
+    c = e == 1.0 ? c_max : c;
+    SML__TWO_PROD(p, c, h, h_lo);
+    *p_out = p;
+    h_lo += p * c_lo + p_lo * c;
+    return isfinite(h) ? h + h_lo : h;
+}
+
+/* sml_label_grad_at_max(scale, excess, s, s_lo, w): -(scale excess) / ((s + s_lo) w) rounded
+ * once, as hi + lo (sml_quot_dd): the gradient's entry at a label that is the row's max (e = 1),
+ * -(1 - p_y) scale / W with 1 - p_y = excess / S. */
+static inline double sml_label_grad_at_max(double scale, double excess, double s, double s_lo,
+                                           double w)
+{
+    double lo, q = sml_quot_dd(scale * excess, s, s_lo, w, &lo);
+    return -(q + lo);
+}
+
+/* sml_add_lo(a, b, b_lo, &lo): a + (b + b_lo) rounded once (TwoSum of a and b), and its
+ * residual into lo: S = ties + rest and S - 1 of the block path's compensated rest. */
+static inline double sml_add_lo(double a, double b, double b_lo, double *lo)
+{
+    double t, t_lo, s;
+    SML__TWO_SUM(a, b, t, t_lo);
+    t_lo += b_lo;
+    s = t + t_lo;
+    *lo = isfinite(s) ? t_lo - (s - t) : 0.0;
+    return isfinite(t) ? s : t;
+}
+
+static inline double sml_mul_dd(double e, double hi, double lo)
+{
+#if SML__HAVE_FMA
+    return fma(e, hi, e * lo);
+#else /* e hi exactly (Dekker), then rounded once with the correction */
+    double p, p_lo;
+    SML__TWO_PROD(e, hi, p, p_lo);
+    return isfinite(p) ? p + (p_lo + e * lo) : p;
+#endif
 }
 
 #define SML_JOIN2(name, suffix) name##_##suffix
@@ -134,6 +246,18 @@ static inline double sml_sub_sub(double x, double m, double L)
         SML_EXP_X4_INRANGE_LO(d1_, l1_, (v).v[1]);                                      \
     } while (0)
 
+/* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum of the larger and the smaller of acc and
+ * v (both >= 0), its exact error into c: sml__merge_lanes_d's on vectors (the same bits). */
+#define SML__VLANE_ADD(acc, c, v)                                                       \
+    do {                                                                                \
+        sml_i64x4 gt_ = (acc) > (v);                                                    \
+        sml_f64x4 a_ = (sml_f64x4)((gt_ & (sml_i64x4)(acc)) | (~gt_ & (sml_i64x4)(v)));  \
+        sml_f64x4 b_ = (sml_f64x4)((gt_ & (sml_i64x4)(v)) | (~gt_ & (sml_i64x4)(acc)));  \
+        sml_f64x4 s_ = a_ + b_;                                                         \
+        (c) += b_ - (s_ - a_);                                                          \
+        (acc) = s_;                                                                     \
+    } while (0)
+
 #define SML_VSUM_GROUP_D(ep, v, lo, hi, ones)                                           \
     do {                                                                                \
         sml_i64x4 one0_, one1_;                                                         \
@@ -153,6 +277,7 @@ static inline double sml_sub_sub(double x, double m, double L)
 #define SML_SUFFIX f
 #define SML_EXP_SUB sml_expf_sub
 #define SML_COUNT int32_t
+#define SML_COMPENSATED 0 /* float terms summed in double: far below a float's ulp */
 /* The vector path for float needs AVX: without it gcc 12 splits the 8-float compares into
  * scalar ones, and the path is 2x slower than the plain loops (SSE2 build, measured). */
 #if SML_HAVE_VEXP && SML_TARGET_AVX
@@ -173,6 +298,7 @@ static inline double sml_sub_sub(double x, double m, double L)
 #define SML_EXP_SUB sml_exp_sub
 #define SML_EXACT_GAPS 1 /* m - x[c] rounds: its low part summed apart (sml_row_gapsum) */
 #define SML_COUNT int64_t
+#define SML_COMPENSATED 1 /* S's lanes compensated (sorted Fast2Sum): S to ~2^-104 */
 #define SML_VEXP_ON SML_HAVE_VEXP
 #if SML_VEXP_ON
 #define SML_VMASK sml_i64x4

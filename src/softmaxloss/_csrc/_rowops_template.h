@@ -68,50 +68,139 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
     return ties;
 }
 
-/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row). */
+/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; pos, the
+ * row index of v[0], a multiple of SML_LANES). Plain sums, the row's last n % SML_LANES
+ * into tail; SML_COMPENSATED: into lanes 0, 1, ... (tail unused), and at every multiple
+ * of SML_SUMBLOCK of the row the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms)
+ * merged into the row's compensated lanes (SML__MERGE_LANES). */
+#if SML_COMPENSATED
+#define SML__LANE_ADD(acc, c, v)                                                       \
+    do {                                                                               \
+        double a_ = (acc) > (v) ? (acc) : (v), b_ = (acc) > (v) ? (v) : (acc);         \
+        double s_ = a_ + b_;                                                           \
+        (c) += b_ - (s_ - a_);                                                         \
+        (acc) = s_;                                                                    \
+    } while (0)
+/* lanes[0..8): the block's plain sums, [8..16): the row's, [16..24): their compensations.
+ * Each row lane's add is a Fast2Sum of the larger and the smaller (both >= 0), its exact
+ * error into the compensation: S to ~2^-104 but for the blocks' own roundings (16 terms
+ * each, a few u of the block's sum at most, which average out over the blocks). */
+static inline void SML_NAME(sml__merge_lanes)(double *lanes)
+{
+    for (int k = 0; k < SML_LANES; k++) {
+        SML__LANE_ADD(lanes[SML_LANES + k], lanes[2 * SML_LANES + k], lanes[k]);
+        lanes[k] = 0.0;
+    }
+}
+#endif
+
 static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *lanes,
-                                           double *tail)
+                                           double *tail, ptrdiff_t pos)
 {
     ptrdiff_t i = 0;
+#if SML_COMPENSATED
+    (void)tail;
+    for (; i + SML_LANES <= n; i += SML_LANES) {
+        for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
+        if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) SML_NAME(sml__merge_lanes)(lanes);
+    }
+    for (int k = 0; i + k < n; k++) lanes[k] += (double)v[i + k];
+#else
+    (void)pos;
     for (; i + SML_LANES <= n; i += SML_LANES)
         for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
     for (; i < n; i++) *tail += (double)v[i];
+#endif
 }
 
+#if SML_COMPENSATED
+/* The row's compensated lanes' total as hi + *lo (after the last merge): the eight added by
+ * Fast2Sums of the larger and the smaller (all >= 0), pairwise as SML_LANE_TOTAL, their
+ * errors and the compensations summed into *lo. A NaN or infinite lane gives hi NaN or
+ * inf (*lo is then not meaningful). */
+static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, double *lo)
+{
+    double h[SML_LANES], err = 0.0, comp;
+    int width;
+    for (int k = 0; k < SML_LANES; k++) h[k] = lanes[SML_LANES + k];
+    for (width = SML_LANES / 2; width >= 1; width /= 2)
+        for (int k = 0; k < width; k++) {
+            double a = h[k] > h[k + width] ? h[k] : h[k + width];
+            double b = h[k] > h[k + width] ? h[k + width] : h[k];
+            double s = a + b;
+            err += b - (s - a);
+            h[k] = s;
+        }
+    comp = SML_LANE_TOTAL((lanes + 2 * SML_LANES));
+    *lo = comp + err;
+    return h[0];
+}
+#undef SML__LANE_ADD
+#endif
+
 #if SML_VEXP_ON
-/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES) in one pass, on
- * vectors, with the exp of normal results (SML_VEXP_GROUP, from _rowops.h): the same
- * values e[c], the same additions to the same lanes in the same order, so the same bits.
- * Stops at the first group of SML_LANES entries with an x[c] - m out of the range of that
- * exp (or NaN), before writing anything of it (e may be x), and returns how many entries
- * it did: the caller takes the general path from there. */
+/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES; pos the row index
+ * of x[0]) in one pass, on vectors, with the exp of normal results (SML_VEXP_GROUP, from
+ * _rowops.h): the same values e[c], the same additions to the same lanes in the same
+ * order (and the same merges), so the same bits. Stops at the first group of SML_LANES
+ * entries with an x[c] - m out of the range of that exp (or NaN), before writing anything
+ * of it (e may be x), and returns how many entries it did: the caller takes the general
+ * path from there. */
 static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, ptrdiff_t n,
-                                                     SML_T m, double *lanes, ptrdiff_t *ties)
+                                                     SML_T m, double *lanes, ptrdiff_t *ties,
+                                                     ptrdiff_t pos)
 {
     sml_f64x4 lo, hi; /* lanes 0-3, 4-7 */
     SML_VMASK ones = {0};
     ptrdiff_t i = 0;
     memcpy(&lo, lanes, sizeof lo);
     memcpy(&hi, lanes + 4, sizeof hi);
+#if SML_COMPENSATED
+    sml_f64x4 rlo, rhi, clo, chi; /* the row's lanes 8-11, 12-15, compensations 16-23 */
+    memcpy(&rlo, lanes + 8, sizeof rlo);
+    memcpy(&rhi, lanes + 12, sizeof rhi);
+    memcpy(&clo, lanes + 16, sizeof clo);
+    memcpy(&chi, lanes + 20, sizeof chi);
+#else
+    (void)pos;
+#endif
     for (; i < n; i += SML_LANES) {
         SML_VGROUP_T v;
         SML_VMASK out;
         SML_VEXP_GROUP(x + i, m, v, out);
         if (SML_VANY(out)) break;
         SML_VSUM_GROUP(e + i, v, lo, hi, ones);
+#if SML_COMPENSATED
+        if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) {
+            SML__VLANE_ADD(rlo, clo, lo);
+            SML__VLANE_ADD(rhi, chi, hi);
+            lo = (sml_f64x4){0};
+            hi = (sml_f64x4){0};
+        }
+#endif
     }
     memcpy(lanes, &lo, sizeof lo);
     memcpy(lanes + 4, &hi, sizeof hi);
+#if SML_COMPENSATED
+    memcpy(lanes + 8, &rlo, sizeof rlo);
+    memcpy(lanes + 12, &rhi, sizeof rhi);
+    memcpy(lanes + 16, &clo, sizeof clo);
+    memcpy(lanes + 20, &chi, sizeof chi);
+#endif
     for (int k = 0; k < (int)(sizeof ones / sizeof ones[0]); k++) *ties -= ones[k];
     return i;
 }
 #endif
 
-static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
-                                              double *excess)
+static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdiff_t n,
+                                                 SML_T m, double *excess, double *total_lo)
 {
     SML_T exps[SML_CHUNK], rest[SML_CHUNK];
+#if SML_COMPENSATED /* the block's lanes, the row's, their compensations (sml_lanes_add) */
+    double lanes[3 * SML_LANES] = {0};
+#else
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+#endif
     double tail = 0;
     ptrdiff_t ties = 0;
 #if SML_VEXP_ON
@@ -125,7 +214,8 @@ static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_
         ptrdiff_t full = len - len % SML_LANES;
         while (done < full) {
             ptrdiff_t did = SML_NAME(sml_expsum_inrange)(x + start + done, ec + done,
-                                                         full - done, m, lanes, &ties);
+                                                         full - done, m, lanes, &ties,
+                                                         start + done);
             done += did;
             /* out of range at done: the next `run` entries take the general path (a
              * multiple of SML_LANES, so the lanes stay in step); run doubles while the
@@ -134,22 +224,61 @@ static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_
             run = did > 0 ? SML_VBLOCK : run < SML_CHUNK ? 2 * run : SML_CHUNK;
             ptrdiff_t stop = full - done > run ? done + run : full;
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, stop - done, m);
-            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, &tail);
+            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, &tail, start + done);
             done = stop;
         }
 #endif
         if (done < len) { /* the rest; tail takes the row's last len % SML_LANES */
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, len - done, m);
-            SML_NAME(sml_lanes_add)(rest, len - done, lanes, &tail);
+            SML_NAME(sml_lanes_add)(rest, len - done, lanes, &tail, start + done);
         }
     }
-    double rest_sum = SML_LANE_TOTAL(lanes) + tail;
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
         if (excess != NULL) *excess = NAN;
+        if (total_lo != NULL) *total_lo = 0.0;
         return NAN;
     }
+#if SML_COMPENSATED
+    /* rest = rest_hi + rest_lo to ~2^-104; S = ties + rest and S - 1 each by a TwoSum of
+     * the integer and rest_hi, rounded once (beyond the range, or NaN: the plain sums) */
+    double rest_lo, rest_hi;
+    if (n >= SML_SUMBLOCK) {
+        SML_NAME(sml__merge_lanes)(lanes); /* the last block's (zeros if n ended one) */
+    } else { /* within one block: the merge into zero lanes is a copy (Fast2Sum(0, p) = p) */
+        for (int k = 0; k < SML_LANES; k++) lanes[SML_LANES + k] = lanes[k];
+    }
+    rest_hi = SML_NAME(sml__lanes_total_c)(lanes, &rest_lo);
+    double t, t_lo;
+    (void)tail;
+    if (!(fabs(rest_hi) <= DBL_MAX)) {
+        if (excess != NULL) *excess = ((double)ties - 1.0) + rest_hi;
+        if (total_lo != NULL) *total_lo = 0.0;
+        return (double)ties + rest_hi;
+    }
+    if (excess != NULL) {
+        SML__TWO_SUM((double)ties - 1.0, rest_hi, t, t_lo);
+        *excess = t + (t_lo + rest_lo);
+    }
+    SML__TWO_SUM((double)ties, rest_hi, t, t_lo);
+    t_lo += rest_lo;
+    if (total_lo != NULL) { /* S - fl(S), to ~2^-104 S */
+        double s = t + t_lo;
+        *total_lo = t_lo - (s - t);
+        return s;
+    }
+    return t + t_lo;
+#else
+    double rest_sum = SML_LANE_TOTAL(lanes) + tail;
     if (excess != NULL) *excess = ((double)ties - 1.0) + rest_sum;
+    if (total_lo != NULL) *total_lo = 0.0;
     return (double)ties + rest_sum;
+#endif
+}
+
+static inline double SML_NAME(sml_row_expsum)(const SML_T *x, SML_T *e, ptrdiff_t n, SML_T m,
+                                              double *excess)
+{
+    return SML_NAME(sml_row_expsum_lo)(x, e, n, m, excess, NULL);
 }
 
 static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, ptrdiff_t n,
@@ -205,6 +334,7 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
 #undef SML_EXP_SUB
 #undef SML_EXACT_GAPS
 #undef SML_COUNT
+#undef SML_COMPENSATED
 #undef SML_VEXP_ON
 #if SML_HAVE_VEXP
 #undef SML_VMASK
