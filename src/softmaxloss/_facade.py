@@ -460,7 +460,7 @@ def _common_case(
         flags = out.flags
         if not (flags.c_contiguous and flags.writeable and flags.aligned):
             return None
-        grad = out
+        grad: np.ndarray | None = out
     else:
         grad = np.empty(shape, dtype) if with_grad else None
     threads = 0 if n_threads is None else _threads(n_threads)
@@ -468,7 +468,7 @@ def _common_case(
         logits, target, grad, mean, threads)
     if totals is None:  # `out` shares memory with the inputs (and is not the logits)
         return None
-    if type(totals) is int:
+    if isinstance(totals, int):
         raise class_out_of_range(target, totals, shape[1], DEFAULT_IGNORE_INDEX)
     total, normaliser = totals
     if mean:
