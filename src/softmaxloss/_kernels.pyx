@@ -63,6 +63,8 @@ from libc.stdlib cimport free, malloc
 
 
 cdef extern from "_rowops.h" nogil:
+    double sml_fmadd(double a, double b, double c)
+    float sml_fmaddf(float a, float b, float c)
     const int SML_OPENMP
     const char *SML_ISA
     const char *SML_COMPILER

@@ -272,7 +272,8 @@ cdef inline void block_p_lo(Block *b, Py_ssize_t count, LossOptions o) noexcept 
     cdef Py_ssize_t i
     for i in range(count):
         b.p_lo[i] = 0.0
-        if o.eps == 0.0 and o.z == 0.0 and b.label[i] >= 0 and isfinite(b.p_scale[i]):
+        if (o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0 and b.label[i] >= 0
+                and isfinite(b.p_scale[i])):  # the focal loss: not yet (row_loss_grad_index)
             b.p_scale[i] = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i],
                                        o.divisor, &b.p_lo[i])
             if b.e_y[i] == 1.0:  # the label at the max: -(1 - p_y) s w_y / W rounded once
@@ -443,7 +444,7 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
         terms = any_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
                                 b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
         grad_divided(g, 1, n, terms, o)
-    elif o.eps == 0.0 and o.z == 0.0:
+    elif o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0:
         # e_c p_scale rounded once (issue 19), as row_loss_grad_index
         if floating is float:
             for c in range(n):
@@ -457,13 +458,14 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
             g[c] = g[c] * p_scale
     elif w == NULL:
         for c in range(n):
-            g[c] = g[c] * p_scale - smooth_scale
+            g[c] = fused(g[c], p_scale, -smooth_scale)  # explicit: the same bits on every path
     else:
         for c in range(n):
-            g[c] = g[c] * p_scale - <floating>(b.smooth_scale[i] * w[c])
+            g[c] = fused(g[c], p_scale, -<floating>(b.smooth_scale[i] * w[c]))
     g[y] = <floating>b.label_grad[i]
     if floating is double:
-        if o.eps == 0.0 and o.z == 0.0 and b.e_y[i] == 1.0 and isfinite(b.p_scale[i]):
+        if (o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0 and b.e_y[i] == 1.0
+                and isfinite(b.p_scale[i])):
             # as row_loss_grad_index (issue 19)
             g[y] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i], b.total[i],
                                          b.total_lo[i], o.divisor)

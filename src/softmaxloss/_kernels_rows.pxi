@@ -166,6 +166,15 @@ cdef inline void row_stats_alone(const floating *x, Py_ssize_t n, LossOptions o,
     row_stats(x, stats, <floating *>NULL, n, m, total, sml_log1p(excess), o, r)
 
 
+cdef inline floating fused(floating a, floating b, floating c) noexcept nogil:
+    """a b + c, one fma where the target has it (sml_fmadd): a formula that several paths
+    run gives the same bits in each."""
+    if floating is float:
+        return sml_fmaddf(a, b, c)
+    else:
+        return sml_fmadd(a, b, c)
+
+
 # ---- layer 2b: row kernels -----------------------------------------------------------
 
 cdef inline void row_softmax(const floating *x, floating *out, Py_ssize_t n,
@@ -359,14 +368,17 @@ cdef inline IndexRowTerms index_row_terms(
         loss = (1.0 - eps) * w_y * -sml_sub_sub(x_y, m, log_total)
         p_coef = (1.0 - eps) * w_y
         label_grad = -(1.0 - eps) * w_y * complement(e_y, total, excess)
+    # The products and sums as explicit fmas (sml_fmadd): this runs in the row path and,
+    # vectorised along the rows, in the groups and blocks, where gcc would otherwise fuse
+    # them differently (different bits for the same row).
     if eps != 0.0:
-        loss += smooth * (w_sum * log_total + gap_sum)
-        p_coef += smooth * w_sum
-        label_grad += smooth * (w_sum * p_y - w_y)
+        loss = sml_fmadd(smooth, sml_fmadd(w_sum, log_total, gap_sum), loss)
+        p_coef = sml_fmadd(smooth, w_sum, p_coef)
+        label_grad = sml_fmadd(smooth, sml_fmadd(w_sum, p_y, -w_y), label_grad)
     if z != 0.0:
-        loss += z * lse * lse
-        p_coef += 2.0 * z * lse
-        label_grad += 2.0 * z * lse * p_y
+        loss = sml_fmadd(z * lse, lse, loss)
+        p_coef = sml_fmadd(2.0 * z, lse, p_coef)
+        label_grad = sml_fmadd(2.0 * z * lse, p_y, label_grad)
     # Each coefficient times s, then divided by W: as the formula groups it, so that a
     # tiny W (whose 1/W would overflow) still gives a finite gradient.
     terms.loss = s * loss
@@ -469,9 +481,10 @@ cdef inline double row_loss_grad_index(
         # Overflow checked in the logits' precision too, as the loops below compute: a
         # float32 scale may overflow where its double does not (inf - inf = NaN, not inf).
         grad_divided(g, 1, n, terms, o)
-    elif o.eps == 0.0 and o.z == 0.0:
+    elif o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0:
         # p_scale e_c rounded once (issue 19): float32 in double; float64 with p_scale =
-        # s p_coef / (S W) as hi + lo, one fma
+        # s p_coef / (S W) as hi + lo, one fma (the focal loss: not yet, in no path, so
+        # that its rows have the same bits on every path)
         if floating is float:
             for c in range(n):
                 g[c] = <floating>(<double>g[c] * terms.p_scale)
@@ -484,13 +497,13 @@ cdef inline double row_loss_grad_index(
             g[c] = g[c] * p_scale
     elif w == NULL:
         for c in range(n):
-            g[c] = g[c] * p_scale - smooth_scale
+            g[c] = fused(g[c], p_scale, -smooth_scale)  # explicit: the same bits on every path
     else:
         for c in range(n):
-            g[c] = g[c] * p_scale - <floating>(terms.smooth_scale * w[c])
+            g[c] = fused(g[c], p_scale, -<floating>(terms.smooth_scale * w[c]))
     g[y] = <floating>terms.label_grad
     if floating is double:
-        if o.eps == 0.0 and o.z == 0.0 and e_y == 1.0 and isfinite(terms.p_scale):
+        if o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0 and e_y == 1.0 and isfinite(terms.p_scale):
             # -(1 - p_y) s w_y / W at a labelled max, rounded once (issue 19)
             g[y] = sml_label_grad_at_max(s * terms.p_coef, excess, total, total_lo, o.divisor)
     return terms.loss
