@@ -284,89 +284,45 @@ def _kernel_totals(
     stats: _RowStats | None = None,
 ) -> tuple[float, float] | int:
     """Run the cross-entropy kernel, the one place that does but for `_common_case`'s
-    `cross_entropy_plain`, on rows views laid out by the caller: (sum of the per-row losses, the mean's W); or, when a class index is out
-    of range and not ignored, the number r = a * B + b of the first such row of the rows
-    views, which the kernel finds and reports before it writes anything. Half-precision
-    logits (and gradient) go to the half entry points, as their uint16 bits. `stats`:
-    the extra outputs requested (their arrays, filled by the kernel), and the focal gamma
-    goes with the options."""
+    `cross_entropy_plain`, on rows views laid out by the caller: (sum of the per-row losses,
+    the mean's W); or, when a class index is out of range and not ignored, the number
+    r = a * B + b of the first such row of the rows views, which the kernel finds and
+    reports before it writes anything. The entry point by storage: float32/float64 rows as
+    they are; half-precision ones (logits and gradient) as their uint16 bits with their
+    kind; with `options.softcap`, the soft-capping layer (any of them, the cap and kind
+    after the gradient). `stats`: the extra outputs requested (their arrays, filled by the
+    kernel); the focal gamma goes with the options (neither with softcap: refused before)."""
     mean = options.reduction == "mean"
     kind = half_kind(x_rows.dtype)
-    if options.softcap is not None:
-        return _softcap_totals(x_rows, target_rows, weight, sample_weight, target_ignore_index,
-                               probabilities, options, row_loss, grad_rows, threads, kind)
     extra: dict[str, Any] = {} if stats is None else stats.kernel_arrays()
     if options.focal_gamma:
         extra["focal_gamma"] = options.focal_gamma
-    if kind is not None:
-        return _half_totals(x_rows.view(_BITS), target_rows, weight, sample_weight, target_ignore_index,
-                            probabilities, options, row_loss,
-                            None if grad_rows is None else grad_rows.view(_BITS), threads, kind, extra)
+    x, grad = _bits(x_rows), None if grad_rows is None else _bits(grad_rows)
+    # the entry point's name, its fused dtypes before the target's, and the storage
+    # layer's arguments after the gradient
+    by_dtype: tuple[np.dtype[Any], ...]
+    layer: tuple[Any, ...]
+    if options.softcap is not None:
+        name, by_dtype, layer = "cross_entropy_{}_softcap", (x.dtype,), (options.softcap, kind or 0)
+    elif kind is not None:
+        name, by_dtype, layer = "cross_entropy_{}_half", (), (kind,)
+    else:
+        name, by_dtype, layer = "cross_entropy_{}", (x.dtype,), ()
     if probabilities:
-        totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs", x_rows.dtype, target_rows.dtype)(
-            x_rows, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
-            mean, row_loss, grad_rows, threads, **extra,
+        totals: tuple[float, float] = _dispatch.specialised(name.format("probs"), *by_dtype, target_rows.dtype)(
+            x, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
+            mean, row_loss, grad, *layer, threads, **extra,
         )
         return totals
-    index_totals: tuple[float, float] | None = _dispatch.specialised("cross_entropy_index", x_rows.dtype)(
-        x_rows, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
-        options.z_loss, mean, row_loss, grad_rows, threads, True, **extra,
+    index_totals: tuple[float, float] | None = _dispatch.specialised(name.format("index"), *by_dtype)(
+        x, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
+        options.z_loss, mean, row_loss, grad, *layer, threads, True, **extra,
     )
     if index_totals is None:  # the kernel reported the row in row_loss
         return int(row_loss[0, 0])
     return index_totals
 
 
-def _half_totals(
-    x_bits: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
-    sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
-    options: LossOptions, row_loss: np.ndarray, grad_bits: np.ndarray | None, threads: int, kind: int,
-    extra: dict[str, Any] | None = None,
-) -> tuple[float, float] | int:
-    """_kernel_totals for half-precision logits given as their bits (`extra`: the kernel's
-    keywords of the extra outputs and focal gamma)."""
-    mean = options.reduction == "mean"
-    extra = {} if extra is None else extra
-    if probabilities:
-        totals: tuple[float, float] = _dispatch.specialised("cross_entropy_probs_half", target_rows.dtype)(
-            x_bits, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
-            mean, row_loss, grad_bits, kind, threads, **extra,
-        )
-        return totals
-    index_totals: tuple[float, float] | None = _dispatch.kernels.cross_entropy_index_half(
-        x_bits, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
-        options.z_loss, mean, row_loss, grad_bits, kind, threads, True, **extra,
-    )
-    if index_totals is None:  # the kernel reported the row in row_loss
-        return int(row_loss[0, 0])
-    return index_totals
-
-
-def _softcap_totals(
-    x_rows: np.ndarray, target_rows: np.ndarray, weight: np.ndarray | None,
-    sample_weight: np.ndarray | None, target_ignore_index: int, probabilities: bool,
-    options: LossOptions, row_loss: np.ndarray, grad_rows: np.ndarray | None, threads: int,
-    kind: int | None,
-) -> tuple[float, float] | int:
-    """_kernel_totals with `options.softcap`: the soft-capping entry points, for logits
-    of any kernel dtype (half ones as their bits)."""
-    mean = options.reduction == "mean"
-    x_bits = _bits(x_rows)
-    grad_bits = None if grad_rows is None else _bits(grad_rows)
-    if probabilities:
-        totals: tuple[float, float] = _softcap_kernel(
-            "cross_entropy_probs_softcap", x_rows.dtype, target_rows.dtype)(
-            x_bits, target_rows, weight, sample_weight, options.label_smoothing, options.z_loss,
-            mean, row_loss, grad_bits, options.softcap, kind or 0, threads,
-        )
-        return totals
-    index_totals: tuple[float, float] | None = _softcap_kernel("cross_entropy_index_softcap", x_rows.dtype)(
-        x_bits, target_rows, weight, sample_weight, target_ignore_index, options.label_smoothing,
-        options.z_loss, mean, row_loss, grad_bits, options.softcap, kind or 0, threads, True,
-    )
-    if index_totals is None:  # the kernel reported the row in row_loss
-        return int(row_loss[0, 0])
-    return index_totals
 class _RowStats:
     """The extra outputs a call requested (issue 16 item 3): the kernel's per-row arrays
     for them (the rows view's (A, B) shape), and what the call returns of them."""
