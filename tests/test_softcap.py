@@ -203,6 +203,43 @@ def test_index_targets_every_option_match_the_reference(dtype, n_classes):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [2, 5, 23, 100, 1500])
+def test_the_focal_loss_of_the_capped_logits_matches_the_reference(dtype, n_classes):
+    """focal_gamma with softcap: the focal loss of cap * tanh(x / cap) (class and sample
+    weights, ignored rows, z-loss, every reduction), its gradient times the slope, on
+    every path (blocks, groups, single rows)."""
+    n_rows = 70
+    x = _logits(n_rows, n_classes, dtype, scale=10.0)
+    t = _targets(n_rows, n_classes)
+    rng = np.random.default_rng(n_classes)
+    for kw in [{"focal_gamma": 2.0}, {"focal_gamma": 0.5, "reduction": "sum", "z_loss": 1e-3},
+               {"focal_gamma": 1.0, "reduction": "none", "weight": rng.uniform(0.5, 2, n_classes),
+                "sample_weight": rng.uniform(0, 2, n_rows)}]:
+        loss, grad = sml.cross_entropy_with_grad(x, t, softcap=4.0, **kw)
+        loss_r, grad_r = _expected("cross_entropy_with_grad", x, 4.0, t, **kw)
+        assert_close(loss, loss_r, what=f"{kw} loss")
+        assert_close(grad, grad_r, what=f"{kw} grad", scale=_grad_scale(grad_r))
+        plain_focal = sml.cross_entropy_with_grad(x, t, **kw)[1]
+        assert not np.allclose(grad, plain_focal)  # the cap is applied, not dropped
+
+
+def test_finite_differences_of_the_capped_focal_loss():
+    rng = np.random.default_rng(12)
+    for n_classes in (6, 40, 1100):
+        x = rng.standard_normal((5, n_classes)) * 20
+        t = rng.integers(0, n_classes, 5)
+        _, grad = sml.cross_entropy_with_grad(x, t, softcap=8.0, focal_gamma=2.0)
+        h = 1e-3
+        for i, j in [(0, 0), (1, t[1]), (2, n_classes - 1), (4, n_classes // 2)]:
+            def f(delta):
+                y = x.copy()
+                y[i, j] += delta
+                return float(sml.cross_entropy(y, t, softcap=8.0, focal_gamma=2.0))
+            fd = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+            assert abs(fd - grad[i, j]) <= 1e-7 * max(abs(grad[i, j]), 1e-4), (n_classes, i, j, fd, grad[i, j])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_classes", CLASS_COUNTS)
 def test_probability_targets_match_the_reference(dtype, n_classes):
     n_rows = 33

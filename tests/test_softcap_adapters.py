@@ -224,3 +224,26 @@ def test_jax_probability_targets(x64):
     with pytest.raises(ValueError, match="softcap"):
         smj.cross_entropy(x, p, softcap=float("inf"))
     assert float(sml.cross_entropy(np.asarray(x), np.asarray(p), softcap=2.0)) == pytest.approx(float(ours(x, p)), rel=1e-12)
+
+
+def test_jax_focal_loss_of_capped_logits(x64):
+    """focal_gamma with softcap in JAX: the NumPy reference's loss and gradient."""
+    jax = x64
+    jnp = pytest.importorskip("jax.numpy")
+    smj = pytest.importorskip("softmaxloss.jax")
+    x, t = _inputs(n_classes=7)
+
+    def ours(x_):
+        return smj.cross_entropy(x_, jnp.asarray(t), softcap=3.0, focal_gamma=2.0)
+
+    loss_r, grad_r = ref.cross_entropy_with_grad(x, t, softcap=3.0, focal_gamma=2.0)
+    np.testing.assert_allclose(ours(jnp.asarray(x)), loss_r, rtol=1e-12)
+    np.testing.assert_allclose(jax.grad(ours)(jnp.asarray(x)), grad_r, rtol=1e-10, atol=1e-14)
+
+
+def test_torch_focal_with_softcap_is_refused_clearly():
+    torch = pytest.importorskip("torch")
+    smt = pytest.importorskip("softmaxloss.torch")
+    x, t = _inputs()
+    with pytest.raises(ValueError, match="focal_gamma does not combine with softcap yet"):
+        smt.cross_entropy(torch.tensor(x, requires_grad=True), torch.tensor(t), softcap=3.0, focal_gamma=2.0)

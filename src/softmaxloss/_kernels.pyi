@@ -329,9 +329,11 @@ def cross_entropy_index_softcap(
     kind: int,
     n_threads: int,
     report_invalid_row: bool = False,
+    focal_gamma: float = 0.0,
 ) -> tuple[float, float] | None:
     """cross_entropy_index of the capped logits (the same arguments and returns, and
-    `softcap`, `kind`); the gradient with respect to x, in x's storage."""
+    `softcap`, `kind`; the focal loss with `focal_gamma`); the gradient with respect to x,
+    in x's storage."""
 
 def cross_entropy_probs_softcap(
     x: npt.NDArray[_S],

@@ -310,9 +310,12 @@ def cross_entropy_index_softcap(
     int kind,                           # half bits: 0 bfloat16, 1 float16
     int n_threads,
     bint report_invalid_row=False,
+    double focal_gamma=0.0,             # softmax focal loss's gamma (0: cross-entropy)
 ):
     """cross_entropy_index of the capped logits cap * tanh(x / cap) (the same arguments,
-    and softcap and kind; the same returns), the gradient that of the logits x."""
+    and softcap and kind; the same returns), the gradient that of the logits x. The focal
+    loss of the capped logits too (focal_gamma); no extra outputs (the facade refuses
+    them with softcap)."""
     cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1]
     kind = storage_kind(<const stored *>NULL, kind)
     check_cap(softcap)
@@ -325,6 +328,7 @@ def cross_entropy_index_softcap(
                                       report_invalid_row, &o, &tv, &sv, &normaliser)
     if ready <= 0:
         return (0.0, 0.0) if ready == 0 else None
+    request_stats(&o, x.shape, None, None, None, focal_gamma)
     cdef Rows xv = stored_rows(x), gv = stored_rows(grad)
     cdef double *losses = &row_loss[0, 0]
     if stored is double:

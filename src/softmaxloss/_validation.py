@@ -312,11 +312,6 @@ class LossOptions:
             softcap=check_softcap(softcap),
             focal_gamma=check_focal_gamma(focal_gamma),
         )
-        if options.focal_gamma is not None and options.softcap is not None:
-            raise ValueError(
-                "focal_gamma does not combine with softcap yet; got "
-                f"focal_gamma={focal_gamma!r}, softcap={softcap!r}"
-            )
         if options.focal_gamma is not None and options.label_smoothing != 0:
             raise ValueError(
                 "focal_gamma does not combine with label_smoothing (the focal loss of a "

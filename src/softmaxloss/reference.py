@@ -620,8 +620,8 @@ def cross_entropy(
     y' = (1-eps) y + eps/C; "mean" divides by the number of rows (sum(s) if given).
     Returns a result-dtype scalar for "mean"/"sum", the per-row losses (shape of the rows,
     0 for ignored rows) for "none". `where`: a boolean class mask (`_masked_cross_entropy`).
-    `softcap`: None, or cap > 0: every formula of cap * tanh(logits / cap) (not yet with
-    `focal_gamma` or the `return_*` outputs: ValueError).
+    `softcap`: None, or cap > 0: every formula of cap * tanh(logits / cap), the focal
+    loss's too (not yet with the `return_*` outputs: ValueError).
     `focal_gamma`: loss_n = s_n (w[y_n] (1 - p_y)^gamma (-l[n,y_n]) + z lse_n^2) (`_focal_terms`).
     `return_lse`, `return_entropy`, `return_argmax`: a CrossEntropyOutputs (`_extra_outputs`).
     """

@@ -1140,6 +1140,8 @@ def cross_entropy(
             requested_outputs(*requested, None, options.softcap)
         if inplace_grad:
             raise ValueError("inplace_grad does not combine with focal_gamma or the return_* outputs")
+        if options.softcap is not None:  # the NumPy API has it; this op does not yet
+            raise ValueError("softmaxloss.torch: focal_gamma does not combine with softcap yet")
         if options.focal_gamma is not None and target.dtype.is_floating_point:
             raise ValueError("focal_gamma applies to class-index targets only; got probability targets")
         return _cross_entropy_outputs(input, target, weight, sample_weight, options, requested, n_threads)
