@@ -88,12 +88,6 @@ def _output(layout: RowsLayout, out: np.ndarray | None, storage: np.dtype[Any]) 
     return layout.output(out, storage)
 
 
-def _softcap_kernel(name: str, storage: np.dtype[Any], *more: np.dtype[Any]) -> Any:
-    """The soft-capping entry point `name` (`_kernels_softcap.pxi`) for logits stored as
-    `storage` (half dtypes as their uint16 bits)."""
-    return _dispatch.specialised(name, _BITS if half_kind(storage) is not None else storage, *more)
-
-
 def _bits(rows: np.ndarray) -> np.ndarray:
     """Rows as the kernels take them: half-precision ones as their uint16 bits."""
     return rows.view(_BITS) if half_kind(rows.dtype) is not None else rows
@@ -134,8 +128,9 @@ def _softmax(x: Any, axis: Any, out: np.ndarray | None, n_threads: Any, log_outp
     x_rows = layout.input(array, storage, into=buffer)
     kind = half_kind(storage)
     if cap is not None:
-        _softcap_kernel("softmax_softcap", storage)(
-            _bits(x_rows), _bits(result_rows), log_output, cap, kind or 0, threads)
+        x_bits = _bits(x_rows)
+        _dispatch.specialised("softmax_softcap", x_bits.dtype)(
+            x_bits, _bits(result_rows), log_output, cap, kind or 0, threads)
     elif kind is None:
         _dispatch.specialised("softmax", storage)(x_rows, result_rows, log_output, threads)
     else:
@@ -177,8 +172,8 @@ def _row_logsumexp(rows: np.ndarray, dtypes: Dtypes, threads: int, cap: float | 
     kind = half_kind(rows.dtype) if rows.dtype == dtypes.result else None
     if n_classes and cap is not None:
         storage = rows.dtype if kind is not None else dtypes.compute
-        _softcap_kernel("logsumexp_softcap", storage)(
-            _bits(layout.input(rows, storage)), row_values, cap, kind or 0, threads)
+        x_bits = _bits(layout.input(rows, storage))
+        _dispatch.specialised("logsumexp_softcap", x_bits.dtype)(x_bits, row_values, cap, kind or 0, threads)
     elif n_classes and kind is not None:  # half-precision rows as stored
         _dispatch.kernels.logsumexp_half(layout.input(rows, rows.dtype).view(_BITS), row_values, kind, threads)
     elif n_classes:
