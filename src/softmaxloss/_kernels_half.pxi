@@ -167,9 +167,12 @@ cdef inline bint plain_half_call(const uint16_t[:, :, :] x, const uint16_t[:, :,
     """Whether cross_entropy_index_half can take plain_half_row for its rows: the plain
     cross-entropy (no label smoothing, z-loss, focal loss or extra outputs; class weights
     and sample weights are fine) with a gradient, classes contiguous in x and grad, rows
-    of more classes than a block takes (the block path computes its own formula)."""
+    that the float32 call takes one at a time (more than GROUP_MAX_CLASSES classes: the
+    blocks and groups form their formula along the rows, vectorised, which one row at a
+    time would give up)."""
     return (grad is not None and o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0
             and not wants_stats(o) and not in_blocks(x.shape[2], sizeof(float))
+            and group_rows(x.shape[2], sizeof(float)) == 0
             and x.strides[2] == sizeof(uint16_t) and grad.strides[2] == sizeof(uint16_t))
 
 

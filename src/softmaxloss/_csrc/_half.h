@@ -232,6 +232,9 @@ static inline void sml_half_store(int kind, const float *src, ptrdiff_t n, char 
         uint16_t *h = (uint16_t *)dst;
         if (kind == SML_HALF_BF16) {
 #if SML_HALF_AVX2
+            for (; c + 16 <= n; c += 16)
+                sml__half_store16(h + c, sml__f32_to_bf16_8(_mm256_loadu_ps(src + c)),
+                                  sml__f32_to_bf16_8(_mm256_loadu_ps(src + c + 8)));
             for (; c + 8 <= n; c += 8)
                 sml__half_store8(h + c, sml__f32_to_bf16_8(_mm256_loadu_ps(src + c)));
 #endif
@@ -239,6 +242,9 @@ static inline void sml_half_store(int kind, const float *src, ptrdiff_t n, char 
                 h[c] = sml_f32_to_bf16(src[c]);
         } else {
 #if SML_HALF_AVX2
+            for (; c + 16 <= n; c += 16)
+                sml__half_store16(h + c, sml__f32_to_f16_8(_mm256_loadu_ps(src + c)),
+                                  sml__f32_to_f16_8(_mm256_loadu_ps(src + c + 8)));
             for (; c + 8 <= n; c += 8)
                 sml__half_store8(h + c, sml__f32_to_f16_8(_mm256_loadu_ps(src + c)));
 #endif
