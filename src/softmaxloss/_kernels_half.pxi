@@ -7,6 +7,8 @@
 # written back rounded once, to nearest with ties to even. No other arithmetic: a half
 # result is exactly the float32 kernel's result on the same (exactly converted) logits,
 # rounded once. In place works as in float32: a row is read whole before it is written.
+# The plain cross-entropy of rows the float32 call takes one at a time (plain_half_row) runs
+# row_loss_grad_index's steps itself, so that its last pass writes the half gradient directly.
 # Included by _kernels.pyx; not compiled on its own.
 
 cdef extern from "_half.h" nogil:
