@@ -239,9 +239,10 @@ def test_layouts_out_and_in_place(rng, name):
 
 
 @pytest.mark.parametrize("name", sorted(HALF))
-def test_bitwise_identical_for_every_thread_count(rng, name):
-    x = logits(rng, name, (512, 300))
-    y = rng.integers(0, 300, 512)
+@pytest.mark.parametrize("shape", [(512, 300), (64, 1500)])  # the group path, the row path
+def test_bitwise_identical_for_every_thread_count(rng, name, shape):
+    x = logits(rng, name, shape)
+    y = rng.integers(0, shape[1], shape[0])
     first = sml.cross_entropy_with_grad(x, y, n_threads=1)
     for threads in (2, 3, 8):
         result = sml.cross_entropy_with_grad(x, y, n_threads=threads)
@@ -250,7 +251,8 @@ def test_bitwise_identical_for_every_thread_count(rng, name):
 
 
 @pytest.mark.parametrize("name", sorted(HALF))
-def test_hostile_rows(kernel_build, name):
+@pytest.mark.parametrize("width", [4, 40, 1100])  # the block, group and row paths
+def test_hostile_rows(kernel_build, name, width):
     big = float(np.finfo(np.float32).max) if name == "bfloat16" else 65504.0
     rows = np.array([
         [0.0, 1.0, 2.0, 3.0],
@@ -261,12 +263,18 @@ def test_hostile_rows(kernel_build, name):
         [big, -big, 0.0, big],
         [-big, -big, -big, -big],
         [1e-30, -1e-30, 0.0, 5e-8],
-    ]).astype(HALF[name])
-    y = np.array([1, 2, 0, 3, 0, 3, 1, 2])
-    for with_options in ({}, dict(reduction="none", label_smoothing=0.3)):
-        _, grad = sml.cross_entropy_with_grad(rows, y, **with_options)
+    ])
+    rows = np.concatenate([rows, np.linspace(-20.0, 1.0, 8 * (width - 4)).reshape(8, -1)], axis=1)
+    rows = rows.astype(HALF[name])
+    y = np.array([1, 2, 0, 3, 0, 3, 1, width - 1])
+    for with_options in ({}, dict(reduction="none", label_smoothing=0.3),
+                         dict(reduction="sum", sample_weight=np.full(8, 1e300)),  # scales overflow
+                         dict(sample_weight=np.full(8, 1e-310)),  # a subnormal divisor
+                         dict(ignore_index=2, weight=np.linspace(0.5, 3.0, width))):
+        total, grad = sml.cross_entropy_with_grad(rows, y, **with_options)
         _, grad32 = sml.cross_entropy_with_grad(rows.astype(np.float32), y, **with_options)
-        assert same_bits(grad, grad32.astype(HALF[name]))
+        assert same_bits(grad, grad32.astype(HALF[name])), with_options
+        assert same_bits(total, sml.cross_entropy(rows, y, **with_options)), with_options
         loss = sml.cross_entropy(rows, y, reduction="none")
         ref = reference.cross_entropy(rows, y, reduction="none")
         assert np.array_equal(np.isnan(loss.astype(np.float32)), np.isnan(ref.astype(np.float32)))

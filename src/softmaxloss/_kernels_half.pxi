@@ -7,6 +7,8 @@
 # written back rounded once, to nearest with ties to even. No other arithmetic: a half
 # result is exactly the float32 kernel's result on the same (exactly converted) logits,
 # rounded once. In place works as in float32: a row is read whole before it is written.
+# The plain cross-entropy of rows the float32 call takes one at a time (plain_half_row) runs
+# row_loss_grad_index's steps itself, so that its last pass writes the half gradient directly.
 # Included by _kernels.pyx; not compiled on its own.
 
 cdef extern from "_half.h" nogil:
@@ -18,6 +20,8 @@ cdef extern from "_half.h" nogil:
     uint16_t sml_f32_to_f16(float f)
     void sml_half_load(int kind, const char *src, Py_ssize_t step, Py_ssize_t n, float *dst)
     void sml_half_store(int kind, const float *src, Py_ssize_t n, char *dst, Py_ssize_t step)
+    void sml_half_scaled_store(int kind, const float *e, Py_ssize_t n, double scale,
+                               uint16_t *dst)
 
 
 cdef enum:
@@ -25,6 +29,7 @@ cdef enum:
     HALF_BLOCKS = 0  # block_loss_grad_index, BLOCK_ROWS rows of few classes
     HALF_GROUPS = 1  # group_loss_grad_index, group_rows(n) rows of up to GROUP_MAX_CLASSES
     HALF_ROWS = 2    # index_row, one row at a time
+    HALF_PLAIN = 3   # plain_half_index, one row at a time (the plain cross-entropy)
 
 
 cdef int check_half_kind(int kind) except -1:
@@ -155,6 +160,77 @@ cdef inline void half_index_chunk(
         half_store(g, first + i, n, kind, rows + i * n)
 
 
+cdef inline uint16_t half_round(int kind, float value) noexcept nogil:
+    return sml_f32_to_bf16(value) if kind == SML_HALF_BF16 else sml_f32_to_f16(value)
+
+
+cdef inline bint plain_half_call(const uint16_t[:, :, :] x, const uint16_t[:, :, :] grad,
+                                 LossOptions o) noexcept:
+    """Whether cross_entropy_index_half can take plain_half_row for its rows: the plain
+    cross-entropy (no label smoothing, z-loss, focal loss or extra outputs; class weights
+    and sample weights are fine) with a gradient, classes contiguous in x and grad, rows
+    that the float32 call takes one at a time (more than GROUP_MAX_CLASSES classes: the
+    blocks and groups form their formula along the rows, vectorised, which one row at a
+    time would give up)."""
+    return (grad is not None and o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0
+            and not wants_stats(o) and not in_blocks(x.shape[2], sizeof(float))
+            and group_rows(x.shape[2], sizeof(float)) == 0
+            and x.strides[2] == sizeof(uint16_t) and grad.strides[2] == sizeof(uint16_t))
+
+
+cdef inline double plain_half_row(
+    const uint16_t *h,         # IN  (n,) half logits of the row, contiguous
+    uint16_t *gh,              # OUT (n,) half gradient, contiguous; may be h
+    Py_ssize_t n,
+    Py_ssize_t y,              # the row's class, 0 <= y < n
+    double s,                  # the row's sample weight
+    LossOptions o,             # eps = z = focal_gamma = 0, no extra outputs (plain_half_call)
+    int kind,
+    float *e,                  # scratch (n): the row in float32, then its e_c
+) noexcept nogil:
+    """row_loss_grad_index of the float32 row (the same steps on the same values: the same
+    float32 gradient and loss) with its last pass fused into the rounding to half: the
+    gradient e_c p_scale goes from the float32 e_c straight into gh, rounded once, without
+    a float32 gradient row and a pass more to round it. Rows whose scales overflow take
+    row_loss_grad_index's grad_divided, then the plain rounding."""
+    sml_half_load(kind, <const char *>h, sizeof(uint16_t), n, e)
+    cdef const double *w = o.w
+    cdef float m = row_max(<const float *>e, n)
+    cdef double x_y = e[y]
+    cdef double excess, total_lo
+    cdef double total = row_expsum_lo(<const float *>e, e, n, m, &excess, &total_lo)
+    cdef double e_y = e[y]
+    cdef double log_total = sml_log1p(excess)
+    cdef IndexRowTerms terms = any_row_terms(
+        m, x_y, 0.0, total, excess, log_total, e_y, n, w[y] if w != NULL else 1.0, s, o)
+    cdef float p_scale = <float>terms.p_scale
+    cdef float smooth_scale = <float>terms.smooth_scale
+    if (not (isfinite(p_scale) and isfinite(smooth_scale))
+            or divide_last(terms.p_scale, terms.smooth_scale, s, o)):
+        grad_divided(e, 1, n, terms, o)
+        e[y] = <float>terms.label_grad
+        sml_half_store(kind, e, n, <char *>gh, sizeof(uint16_t))
+    else:
+        sml_half_scaled_store(kind, e, n, terms.p_scale, gh)
+        gh[y] = half_round(kind, <float>terms.label_grad)
+    return terms.loss
+
+
+cdef inline void plain_half_index(
+    Rows x, Rows g, Rows target, Rows sample_weight, double *row_loss, Py_ssize_t r,
+    Py_ssize_t n, int kind, LossOptions o, float *e,  # e: scratch (n)
+) noexcept nogil:
+    """Row r of cross_entropy_index_half when plain_half_call: plain_half_row, or a row
+    left out (ignore_index) as index_row leaves it."""
+    cdef Py_ssize_t y = (<const int64_t *>row_at(target, r))[0]
+    if left_out(y, n, o):
+        half_index_chunk(x, g, target, sample_weight, row_loss, r, 1, n, kind, HALF_ROWS, o,
+                         e, <float *>NULL, <float *>NULL)
+        return
+    row_loss[r] = plain_half_row(<const uint16_t *>row_at(x, r), <uint16_t *>row_at(g, r), n,
+                                 y, sample_weight_at(sample_weight, r), o, kind, e)
+
+
 def cross_entropy_index_half(
     const uint16_t[:, :, :] x not None, # IN  (A, B, C) half logits
     const int64_t[:, :] target not None,  # IN  (A, B) class indices or ignore_index
@@ -195,7 +271,9 @@ def cross_entropy_index_half(
     # its own scratch, in floats.
     cdef int path = HALF_ROWS
     cdef Py_ssize_t chunk = 1, work_size = 0
-    if in_blocks(n, sizeof(float)):
+    if plain_half_call(x, grad, o):
+        path = HALF_PLAIN
+    elif in_blocks(n, sizeof(float)):
         path, chunk, work_size = HALF_BLOCKS, BLOCK_ROWS, n * BLOCK_ROWS
     elif group_rows(n, sizeof(float)) > 0:
         path, chunk, work_size = HALF_GROUPS, group_rows(n, sizeof(float)), BLOCK_ROWS
@@ -212,9 +290,12 @@ def cross_entropy_index_half(
         for block in prange((n_rows + chunk - 1) // chunk, schedule="static"):
             if scratch_missing(scratch, buffer):
                 continue
-            half_index_chunk(xv, gv, tv, sv, losses, block * chunk,
-                             min(chunk, n_rows - block * chunk), n, kind, path, mine,
-                             buffer, buffer + chunk * n, stats)
+            if path == HALF_PLAIN:
+                plain_half_index(xv, gv, tv, sv, losses, block, n, kind, mine, buffer)
+            else:
+                half_index_chunk(xv, gv, tv, sv, losses, block * chunk,
+                                 min(chunk, n_rows - block * chunk), n, kind, path, mine,
+                                 buffer, buffer + chunk * n, stats)
         free(buffer)
     scratch_raise(scratch)
     return sum_in_order(losses, n_rows), normaliser

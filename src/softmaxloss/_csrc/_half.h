@@ -20,6 +20,16 @@
 #include <stdint.h>
 #include <string.h>
 
+/* AVX2 builds convert 8 values at a time in vector registers (sml__*8 below): the same
+ * integer operations and float32 additions as the scalar conversions, lane by lane, so the
+ * same bits; every other build takes the scalar loops. */
+#if defined(__AVX2__)
+#define SML_HALF_AVX2 1
+#include <immintrin.h>
+#else
+#define SML_HALF_AVX2 0
+#endif
+
 #define SML_HALF_BF16 0
 #define SML_HALF_F16 1
 
@@ -92,6 +102,96 @@ static inline uint16_t sml_f32_to_f16(float f)
     return (uint16_t)(result | sign);
 }
 
+/* ---- 8 values in AVX2 registers ------------------------------------------------------
+ * The scalar conversions above, each operation on 8 lanes (the selects as blends): bitwise
+ * the same results. Values as 32-bit lanes; sml__half_store8 narrows them (all <= 0xffff). */
+#if SML_HALF_AVX2
+static inline __m256 sml__bf16_to_f32_8(const uint16_t *h)
+{
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)h));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+static inline __m256 sml__f16_to_f32_8(const uint16_t *h)
+{
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)h));
+    __m256i magnitude = _mm256_slli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fff)), 13);
+    __m256i exponent = _mm256_and_si256(magnitude, _mm256_set1_epi32(0x0f800000));
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x8000)), 16);
+    __m256i normal = _mm256_add_epi32(magnitude, _mm256_set1_epi32((127 - 15) << 23));
+    __m256i special = _mm256_add_epi32(normal, _mm256_set1_epi32((128 - 16) << 23));
+    __m256 subnormal = _mm256_sub_ps(
+        _mm256_castsi256_ps(_mm256_add_epi32(normal, _mm256_set1_epi32(1 << 23))),
+        _mm256_castsi256_ps(_mm256_set1_epi32(113 << 23)));
+    __m256i is_special = _mm256_cmpeq_epi32(exponent, _mm256_set1_epi32(0x0f800000));
+    __m256i is_zero = _mm256_cmpeq_epi32(exponent, _mm256_setzero_si256());
+    __m256i bits = _mm256_blendv_epi8(normal, _mm256_castps_si256(subnormal), is_zero);
+    bits = _mm256_blendv_epi8(bits, special, is_special);
+    return _mm256_castsi256_ps(_mm256_or_si256(bits, sign));
+}
+
+static inline __m256i sml__f32_to_bf16_8(__m256 f)
+{
+    __m256i u = _mm256_castps_si256(f);
+    __m256i one = _mm256_set1_epi32(1);
+    __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                         _mm256_and_si256(_mm256_srli_epi32(u, 16), one)), 16);
+    __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x0040));
+    /* |u| and 0x7f800000 are non-negative as int32: the signed compare is the unsigned one */
+    __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                        _mm256_set1_epi32(0x7f800000));
+    return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+}
+
+static inline __m256i sml__f32_to_f16_8(__m256 f)
+{
+    __m256i u = _mm256_castps_si256(f);
+    __m256i sign = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000));
+    __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff));
+    __m256i normal = _mm256_srli_epi32(
+        _mm256_add_epi32(
+            _mm256_add_epi32(a, _mm256_set1_epi32((int32_t)(((uint32_t)(15 - 127) << 23) + 0xfffu))),
+            _mm256_and_si256(_mm256_srli_epi32(a, 13), _mm256_set1_epi32(1))), 13);
+    __m256i subnormal = _mm256_sub_epi32(
+        _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(0.5f))),
+        _mm256_set1_epi32(0x3f000000));
+    __m256i nan = _mm256_or_si256(
+        _mm256_set1_epi32(0x7e00),
+        _mm256_and_si256(_mm256_srli_epi32(a, 13), _mm256_set1_epi32(0x03ff)));
+    /* a <= 0x7fffffff: signed compares are the unsigned ones */
+    __m256i is_small = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x38800000), a);
+    __m256i is_big = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x47800000 - 1));
+    __m256i is_nan = _mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000));
+    __m256i result = _mm256_blendv_epi8(normal, subnormal, is_small);
+    result = _mm256_blendv_epi8(result, _mm256_set1_epi32(0x7c00), is_big);
+    result = _mm256_blendv_epi8(result, nan, is_nan);
+    return _mm256_or_si256(result, sign);
+}
+
+static inline void sml__half_store8(uint16_t *dst, __m256i v)
+{
+    __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storeu_si128((__m128i *)dst, packed);
+}
+
+/* (float)((double)e[k] * scale) for 8 entries: each product in double, rounded once to
+ * float32 (vcvtpd2ps rounds to nearest, as the C conversion) */
+static inline __m256 sml__scale8(const float *e, __m256d scale)
+{
+    __m256d lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(e)), scale);
+    __m256d hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(e + 4)), scale);
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
+
+/* 16 values (two vectors of 32-bit lanes, all <= 0xffff) narrowed and stored in order */
+static inline void sml__half_store16(uint16_t *dst, __m256i a, __m256i b)
+{
+    __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+    _mm256_storeu_si256((__m256i *)dst, packed);
+}
+#endif
+
 /* ---- rows ---------------------------------------------------------------------------
  * One row of n values between half storage (element c at src + c * step bytes) and a
  * contiguous float32 row. The contiguous case is its own loop (vectorised). */
@@ -99,14 +199,20 @@ static inline uint16_t sml_f32_to_f16(float f)
 static inline void sml_half_load(int kind, const char *src, ptrdiff_t step, ptrdiff_t n,
                                  float *dst)
 {
-    ptrdiff_t c;
+    ptrdiff_t c = 0;
     if (step == (ptrdiff_t)sizeof(uint16_t)) {
         const uint16_t *h = (const uint16_t *)src;
         if (kind == SML_HALF_BF16) {
-            for (c = 0; c < n; c++)
+#if SML_HALF_AVX2
+            for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, sml__bf16_to_f32_8(h + c));
+#endif
+            for (; c < n; c++)
                 dst[c] = sml_bf16_to_f32(h[c]);
         } else {
-            for (c = 0; c < n; c++)
+#if SML_HALF_AVX2
+            for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, sml__f16_to_f32_8(h + c));
+#endif
+            for (; c < n; c++)
                 dst[c] = sml_f16_to_f32(h[c]);
         }
         return;
@@ -121,14 +227,28 @@ static inline void sml_half_load(int kind, const char *src, ptrdiff_t step, ptrd
 static inline void sml_half_store(int kind, const float *src, ptrdiff_t n, char *dst,
                                   ptrdiff_t step)
 {
-    ptrdiff_t c;
+    ptrdiff_t c = 0;
     if (step == (ptrdiff_t)sizeof(uint16_t)) {
         uint16_t *h = (uint16_t *)dst;
         if (kind == SML_HALF_BF16) {
-            for (c = 0; c < n; c++)
+#if SML_HALF_AVX2
+            for (; c + 16 <= n; c += 16)
+                sml__half_store16(h + c, sml__f32_to_bf16_8(_mm256_loadu_ps(src + c)),
+                                  sml__f32_to_bf16_8(_mm256_loadu_ps(src + c + 8)));
+            for (; c + 8 <= n; c += 8)
+                sml__half_store8(h + c, sml__f32_to_bf16_8(_mm256_loadu_ps(src + c)));
+#endif
+            for (; c < n; c++)
                 h[c] = sml_f32_to_bf16(src[c]);
         } else {
-            for (c = 0; c < n; c++)
+#if SML_HALF_AVX2
+            for (; c + 16 <= n; c += 16)
+                sml__half_store16(h + c, sml__f32_to_f16_8(_mm256_loadu_ps(src + c)),
+                                  sml__f32_to_f16_8(_mm256_loadu_ps(src + c + 8)));
+            for (; c + 8 <= n; c += 8)
+                sml__half_store8(h + c, sml__f32_to_f16_8(_mm256_loadu_ps(src + c)));
+#endif
+            for (; c < n; c++)
                 h[c] = sml_f32_to_f16(src[c]);
         }
         return;
@@ -136,6 +256,32 @@ static inline void sml_half_store(int kind, const float *src, ptrdiff_t n, char 
     for (c = 0; c < n; c++) {
         uint16_t h = kind == SML_HALF_BF16 ? sml_f32_to_bf16(src[c]) : sml_f32_to_f16(src[c]);
         memcpy(dst + c * step, &h, sizeof h);
+    }
+}
+
+/* dst[c] = (float)((double)e[c] * scale) rounded once to half, for a contiguous half row:
+ * the plain cross-entropy gradient's last pass (row_loss_grad_index's e_c p_scale in
+ * double, rounded to float32) and sml_half_store in one loop, without a float32 row between. */
+static inline void sml_half_scaled_store(int kind, const float *e, ptrdiff_t n, double scale,
+                                         uint16_t *dst)
+{
+    ptrdiff_t c = 0;
+#if SML_HALF_AVX2
+    __m256d s = _mm256_set1_pd(scale);
+    if (kind == SML_HALF_BF16) {
+        for (; c + 16 <= n; c += 16)
+            sml__half_store16(dst + c, sml__f32_to_bf16_8(sml__scale8(e + c, s)),
+                              sml__f32_to_bf16_8(sml__scale8(e + c + 8, s)));
+    } else {
+        for (; c + 16 <= n; c += 16)
+            sml__half_store16(dst + c, sml__f32_to_f16_8(sml__scale8(e + c, s)),
+                              sml__f32_to_f16_8(sml__scale8(e + c + 8, s)));
+    }
+#endif
+    if (kind == SML_HALF_BF16) {
+        for (; c < n; c++) dst[c] = sml_f32_to_bf16((float)((double)e[c] * scale));
+    } else {
+        for (; c < n; c++) dst[c] = sml_f32_to_f16((float)((double)e[c] * scale));
     }
 }
 
