@@ -132,13 +132,14 @@ static inline float sml_fmaddf(float a, float b, float c)
 
 static inline double sml_quot_dd(double num, double s, double s_lo, double w, double *lo)
 {
-    double d, d_lo, q, p, p_lo, r;
+    double d, d_lo, q, inv, p, p_lo, r;
     SML__TWO_PROD(s, w, d, d_lo);
     d_lo += s_lo * w;                 /* (s + s_lo) w = d + d_lo to ~2^-104 */
     q = num / d;
+    inv = 1.0 / d;                    /* beside q, not after it: the lo's division */
     SML__TWO_PROD(q, d, p, p_lo);     /* num - q d exactly: (num - p) - p_lo */
     r = ((num - p) - p_lo) - q * d_lo;
-    *lo = isfinite(q) ? r / d : 0.0;
+    *lo = isfinite(q) ? r * inv : 0.0;
     return q;
 }
 
@@ -313,7 +314,9 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 /* SML__VMAX(a, b): the lanes' larger (a NaN lane: either). */
 #if SML_TARGET_AVX
 #define SML__VMAX(a, b) ((sml_f64x4)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+#define SML__VMIN(a, b) ((sml_f64x4)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
 #else
+#define SML__VMIN(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(b)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(a))))
 #define SML__VMAX(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(a)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(b))))
 #endif
 
@@ -321,9 +324,7 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
  * v (both >= 0), its exact error into c: sml__merge_lanes_d's on vectors (the same bits). */
 #define SML__VLANE_ADD(acc, c, v)                                                       \
     do {                                                                                \
-        sml_i64x4 gt_ = (acc) > (v);                                                    \
-        sml_f64x4 a_ = (sml_f64x4)((gt_ & (sml_i64x4)(acc)) | (~gt_ & (sml_i64x4)(v)));  \
-        sml_f64x4 b_ = (sml_f64x4)((gt_ & (sml_i64x4)(v)) | (~gt_ & (sml_i64x4)(acc)));  \
+        sml_f64x4 a_ = SML__VMAX(acc, v), b_ = SML__VMIN(acc, v);                       \
         sml_f64x4 s_ = a_ + b_;                                                         \
         (c) += b_ - (s_ - a_);                                                          \
         (acc) = s_;                                                                     \

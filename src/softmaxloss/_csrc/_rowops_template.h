@@ -70,9 +70,11 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
 
 /* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; pos, the
  * row index of v[0], a multiple of SML_LANES). Plain sums, the row's last n % SML_LANES
- * into tail; SML_COMPENSATED: into lanes 0, 1, ... (tail unused), and at every multiple
- * of SML_SUMBLOCK of the row the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms)
- * merged into the row's compensated lanes (SML__MERGE_LANES). */
+ * into tail[0]; SML_COMPENSATED: those by TwoSums into tail[0] + tail[1] (a separate
+ * scalar, not lanes 0, 1, ...: a scalar store into the lanes that the finish reads as a
+ * vector stalls the store forwarding), and at every multiple of SML_SUMBLOCK of the row
+ * the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms) merged into the row's
+ * compensated lanes (sml__merge_lanes). */
 #if SML_COMPENSATED
 #define SML__LANE_ADD(acc, c, v)                                                       \
     do {                                                                               \
@@ -118,13 +120,16 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 }
 
 #if SML_COMPENSATED
-/* The sum of the block's plain lanes, the row's compensated lanes and their compensations
- * (lanes[0..24), sml_lanes_add) as hi + *lo, without a merge or a tree of TwoSums: every
- * lane (all >= 0) split against one power of two M >= 8 times the largest (Rump's
- * extraction), lane = H + L with H = (lane + M) - M, a multiple of ulp(M), and L = lane - H,
- * both exact (|L| <= ulp(M) / 2 <= 2^-48 of the largest lane). hi = the sum of the 16 H,
- * exact in any order (multiples of ulp(M) below 2 M); *lo = the L and the compensations
- * summed plainly, whose rounding is ~2^-100 of hi. A NaN lane gives hi NaN. */
+/* The row's sum after its last block: the block's plain lanes (lanes[0..8)), with all (the
+ * row has SML_SUMBLOCK classes or more) the row's compensated lanes and their compensations
+ * (lanes[8..24)), and the tail (tail[0] + tail[1], sml_lanes_add), as hi + *lo, without a
+ * last merge or a tree of Fast2Sums (their latency was most of a short row's cost): every
+ * value (all >= 0) split against one power of two M = 2^(e + 5), 2^e <= the largest < 2^(e+1)
+ * (Rump's extraction), v = H + L with H = (v + M) - M, a multiple of ulp(M), and L = v - H,
+ * both exact (|L| <= ulp(M) / 2 = 2^-48 2^e). hi = the sum of the (at most 17) H, exact in
+ * any order (multiples of ulp(M) below 2 M); *lo = the L and the compensations summed
+ * plainly, whose rounding is ~2^-95 of hi. On vectors where the target has them (the same
+ * code in the vector and the general path: one finish per row). A NaN lane gives hi NaN. */
 static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const double *tail,
                                                    int all, double *lo)
 {
