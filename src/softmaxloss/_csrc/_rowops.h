@@ -345,7 +345,6 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 #endif
 
 #define SML_T float
-#define SML_SUFFIX_IS_F 1
 #define SML_EXACT_GAPS 0 /* m - (double)x[c] is exact */
 #define SML_SUFFIX f
 #define SML_EXP_SUB sml_expf_sub
@@ -367,7 +366,6 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 #include "_rowops_template.h" /* which #undefs its parameters */
 
 #define SML_T double
-#define SML_SUFFIX_IS_F 0
 #define SML_SUFFIX d
 #define SML_EXP_SUB sml_exp_sub
 #define SML_EXACT_GAPS 1 /* m - x[c] rounds: its low part summed apart (sml_row_gapsum) */

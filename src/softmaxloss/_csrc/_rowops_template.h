@@ -247,44 +247,6 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
 }
 #endif
 
-#if SML_VEXP_ON && SML_TARGET_AVX
-/* sml_exp_split of the row's last k < SML_LANES entries x[0..k) (into e and rest), their exp on
- * vectors (SML_VEXP_GROUP: the same values as the scalar exp) of a group padded with x[0]:
- * returns the ties, or -1 (nothing written) if an entry is out of that exp's range (or NaN).
- * The group is built in registers (a masked load, a blend) and stored whole, so that the
- * exp's vector load of it is forwarded (scalar stores into it stall that forwarding): the
- * scalar exp of a tail of 4 cost ~30 ns, a tenth of a float64 row of 100. */
-static inline ptrdiff_t SML_NAME(sml_exp_tail)(const SML_T *x, SML_T *e, ptrdiff_t k, SML_T m,
-                                               SML_T *rest)
-{
-    SML_T pad[SML_LANES] __attribute__((aligned(32))), ev[SML_LANES];
-    SML_VGROUP_T v;
-    SML_VMASK out;
-    ptrdiff_t ties = 0;
-#if SML_SUFFIX_IS_F
-    __m256 keep = _mm256_cmp_ps(_mm256_set1_ps((float)k),
-                                _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _CMP_GT_OQ);
-    _mm256_store_ps(pad, _mm256_blendv_ps(_mm256_set1_ps(x[0]),
-                                          _mm256_maskload_ps(x, _mm256_castps_si256(keep)), keep));
-#else
-    __m256d keep0 = _mm256_cmp_pd(_mm256_set1_pd((double)k), _mm256_setr_pd(0, 1, 2, 3), _CMP_GT_OQ);
-    __m256d keep1 = _mm256_cmp_pd(_mm256_set1_pd((double)k), _mm256_setr_pd(4, 5, 6, 7), _CMP_GT_OQ);
-    __m256d first = _mm256_set1_pd(x[0]);
-    _mm256_store_pd(pad, _mm256_blendv_pd(first, _mm256_maskload_pd(x, _mm256_castpd_si256(keep0)), keep0));
-    _mm256_store_pd(pad + 4, _mm256_blendv_pd(first, _mm256_maskload_pd(x + 4, _mm256_castpd_si256(keep1)), keep1));
-#endif
-    SML_VEXP_GROUP(pad, m, v, out);
-    if (SML_VANY(out)) return -1;
-    memcpy(ev, &v, sizeof ev);
-    for (ptrdiff_t j = 0; j < k; j++) {
-        e[j] = ev[j];
-        rest[j] = ev[j] == (SML_T)1 ? (SML_T)0 : ev[j];
-        ties += ev[j] == (SML_T)1;
-    }
-    return ties;
-}
-#endif
-
 static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdiff_t n,
                                                  SML_T m, double *excess, double *total_lo)
 {
@@ -334,16 +296,6 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
             SML_NAME(sml_lanes_add)(rest, stop - done, lanes, tail, start + done);
             done = stop;
         }
-#if SML_TARGET_AVX
-        if (done < len) { /* the row's last len % SML_LANES (only the last chunk has any) */
-            ptrdiff_t t = SML_NAME(sml_exp_tail)(x + start + done, ec + done, len - done, m, rest);
-            if (t >= 0) {
-                ties += t;
-                SML_NAME(sml_lanes_add)(rest, len - done, lanes, tail, start + done);
-                done = len;
-            }
-        }
-#endif
 #endif
         if (done < len) { /* the rest; tail takes the row's last len % SML_LANES */
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, len - done, m);
@@ -447,7 +399,6 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
 #undef SML_SUFFIX
 #undef SML_EXP_SUB
 #undef SML_EXACT_GAPS
-#undef SML_SUFFIX_IS_F
 #undef SML_COUNT
 #undef SML_COMPENSATED
 #undef SML_VEXP_ON
