@@ -76,6 +76,8 @@ cdef extern from "_rowops.h" nogil:
     double sml_exp_sub(double x, double m)
     double sml_sub_lo(double a, double b)
     double sml_sub_sub(double x, double m, double L)
+    double sml_sub_dd(double x, double k, double k_lo)
+    void sml_scale_f(float *v, Py_ssize_t n, double k)
     double sml_log1p(double x)
     float sml_row_max_f(const float *x, Py_ssize_t n)
     double sml_row_max_d(const double *x, Py_ssize_t n)

@@ -132,24 +132,37 @@ static inline float sml_fmaddf(float a, float b, float c)
 
 static inline double sml_quot_dd(double num, double s, double s_lo, double w, double *lo)
 {
-    double d, d_lo, q, p, p_lo, r;
+    double d, d_lo, q, inv, p, p_lo, r;
     SML__TWO_PROD(s, w, d, d_lo);
     d_lo += s_lo * w;                 /* (s + s_lo) w = d + d_lo to ~2^-104 */
     q = num / d;
+    inv = 1.0 / d;                    /* beside q, not after it: the lo's division */
     SML__TWO_PROD(q, d, p, p_lo);     /* num - q d exactly: (num - p) - p_lo */
     r = ((num - p) - p_lo) - q * d_lo;
-    *lo = isfinite(q) ? r / d : 0.0;
+    *lo = isfinite(q) ? r * inv : 0.0;
     return q;
 }
 
 /* sml_grad_hess_d(e, inv, inv_lo, c_max, c_max_lo, &p): p (1 - p) for p = e (inv + inv_lo)
  * (= e / S), and p rounded once into *p; 1 - p as c_max + c_max_lo (the row's excess / S)
- * at the max (e = 1), else as 1 - p exactly (p <= 1/2 off the max: Sterbenz) less p's lo.
- * p and 1 - p as hi + lo (SML__TWO_PROD), the product rounded once: within ~0.5 ulp of
- * e (1 - e / S) / S for the e given (issue 19). */
+ * at the max (e = 1), else as 1 - p exactly (p < 1/2 off the max: Sterbenz) less p's lo.
+ * p and 1 - p as hi + lo, the product rounded once: within ~0.5 ulp of e (1 - e / S) / S
+ * for the e given (issue 19). With FMA: p = fma(e, inv, e inv_lo), its lo by two fmas, and
+ * the product as one fma of p (1 - p) and the correction (14 operations); without it by
+ * Dekker's products (SML__TWO_PROD). */
 static inline double sml_grad_hess_d(double e, double inv, double inv_lo, double c_max,
                                      double c_max_lo, double *p_out)
 {
+#if SML__HAVE_FMA
+    double p = fma(e, inv, e * inv_lo);
+    double p_lo = fma(e, inv_lo, fma(e, inv, -p)); /* e (inv + inv_lo) - p, to ~2^-104 p */
+    double c = 1.0 - p;
+    double c_lo = ((1.0 - c) - p) - p_lo; /* 1 - (p + p_lo) - c: (1 - c) - p is exact */
+    c_lo = e == 1.0 ? c_max_lo : c_lo;
+    c = e == 1.0 ? c_max : c;
+    *p_out = p;
+    return fma(p, c, fma(p, c_lo, p_lo * c));
+#else
     double q, q_lo, t, p, p_lo, c, c_lo, h, h_lo;
     SML__TWO_PROD(e, inv, q, q_lo);
     t = q_lo + e * inv_lo;
@@ -163,6 +176,7 @@ static inline double sml_grad_hess_d(double e, double inv, double inv_lo, double
     *p_out = p;
     h_lo += p * c_lo + p_lo * c;
     return isfinite(h) ? h + h_lo : h;
+#endif
 }
 
 /* sml_label_grad_at_max(scale, excess, s, s_lo, w): -(scale excess) / ((s + s_lo) w) rounded
@@ -195,6 +209,33 @@ static inline double sml_mul_dd(double e, double hi, double lo)
     double p, p_lo;
     SML__TWO_PROD(e, hi, p, p_lo);
     return isfinite(p) ? p + (p_lo + e * lo) : p;
+#endif
+}
+
+/* sml_sub_dd(x, k, k_lo): x - (k + k_lo) rounded once (to ~2^-60 of it), for x <= k: the
+ * exact difference x - k as hi + lo by a Fast2Sum of min(x, -k) and max(x, -k) (which has
+ * |a| >= |b| for x <= k whatever the signs), then hi + (lo - k_lo): log_softmax's
+ * x_c - (m + log S) with m + log S = k + k_lo (a TwoSum once per row). Ten operations,
+ * branch-free (it vectorises); x = -inf gives -inf, NaN NaN. */
+static inline double sml_sub_dd(double x, double k, double k_lo)
+{
+    double nk = -k, d = x + nk;
+    double a = x < nk ? x : nk, b = x < nk ? nk : x;
+    double r = d + ((b - (d - a)) - k_lo);
+    return fabs(d) <= DBL_MAX ? r : d;
+}
+
+/* sml_scale_f(v, n, k): v[c] = v[c] k rounded once to float (k > 0 a double): with FMA as
+ * fmaf(v, k_hi, v k_lo), k = k_hi + k_lo to ~2^-48 (the product's other rounding is
+ * ~2^-48 of it: below a float's ulp as the double product's), else in double. softmax's
+ * normalisation p_c = e_c / S (k = 1 / S). */
+static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
+{
+#if SML__HAVE_FMA
+    float k_hi = (float)k, k_lo = (float)(k - (double)k_hi);
+    for (ptrdiff_t i = 0; i < n; i++) v[i] = fmaf(v[i], k_hi, v[i] * k_lo);
+#else
+    for (ptrdiff_t i = 0; i < n; i++) v[i] = (float)((double)v[i] * k);
 #endif
 }
 
@@ -270,13 +311,20 @@ static inline double sml_mul_dd(double e, double hi, double lo)
         SML_EXP_X4_INRANGE_LO(d1_, l1_, (v).v[1]);                                      \
     } while (0)
 
+/* SML__VMAX(a, b): the lanes' larger (a NaN lane: either). */
+#if SML_TARGET_AVX
+#define SML__VMAX(a, b) ((sml_f64x4)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
+#define SML__VMIN(a, b) ((sml_f64x4)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
+#else
+#define SML__VMIN(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(b)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(a))))
+#define SML__VMAX(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(a)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(b))))
+#endif
+
 /* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum of the larger and the smaller of acc and
  * v (both >= 0), its exact error into c: sml__merge_lanes_d's on vectors (the same bits). */
 #define SML__VLANE_ADD(acc, c, v)                                                       \
     do {                                                                                \
-        sml_i64x4 gt_ = (acc) > (v);                                                    \
-        sml_f64x4 a_ = (sml_f64x4)((gt_ & (sml_i64x4)(acc)) | (~gt_ & (sml_i64x4)(v)));  \
-        sml_f64x4 b_ = (sml_f64x4)((gt_ & (sml_i64x4)(v)) | (~gt_ & (sml_i64x4)(acc)));  \
+        sml_f64x4 a_ = SML__VMAX(acc, v), b_ = SML__VMIN(acc, v);                       \
         sml_f64x4 s_ = a_ + b_;                                                         \
         (c) += b_ - (s_ - a_);                                                          \
         (acc) = s_;                                                                     \

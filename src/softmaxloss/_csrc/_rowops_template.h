@@ -70,9 +70,11 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
 
 /* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; pos, the
  * row index of v[0], a multiple of SML_LANES). Plain sums, the row's last n % SML_LANES
- * into tail; SML_COMPENSATED: into lanes 0, 1, ... (tail unused), and at every multiple
- * of SML_SUMBLOCK of the row the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms)
- * merged into the row's compensated lanes (SML__MERGE_LANES). */
+ * into tail[0]; SML_COMPENSATED: those by TwoSums into tail[0] + tail[1] (a separate
+ * scalar, not lanes 0, 1, ...: a scalar store into the lanes that the finish reads as a
+ * vector stalls the store forwarding), and at every multiple of SML_SUMBLOCK of the row
+ * the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms) merged into the row's
+ * compensated lanes (sml__merge_lanes). */
 #if SML_COMPENSATED
 #define SML__LANE_ADD(acc, c, v)                                                       \
     do {                                                                               \
@@ -99,12 +101,16 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 {
     ptrdiff_t i = 0;
 #if SML_COMPENSATED
-    (void)tail;
     for (; i + SML_LANES <= n; i += SML_LANES) {
         for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
         if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) SML_NAME(sml__merge_lanes)(lanes);
     }
-    for (int k = 0; i + k < n; k++) lanes[k] += (double)v[i + k];
+    for (; i < n; i++) { /* tail[0] + tail[1]: a TwoSum each (at most SML_LANES - 1) */
+        double t, t_lo;
+        SML__TWO_SUM(tail[0], (double)v[i], t, t_lo);
+        tail[0] = t;
+        tail[1] += t_lo;
+    }
 #else
     (void)pos;
     for (; i + SML_LANES <= n; i += SML_LANES)
@@ -114,26 +120,74 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 }
 
 #if SML_COMPENSATED
-/* The row's compensated lanes' total as hi + *lo (after the last merge): the eight added by
- * Fast2Sums of the larger and the smaller (all >= 0), pairwise as SML_LANE_TOTAL, their
- * errors and the compensations summed into *lo. A NaN or infinite lane gives hi NaN or
- * inf (*lo is then not meaningful). */
-static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, double *lo)
+/* The row's sum after its last block: the block's plain lanes (lanes[0..8)), with all (the
+ * row has SML_SUMBLOCK classes or more) the row's compensated lanes and their compensations
+ * (lanes[8..24)), and the tail (tail[0] + tail[1], sml_lanes_add), as hi + *lo, without a
+ * last merge or a tree of Fast2Sums (their latency was most of a short row's cost): every
+ * value (all >= 0) split against one power of two M = 2^(e + 5), 2^e <= the largest < 2^(e+1)
+ * (Rump's extraction), v = H + L with H = (v + M) - M, a multiple of ulp(M), and L = v - H,
+ * both exact (|L| <= ulp(M) / 2 = 2^-48 2^e). hi = the sum of the (at most 17) H, exact in
+ * any order (multiples of ulp(M) below 2 M); *lo = the L and the compensations summed
+ * plainly, whose rounding is ~2^-95 of hi. On vectors where the target has them (the same
+ * code in the vector and the general path: one finish per row). A NaN lane gives hi NaN. */
+static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const double *tail,
+                                                   int all, double *lo)
 {
-    double h[SML_LANES], err = 0.0, comp;
-    int width;
-    for (int k = 0; k < SML_LANES; k++) h[k] = lanes[SML_LANES + k];
-    for (width = SML_LANES / 2; width >= 1; width /= 2)
-        for (int k = 0; k < width; k++) {
-            double a = h[k] > h[k + width] ? h[k] : h[k + width];
-            double b = h[k] > h[k + width] ? h[k + width] : h[k];
-            double s = a + b;
-            err += b - (s - a);
-            h[k] = s;
-        }
-    comp = SML_LANE_TOTAL((lanes + 2 * SML_LANES));
-    *lo = comp + err;
-    return h[0];
+    uint64_t bits;
+#if SML_HAVE_VEXP /* on vectors: a, b the block's lanes 0-3, 4-7; r, q the row's; c, d theirs */
+    sml_f64x4 a, b, r, q, c, d, mx, big, t;
+    memcpy(&a, lanes, sizeof a);
+    memcpy(&b, lanes + 4, sizeof b);
+    mx = SML__VMAX(a, b);
+    if (all) {
+        memcpy(&r, lanes + 8, sizeof r);
+        memcpy(&q, lanes + 12, sizeof q);
+        mx = SML__VMAX(mx, SML__VMAX(r, q));
+    }
+    mx = SML__VMAX(mx, ((sml_f64x4){0} + tail[0]));
+    mx = SML__VMAX(mx, __builtin_shuffle(mx, (sml_i64x4){2, 3, 0, 1}));
+    mx = SML__VMAX(mx, __builtin_shuffle(mx, (sml_i64x4){1, 0, 3, 2})); /* in every lane */
+    big = (sml_f64x4)(((sml_u64x4)mx & 0x7FF0000000000000u) + (UINT64_C(5) << 52));
+    t = (a + big) - big; /* H and L of a, b */
+    a -= t;
+    c = (b + big) - big;
+    b -= c;
+    t += c; /* the H of lanes k and k + 4: exact */
+    a += b; /* the L */
+    if (all) {
+        memcpy(&c, lanes + 16, sizeof c);
+        memcpy(&d, lanes + 20, sizeof d);
+        b = (r + big) - big;
+        r -= b;
+        t += b;
+        b = (q + big) - big;
+        q -= b;
+        t += b;
+        a += (r + q) + (c + d);
+    }
+    {
+        double h = (tail[0] + big[0]) - big[0];
+        *lo = ((a[0] + a[1]) + (a[2] + a[3])) + ((tail[0] - h) + tail[1]);
+        return ((t[0] + t[1]) + (t[2] + t[3])) + h;
+    }
+#else
+    double mx = tail[0], big, hi = 0.0, h, l[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int width = all ? 2 * SML_LANES : SML_LANES;
+    for (int k = 0; k < width; k++) mx = lanes[k] > mx ? lanes[k] : mx;
+    memcpy(&bits, &mx, sizeof bits);
+    bits = (bits & 0x7FF0000000000000u) + (UINT64_C(5) << 52); /* 2^(exponent + 5) */
+    memcpy(&big, &bits, sizeof big);
+    for (int k = 0; k < width; k++) {
+        h = (lanes[k] + big) - big;
+        hi += h;
+        l[k % SML_LANES] += lanes[k] - h;
+    }
+    if (all)
+        for (int k = 0; k < SML_LANES; k++) l[k] += lanes[2 * SML_LANES + k];
+    h = (tail[0] + big) - big;
+    *lo = SML_LANE_TOTAL(l) + ((tail[0] - h) + tail[1]);
+    return hi + h;
+#endif
 }
 #undef SML__LANE_ADD
 #endif
@@ -148,7 +202,7 @@ static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, double *l
  * path from there. */
 static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, ptrdiff_t n,
                                                      SML_T m, double *lanes, ptrdiff_t *ties,
-                                                     ptrdiff_t pos)
+                                                     ptrdiff_t pos, int merge)
 {
     sml_f64x4 lo, hi; /* lanes 0-3, 4-7 */
     SML_VMASK ones = {0};
@@ -163,6 +217,7 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
     memcpy(&chi, lanes + 20, sizeof chi);
 #else
     (void)pos;
+    (void)merge;
 #endif
     for (; i < n; i += SML_LANES) {
         SML_VGROUP_T v;
@@ -171,7 +226,7 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
         if (SML_VANY(out)) break;
         SML_VSUM_GROUP(e + i, v, lo, hi, ones);
 #if SML_COMPENSATED
-        if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) {
+        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) {
             SML__VLANE_ADD(rlo, clo, lo);
             SML__VLANE_ADD(rhi, chi, hi);
             lo = (sml_f64x4){0};
@@ -197,11 +252,17 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
 {
     SML_T exps[SML_CHUNK], rest[SML_CHUNK];
 #if SML_COMPENSATED /* the block's lanes, the row's, their compensations (sml_lanes_add) */
-    double lanes[3 * SML_LANES] = {0};
+    double lanes[3 * SML_LANES];
+    for (int k = 0; k < 3 * SML_LANES; k += 4) { /* not memset: gcc makes a slow rep stos */
+        lanes[k] = 0.0;
+        lanes[k + 1] = 0.0;
+        lanes[k + 2] = 0.0;
+        lanes[k + 3] = 0.0;
+    }
 #else
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
 #endif
-    double tail = 0;
+    double tail[2] = {0.0, 0.0}; /* the row's last n % SML_LANES: sum (and its error) */
     ptrdiff_t ties = 0;
 #if SML_VEXP_ON
     ptrdiff_t run = SML_VBLOCK;
@@ -213,9 +274,17 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
 #if SML_VEXP_ON
         ptrdiff_t full = len - len % SML_LANES;
         while (done < full) {
+#if SML_COMPENSATED /* a row within one block never merges: that loop without the test */
+            ptrdiff_t did = n >= SML_SUMBLOCK
+                ? SML_NAME(sml_expsum_inrange)(x + start + done, ec + done, full - done, m,
+                                               lanes, &ties, start + done, 1)
+                : SML_NAME(sml_expsum_inrange)(x + start + done, ec + done, full - done, m,
+                                               lanes, &ties, start + done, 0);
+#else
             ptrdiff_t did = SML_NAME(sml_expsum_inrange)(x + start + done, ec + done,
                                                          full - done, m, lanes, &ties,
-                                                         start + done);
+                                                         start + done, 0);
+#endif
             done += did;
             /* out of range at done: the next `run` entries take the general path (a
              * multiple of SML_LANES, so the lanes stay in step); run doubles while the
@@ -224,13 +293,13 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
             run = did > 0 ? SML_VBLOCK : run < SML_CHUNK ? 2 * run : SML_CHUNK;
             ptrdiff_t stop = full - done > run ? done + run : full;
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, stop - done, m);
-            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, &tail, start + done);
+            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, tail, start + done);
             done = stop;
         }
 #endif
         if (done < len) { /* the rest; tail takes the row's last len % SML_LANES */
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, len - done, m);
-            SML_NAME(sml_lanes_add)(rest, len - done, lanes, &tail, start + done);
+            SML_NAME(sml_lanes_add)(rest, len - done, lanes, tail, start + done);
         }
     }
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
@@ -241,21 +310,18 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
 #if SML_COMPENSATED
     /* rest = rest_hi + rest_lo to ~2^-104; S = ties + rest and S - 1 each by a TwoSum of
      * the integer and rest_hi, rounded once (beyond the range, or NaN: the plain sums) */
-    double rest_lo, rest_hi;
-    if (n >= SML_SUMBLOCK) {
-        SML_NAME(sml__merge_lanes)(lanes); /* the last block's (zeros if n ended one) */
-    } else { /* within one block: the merge into zero lanes is a copy (Fast2Sum(0, p) = p) */
-        for (int k = 0; k < SML_LANES; k++) lanes[SML_LANES + k] = lanes[k];
-    }
-    rest_hi = SML_NAME(sml__lanes_total_c)(lanes, &rest_lo);
+    double rest_lo, rest_hi = n >= SML_SUMBLOCK
+        ? SML_NAME(sml__lanes_total_c)(lanes, tail, 1, &rest_lo)
+        : SML_NAME(sml__lanes_total_c)(lanes, tail, 0, &rest_lo);
     double t, t_lo;
-    (void)tail;
     if (!(fabs(rest_hi) <= DBL_MAX)) {
         if (excess != NULL) *excess = ((double)ties - 1.0) + rest_hi;
         if (total_lo != NULL) *total_lo = 0.0;
         return (double)ties + rest_hi;
     }
-    if (excess != NULL) {
+    if (excess != NULL && ties == 1) { /* the TwoSum's below with (0, rest_hi): the same */
+        *excess = rest_hi + rest_lo;
+    } else if (excess != NULL) {
         SML__TWO_SUM((double)ties - 1.0, rest_hi, t, t_lo);
         *excess = t + (t_lo + rest_lo);
     }
@@ -268,7 +334,7 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
     }
     return t + t_lo;
 #else
-    double rest_sum = SML_LANE_TOTAL(lanes) + tail;
+    double rest_sum = SML_LANE_TOTAL(lanes) + tail[0];
     if (excess != NULL) *excess = ((double)ties - 1.0) + rest_sum;
     if (total_lo != NULL) *total_lo = 0.0;
     return (double)ties + rest_sum;
