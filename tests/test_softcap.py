@@ -355,6 +355,43 @@ def _on_capped(name, x, cap, *args, **kwargs):
     return result[0], grad
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", CLASS_COUNTS)
+def test_extra_outputs_are_the_capped_logits(dtype, n_classes):
+    """return_lse / return_entropy / return_argmax with softcap: the capped logits'
+    log-sum-exp, entropy and argmax (the reference on what the kernel computes on), the
+    loss and gradient unchanged by asking for them; index and probability targets, with
+    and without the gradient, with the focal loss."""
+    n_rows, cap = 70, 30.0
+    x = _logits(n_rows, n_classes, dtype)
+    t = _targets(n_rows, n_classes)
+    x[5, :3] = 1e4  # saturated: three logits tie at the cap, the first wins
+    flags = dict(return_lse=True, return_entropy=True, return_argmax=True)
+    expected = _on_capped("cross_entropy", x, cap, t, reduction="none", **flags)
+    tol = dict(rtol=3e-6, atol=3e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for call in (sml.cross_entropy, sml.cross_entropy_with_grad):
+        got = call(x, t, softcap=cap, reduction="none", **flags)
+        np.testing.assert_allclose(got.lse, expected.lse, **tol)
+        np.testing.assert_allclose(got.entropy, expected.entropy, **tol)
+        np.testing.assert_array_equal(got.argmax, expected.argmax)
+        assert got.argmax[5] == 0 and got.n_correct == expected.n_correct
+        assert got.lse.dtype == dtype and got.argmax.dtype == np.int64
+    for kw in [{}, {"label_smoothing": 0.1, "z_loss": 1e-3, "reduction": "sum"}, {"focal_gamma": 2.0}]:
+        loss, grad = sml.cross_entropy_with_grad(x, t, softcap=cap, **kw)
+        both = sml.cross_entropy_with_grad(x, t, softcap=cap, **kw, **flags)
+        np.testing.assert_array_equal(both.loss, loss)
+        np.testing.assert_array_equal(both.grad, grad)
+    p = RNG.random((n_rows, n_classes))
+    got = sml.cross_entropy_with_grad(x, p, softcap=cap, **flags)
+    _, grad = sml.cross_entropy_with_grad(x, p, softcap=cap)
+    np.testing.assert_array_equal(got.grad, grad)
+    np.testing.assert_allclose(got.lse, expected.lse, **tol)
+    np.testing.assert_allclose(got.entropy, expected.entropy, **tol)
+    np.testing.assert_array_equal(got.argmax, expected.argmax)
+    ref_outputs = ref.cross_entropy(x.astype(np.float64), t, softcap=cap, reduction="none", **flags)
+    np.testing.assert_allclose(ref_outputs.lse, expected.lse, rtol=1e-6)  # the reference caps them too
+
+
 def test_hostile_values():
     """|x / cap| up to 20 and far beyond, +-inf, NaN rows, all -inf rows; caps tiny and huge
     (huge: |x / cap| up to 5, the capped logits ~1e30 apart, where the softmax is one-hot)."""
@@ -533,6 +570,12 @@ def test_half_logits_are_the_float32_result_rounded_once(name, n_classes):
     for fn in ("softmax", "log_softmax"):
         np.testing.assert_array_equal(getattr(sml, fn)(x, softcap=30.0).view(np.uint16),
                                       getattr(sml, fn)(x32, softcap=30.0).astype(half).view(np.uint16))
+    flags = dict(return_lse=True, return_entropy=True, return_argmax=True)
+    got, got32 = (sml.cross_entropy_with_grad(v, t, softcap=30.0, **flags) for v in (x, x32))
+    np.testing.assert_array_equal(got.grad.view(np.uint16), got32.grad.astype(half).view(np.uint16))
+    np.testing.assert_array_equal(got.argmax, got32.argmax)
+    assert got.lse.dtype == half
+    np.testing.assert_allclose(got.lse.astype(np.float32), got32.lse, rtol=float(np.finfo(half).eps))
     lse = sml.logsumexp(x, softcap=30.0)
     assert lse.dtype == half
     np.testing.assert_array_equal(lse.astype(np.float32), sml.logsumexp(x32, softcap=30.0).astype(half).astype(np.float32))

@@ -29,6 +29,9 @@
 #include <math.h>
 #include <stddef.h>
 
+#include <string.h>
+
+#include "_vector.h"
 #include "_fastexp.h"
 
 #if defined(_MSC_VER)
@@ -89,7 +92,8 @@ static inline float sml_tanh_series_f(float a)
         0.021869489f + q * -0.0088632355f))));
 }
 
-/* One element of sml_softcap_row_f: capped_out = cap tanh(x / cap); leaves t and
+/* One element of the float path for caps whose reciprocal is a normal float (the general
+ * form, sml_softcap_row_f_wide, below): capped_out = cap tanh(x / cap); leaves t and
  * d = 1 / (1 + t) declared for the slope. lo is 0 where hi is infinite (u beyond float's
  * range), else inf - inf would make t NaN. */
 #define SML_SOFTCAP_F_CORE(X, INV_CAP, CAP_F, CAPPED_OUT, t, d)                        \
@@ -103,13 +107,10 @@ static inline float sml_tanh_series_f(float a)
     th_ = a_ < 0.25f ? sml_tanh_series_f(a_) : th_;                                    \
     (CAPPED_OUT) = copysignf((CAP_F) * th_, hi_);
 
-SML_SOFTCAP_OUT_OF_LINE static void sml_softcap_row_f(const float *x, float *capped,
-                                                      float *slope, ptrdiff_t n, double cap)
+/* sml_softcap_row_f for any cap (1 / cap through double). */
+static void sml_softcap_row_f_wide(const float *x, float *capped, float *slope, ptrdiff_t n,
+                                   double cap)
 {
-    /* In float, eight lanes: u = x / cap as hi + lo (the product with 1 / cap in double,
-     * split), so that t = e^(-2|u|) comes from the exact -2|u| (sml_expf_sub takes the
-     * difference -2|hi| - 2 sign(hi) lo exactly): 0.8 ulp whatever |u|, where a rounded u
-     * would cost 2|u| ulps of the slope. */
     ptrdiff_t c;
     double inv_cap = 1.0 / cap;
     float cap_f = (float)cap;
@@ -124,6 +125,142 @@ SML_SOFTCAP_OUT_OF_LINE static void sml_softcap_row_f(const float *x, float *cap
         SML_SOFTCAP_F_CORE(x[c], inv_cap, cap_f, capped[c], t, d)
         slope[c] = (4.0f * t) * d * d;
     }
+}
+
+/* ---- the float path for caps in [2^-60, 2^60] -------------------------------------------
+ * 1 / cap = ich + icl (floats, icl below 2^-24 ich), u = x / cap = hi + lo with
+ * hi = fl(x ich), lo = (x ich - hi) + x icl: x ich - hi is exact (an FMA, or the exact
+ * double product less hi), so hi + lo is x / cap to ~2^-47 relatively. t = e^(-2|u|) is
+ * exp(-2|hi| - 2 sign(hi) lo) with the lo folded into the argument reduction
+ * (SML__EXPF_CORE_LO): 0.8 ulp whatever |u|. Then d = 1 / (1 + t), tanh |u| = (1 - t) d
+ * (below 1/4 the series of |hi| plus sign(hi) lo: tanh'(|u|) = 1 - O(u^2) there), slope
+ * 4 t d^2. The vector form (8 lanes, GNU vectors) does the
+ * same operations in the same order on groups of 8 whose |hi| <= 43.5 (exp's argument
+ * within SML_EXPF_INRANGE: 2^n one normal factor): the same bits as the scalar form,
+ * which takes the groups with a lane beyond (or NaN), and the row's tail. */
+#if defined(__FMA__) || (defined(_MSC_VER) && defined(__AVX2__))
+#define SML_SOFTCAP_HAVE_FMA 1
+#else
+#define SML_SOFTCAP_HAVE_FMA 0
+#endif
+
+#define SML__TANH_SERIES_F(a, q)                                                       \
+    ((a) + (a) * (q) * (-0.33333333f + (q) * (0.13333333f + (q) * (-0.053968254f + (q) * ( \
+        0.021869489f + (q) * -0.0088632355f)))))
+
+/* e^(x + lo) for x <= 0 (lo within an ulp of x), clamped as sml_expf: the same bits as
+ * SML_EXPF_X8_INRANGE_LO for x >= -87. */
+static inline float sml__softcap_expf_lo(float x, float lo)
+{
+    float xc = x < -104.0f ? -104.0f : x, t, p;
+    lo = xc == x ? lo : 0.0f; /* clamped or NaN: no lo */
+    SML__EXPF_CORE_LO(float, xc, lo, t, p);
+    return sml__expf_scale(t, p);
+}
+
+/* One element: the capped value, and the slope into *slope unless NULL. */
+static inline float sml__softcap_one_f(float x, float ich, float icl, float cap_f,
+                                       float *slope)
+{
+    float hi = x * ich, a = fabsf(hi), lo, slo, t, d, th, q;
+#if SML_SOFTCAP_HAVE_FMA
+    lo = fmaf(x, ich, -hi);
+#else
+    lo = (float)((double)x * (double)ich - (double)hi);
+#endif
+    lo = lo + x * icl;
+    lo = a <= 3.4028234663852886e38f ? lo : 0.0f;
+    slo = hi < 0.0f ? -lo : lo;
+    t = sml__softcap_expf_lo(-2.0f * a, -2.0f * slo);
+    d = 1.0f / (1.0f + t);
+    th = (1.0f - t) * d;
+    q = a * a;
+    th = a < 0.25f ? SML__TANH_SERIES_F(a, q) + slo : th;
+    if (slope != NULL) *slope = (4.0f * t) * d * d;
+    return copysignf(cap_f * th, hi);
+}
+
+#if SML_HAVE_VEXP
+#define SML__F32X8_SELECT(mask, yes, no)                                               \
+    ((sml_f32x8)(((sml_i32x8)(yes) & (mask)) | ((sml_i32x8)(no) & ~(mask))))
+
+/* Eight elements x[0..8) into capped (and slope unless NULL); 0 (nothing written) if a
+ * lane is beyond the vector exp's range or NaN. */
+static inline int sml__softcap_x8_f(const float *x, float *capped, float *slope, float ich,
+                                    float icl, float cap_f)
+{
+    sml_f32x8 xv, hi, a, lo, slo, t, d, th, q, series;
+    sml_i32x8 small, neg, beyond;
+    memcpy(&xv, x, sizeof xv);
+    hi = xv * ich;
+    a = (sml_f32x8)((sml_u32x8)hi & 0x7fffffffu);
+    beyond = ~(a <= 43.5f);
+    if (SML_VANY(beyond)) return 0;
+#if SML_SOFTCAP_HAVE_FMA && SML_TARGET_AVX
+    lo = (sml_f32x8)_mm256_fmadd_ps((__m256)xv, _mm256_set1_ps(ich), -(__m256)hi);
+#else
+    {
+        sml_f32x4 xh[2], hh[2];
+        sml_f64x4 e0, e1;
+        memcpy(xh, &xv, sizeof xh);
+        memcpy(hh, &hi, sizeof hh);
+        e0 = SML_F32X4_TO_F64X4(xh[0]) * (double)ich - SML_F32X4_TO_F64X4(hh[0]);
+        e1 = SML_F32X4_TO_F64X4(xh[1]) * (double)ich - SML_F32X4_TO_F64X4(hh[1]);
+        xh[0] = __builtin_convertvector(e0, sml_f32x4);
+        xh[1] = __builtin_convertvector(e1, sml_f32x4);
+        memcpy(&lo, xh, sizeof lo);
+    }
+#endif
+    lo = lo + xv * icl;
+    neg = hi < 0.0f;
+    slo = (sml_f32x8)((sml_i32x8)lo ^ (neg & (sml_i32x8)(sml_u32x8){0x80000000u, 0x80000000u,
+        0x80000000u, 0x80000000u, 0x80000000u, 0x80000000u, 0x80000000u, 0x80000000u}));
+    {
+        sml_f32x8 ex = -2.0f * a, el = -2.0f * slo;
+        SML_EXPF_X8_INRANGE_LO(ex, el, t);
+    }
+    d = 1.0f / (1.0f + t);
+    th = (1.0f - t) * d;
+    q = a * a;
+    series = SML__TANH_SERIES_F(a, q) + slo;
+    small = a < 0.25f;
+    th = SML__F32X8_SELECT(small, series, th);
+    th = (sml_f32x8)((sml_u32x8)(cap_f * th) | ((sml_u32x8)hi & 0x80000000u));
+    memcpy(capped, &th, sizeof th);
+    if (slope != NULL) {
+        sml_f32x8 s = (4.0f * t) * d * d;
+        memcpy(slope, &s, sizeof s);
+    }
+    return 1;
+}
+#endif
+
+SML_SOFTCAP_OUT_OF_LINE static void sml_softcap_row_f(const float *x, float *capped,
+                                                      float *slope, ptrdiff_t n, double cap)
+{
+    ptrdiff_t c = 0, k, groups = n / 8;
+    double inv_cap = 1.0 / cap;
+    float ich, icl, cap_f = (float)cap;
+    if (!(cap >= 8.6736173798840355e-19 && cap <= 1.152921504606846976e18)) {
+        sml_softcap_row_f_wide(x, capped, slope, n, cap); /* beyond [2^-60, 2^60] */
+        return;
+    }
+    ich = (float)inv_cap;
+    icl = (float)(inv_cap - (double)ich);
+#if SML_HAVE_VEXP
+    for (; c < 8 * groups; c += 8) {
+        if (sml__softcap_x8_f(x + c, capped + c, slope != NULL ? slope + c : NULL, ich, icl,
+                              cap_f))
+            continue;
+        for (k = c; k < c + 8; k++)
+            capped[k] = sml__softcap_one_f(x[k], ich, icl, cap_f,
+                                           slope != NULL ? slope + k : NULL);
+    }
+#else
+    (void)groups;
+#endif
+    for (k = c; k < n; k++)
+        capped[k] = sml__softcap_one_f(x[k], ich, icl, cap_f, slope != NULL ? slope + k : NULL);
 }
 
 SML_SOFTCAP_OUT_OF_LINE static void sml_softcap_scale_d(const double *g, const double *slope,
