@@ -125,14 +125,17 @@ def test_capped_logits_are_accurate_everywhere():
 
 def test_float32_capped_logits_and_slopes():
     """The float32 code (float arithmetic, eight lanes; t from the exact -2|x / cap|): the
-    capped logits within 3 float32 ulps of the exact ones, the slopes within 5 float32 ulps
-    relative, for |x / cap| up to 40 (where 1 - tanh^2 in float32 has no digit left)."""
+    capped logits within 2.5 float32 ulps of the exact ones (2.24 measured; the form before
+    the polynomial below 0.6 and the cap as two floats: 3.4 at |x / cap| ~ 0.26-1), the
+    slopes within 5 float32 ulps relative, for |x / cap| up to 40 (where 1 - tanh^2 in
+    float32 has no digit left)."""
+    dense = np.random.default_rng(16).uniform(0.2, 1.5, 400)  # where the capped values' errors peak
     for cap in (30.0, 1.0, 2.5e-3, 7.5e5):
-        u = np.concatenate([np.geomspace(1e-9, 40, 800), [0.2499, 0.25, 0.2501, 1e3]])
+        u = np.concatenate([np.geomspace(1e-9, 40, 800), dense, [0.2499, 0.25, 0.2501, 0.5999, 0.6, 1e3]])
         x = (np.concatenate([u, -u]) * cap).astype(np.float32)
         capped, slope = _kernel_cap(x, cap, np.float32)
         exact = np.array([_mp_capped(v, cap) for v in x])
-        assert np.max(np.abs(capped - exact) / np.spacing(np.abs(exact).astype(np.float32))) <= 3.0
+        assert np.max(np.abs(capped - exact) / np.spacing(np.abs(exact).astype(np.float32))) <= 2.5
         exact_slope = np.array([_mp_slope(v, cap) for v in x])
         positive = exact_slope > 1e-37  # float32's normal range
         assert np.max(np.abs(slope - exact_slope)[positive] / exact_slope[positive]) <= 5 * 2.0**-24
@@ -147,7 +150,7 @@ def test_float32_capped_logits_and_slopes():
 def _expected(name, x, cap, *args, **kwargs):
     """The reference for x's compute dtype: float64 logits in float64 as the math reads
     (`reference`); float32 logits are computed in float32, on their capped logits as the
-    kernels' float32 code forms them (within 3 float32 ulps of the exact ones, tested
+    kernels' float32 code forms them (within 2.5 float32 ulps of the exact ones, tested
     above): the reference on those, the gradient times the kernels' float32 slopes."""
     if x.dtype != np.float32:
         return getattr(ref, name)(x, *args, softcap=cap, **kwargs)
@@ -338,7 +341,7 @@ def test_where_mask_composes():
 
 def _on_capped(name, x, cap, *args, **kwargs):
     """The reference on what the kernel computes on: the capped logits in the logits'
-    dtype (float32: the kernels' own float32 capped logits and slopes, within 3 float32
+    dtype (float32: the kernels' own float32 capped logits and slopes, within 2.5 float32
     ulps of the exact ones; float64: the exact ones rounded once). Near-ties at the cap,
     which any float32 softmax resolves by rounding, are then the kernel's own; the
     gradient is the reference's times the slope."""

@@ -4,7 +4,8 @@
 # logits alike (the fused type `stored`).
 #
 # A row, or a chunk of rows, is read into per-thread scratch as its capped logits
-# cap * tanh(x / cap) (capped_load: float64 arithmetic, rounded once to the compute type),
+# cap * tanh(x / cap) (capped_load: float64 arithmetic rounded once for float64; float32 in
+# float arithmetic, eight lanes, within 2.5 float32 ulps, `_csrc/_softcap.h`),
 # with, when a gradient is asked for, the slope sech^2(x / cap) of each entry beside it;
 # the row, group or block kernel a contiguous call of that compute type would use runs
 # on the scratch unchanged; the gradient is multiplied by the slope (the chain rule) and
@@ -12,8 +13,10 @@
 #
 # With u = x / cap, a = |u| and t = e^(-2a) (one exp, shared by both; the loops in C,
 # `_csrc/_softcap.h`, where they vectorise):
-#     tanh(u) = sign(u) (1 - t) / (1 + t)          (a >= small: 1 - t does not cancel)
-#     tanh(u) = u (1 - u^2/3 + 2u^4/15 - ...)      (a < small: the series, to the last bit)
+#     tanh(u) = sign(u) (1 - t) / (1 + t)          (a >= small: 1 - t does not cancel;
+#                                                   float32: 1 - 2t / (1 + t))
+#     tanh(u) = u (1 - u^2/3 + 2u^4/15 - ...)      (a < small: the series, to the last bit;
+#                                                   float32: a fitted polynomial below 0.6)
 #     sech^2(u) = 4 t / (1 + t)^2                  (no cancellation anywhere: never 1 - tanh^2,
 #                                                   whose relative error is ~t^-1 ulps)
 # NaN stays NaN; +-inf gives +-cap with slope 0 (so a row with +inf is finite once capped).
