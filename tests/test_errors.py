@@ -70,8 +70,6 @@ BAD_CALLS = [
     ("focal-with-smoothing", "cross_entropy", (X, T), {"focal_gamma": 2.0, "label_smoothing": 0.1}, ValueError, "label_smoothing"),
     ("focal-with-probabilities", "cross_entropy_with_grad", (X, P), {"focal_gamma": 2.0}, ValueError, "class-index targets only"),
     ("focal-with-where", "cross_entropy", (X, T), {"focal_gamma": 1.0, "where": np.ones((4, 3), bool)}, ValueError, "where="),
-    ("lse-with-softcap", "cross_entropy", (X, T), {"return_lse": True, "softcap": 30.0}, ValueError, "do not combine with softcap"),
-    ("argmax-with-softcap", "cross_entropy_with_grad", (X, T), {"return_argmax": True, "softcap": 30.0}, ValueError, "do not combine with softcap"),
     ("gh-labels-shape", "gradient_hessian", (X, np.zeros(3, int)), {}, ValueError, "(3,)"),
     ("gh-labels-range", "gradient_hessian", (X, np.array([0, 1, 3, 0])), {}, ValueError, "labels value 3"),
     ("gh-labels-fraction", "gradient_hessian", (X, np.array([0, 1.5, 2, 0])), {}, ValueError, "whole class numbers"),

@@ -150,6 +150,10 @@ CALLS = {
                                                     return_lse=True, return_entropy=True, return_argmax=True)),
         every_case=True,
     ),
+    "extra_outputs_softcap": Call(  # of the capped logits (issue 16 items 2-3)
+        lambda f, c: _extra_outputs(f.cross_entropy(c.x, c.target, axis=c.axis, reduction="none", softcap=3.0,
+                                                    return_lse=True, return_entropy=True, return_argmax=True)),
+    ),
     "linear_cross_entropy": Call(
         lambda f, c: f.linear_cross_entropy(*_as_linear(c), c.target, chunk_size=2), every_case=True
     ),

@@ -125,14 +125,17 @@ def test_capped_logits_are_accurate_everywhere():
 
 def test_float32_capped_logits_and_slopes():
     """The float32 code (float arithmetic, eight lanes; t from the exact -2|x / cap|): the
-    capped logits within 3 float32 ulps of the exact ones, the slopes within 5 float32 ulps
-    relative, for |x / cap| up to 40 (where 1 - tanh^2 in float32 has no digit left)."""
+    capped logits within 2.5 float32 ulps of the exact ones (2.24 measured; the form before
+    the polynomial below 0.6 and the cap as two floats: 3.4 at |x / cap| ~ 0.26-1), the
+    slopes within 5 float32 ulps relative, for |x / cap| up to 40 (where 1 - tanh^2 in
+    float32 has no digit left)."""
+    dense = np.random.default_rng(16).uniform(0.2, 1.5, 400)  # where the capped values' errors peak
     for cap in (30.0, 1.0, 2.5e-3, 7.5e5):
-        u = np.concatenate([np.geomspace(1e-9, 40, 800), [0.2499, 0.25, 0.2501, 1e3]])
+        u = np.concatenate([np.geomspace(1e-9, 40, 800), dense, [0.2499, 0.25, 0.2501, 0.5999, 0.6, 1e3]])
         x = (np.concatenate([u, -u]) * cap).astype(np.float32)
         capped, slope = _kernel_cap(x, cap, np.float32)
         exact = np.array([_mp_capped(v, cap) for v in x])
-        assert np.max(np.abs(capped - exact) / np.spacing(np.abs(exact).astype(np.float32))) <= 3.0
+        assert np.max(np.abs(capped - exact) / np.spacing(np.abs(exact).astype(np.float32))) <= 2.5
         exact_slope = np.array([_mp_slope(v, cap) for v in x])
         positive = exact_slope > 1e-37  # float32's normal range
         assert np.max(np.abs(slope - exact_slope)[positive] / exact_slope[positive]) <= 5 * 2.0**-24
@@ -147,7 +150,7 @@ def test_float32_capped_logits_and_slopes():
 def _expected(name, x, cap, *args, **kwargs):
     """The reference for x's compute dtype: float64 logits in float64 as the math reads
     (`reference`); float32 logits are computed in float32, on their capped logits as the
-    kernels' float32 code forms them (within 3 float32 ulps of the exact ones, tested
+    kernels' float32 code forms them (within 2.5 float32 ulps of the exact ones, tested
     above): the reference on those, the gradient times the kernels' float32 slopes."""
     if x.dtype != np.float32:
         return getattr(ref, name)(x, *args, softcap=cap, **kwargs)
@@ -338,7 +341,7 @@ def test_where_mask_composes():
 
 def _on_capped(name, x, cap, *args, **kwargs):
     """The reference on what the kernel computes on: the capped logits in the logits'
-    dtype (float32: the kernels' own float32 capped logits and slopes, within 3 float32
+    dtype (float32: the kernels' own float32 capped logits and slopes, within 2.5 float32
     ulps of the exact ones; float64: the exact ones rounded once). Near-ties at the cap,
     which any float32 softmax resolves by rounding, are then the kernel's own; the
     gradient is the reference's times the slope."""
@@ -353,6 +356,43 @@ def _on_capped(name, x, cap, *args, **kwargs):
     with np.errstate(invalid="ignore"):
         grad = np.where(result[1] != 0, result[1] * slope, 0.0).astype(x.dtype)
     return result[0], grad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", CLASS_COUNTS)
+def test_extra_outputs_are_the_capped_logits(dtype, n_classes):
+    """return_lse / return_entropy / return_argmax with softcap: the capped logits'
+    log-sum-exp, entropy and argmax (the reference on what the kernel computes on), the
+    loss and gradient unchanged by asking for them; index and probability targets, with
+    and without the gradient, with the focal loss."""
+    n_rows, cap = 70, 30.0
+    x = _logits(n_rows, n_classes, dtype)
+    t = _targets(n_rows, n_classes)
+    x[5, :3] = 1e4  # saturated: three logits tie at the cap, the first wins
+    flags = dict(return_lse=True, return_entropy=True, return_argmax=True)
+    expected = _on_capped("cross_entropy", x, cap, t, reduction="none", **flags)
+    tol = dict(rtol=3e-6, atol=3e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for call in (sml.cross_entropy, sml.cross_entropy_with_grad):
+        got = call(x, t, softcap=cap, reduction="none", **flags)
+        np.testing.assert_allclose(got.lse, expected.lse, **tol)
+        np.testing.assert_allclose(got.entropy, expected.entropy, **tol)
+        np.testing.assert_array_equal(got.argmax, expected.argmax)
+        assert got.argmax[5] == 0 and got.n_correct == expected.n_correct
+        assert got.lse.dtype == dtype and got.argmax.dtype == np.int64
+    for kw in [{}, {"label_smoothing": 0.1, "z_loss": 1e-3, "reduction": "sum"}, {"focal_gamma": 2.0}]:
+        loss, grad = sml.cross_entropy_with_grad(x, t, softcap=cap, **kw)
+        both = sml.cross_entropy_with_grad(x, t, softcap=cap, **kw, **flags)
+        np.testing.assert_array_equal(both.loss, loss)
+        np.testing.assert_array_equal(both.grad, grad)
+    p = RNG.random((n_rows, n_classes))
+    got = sml.cross_entropy_with_grad(x, p, softcap=cap, **flags)
+    _, grad = sml.cross_entropy_with_grad(x, p, softcap=cap)
+    np.testing.assert_array_equal(got.grad, grad)
+    np.testing.assert_allclose(got.lse, expected.lse, **tol)
+    np.testing.assert_allclose(got.entropy, expected.entropy, **tol)
+    np.testing.assert_array_equal(got.argmax, expected.argmax)
+    ref_outputs = ref.cross_entropy(x.astype(np.float64), t, softcap=cap, reduction="none", **flags)
+    np.testing.assert_allclose(ref_outputs.lse, expected.lse, rtol=1e-6)  # the reference caps them too
 
 
 def test_hostile_values():
@@ -533,6 +573,12 @@ def test_half_logits_are_the_float32_result_rounded_once(name, n_classes):
     for fn in ("softmax", "log_softmax"):
         np.testing.assert_array_equal(getattr(sml, fn)(x, softcap=30.0).view(np.uint16),
                                       getattr(sml, fn)(x32, softcap=30.0).astype(half).view(np.uint16))
+    flags = dict(return_lse=True, return_entropy=True, return_argmax=True)
+    got, got32 = (sml.cross_entropy_with_grad(v, t, softcap=30.0, **flags) for v in (x, x32))
+    np.testing.assert_array_equal(got.grad.view(np.uint16), got32.grad.astype(half).view(np.uint16))
+    np.testing.assert_array_equal(got.argmax, got32.argmax)
+    assert got.lse.dtype == half
+    np.testing.assert_allclose(got.lse.astype(np.float32), got32.lse, rtol=float(np.finfo(half).eps))
     lse = sml.logsumexp(x, softcap=30.0)
     assert lse.dtype == half
     np.testing.assert_array_equal(lse.astype(np.float32), sml.logsumexp(x32, softcap=30.0).astype(half).astype(np.float32))

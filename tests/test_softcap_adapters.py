@@ -241,9 +241,71 @@ def test_jax_focal_loss_of_capped_logits(x64):
     np.testing.assert_allclose(jax.grad(ours)(jnp.asarray(x)), grad_r, rtol=1e-10, atol=1e-14)
 
 
-def test_torch_focal_with_softcap_is_refused_clearly():
+def test_torch_focal_with_softcap_matches_the_reference():
     torch = pytest.importorskip("torch")
     smt = pytest.importorskip("softmaxloss.torch")
     x, t = _inputs()
-    with pytest.raises(ValueError, match="focal_gamma does not combine with softcap yet"):
-        smt.cross_entropy(torch.tensor(x, requires_grad=True), torch.tensor(t), softcap=3.0, focal_gamma=2.0)
+    loss_r, grad_r = ref.cross_entropy_with_grad(x, t, softcap=3.0, focal_gamma=2.0)
+    xt = torch.tensor(x, requires_grad=True)
+    loss = smt.cross_entropy(xt, torch.tensor(t), softcap=3.0, focal_gamma=2.0)
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), loss_r, rtol=1e-12)
+    np.testing.assert_allclose(xt.grad.numpy(), grad_r, rtol=1e-10, atol=1e-14)
+
+
+def test_torch_extra_outputs_of_the_capped_logits():
+    """return_lse / return_entropy / return_argmax with softcap: a torch formula on the
+    capped logits (values and gradient through the loss, lse**2 and the entropy), and
+    torch.autograd.gradcheck of the same with the focal loss."""
+    torch = pytest.importorskip("torch")
+    smt = pytest.importorskip("softmaxloss.torch")
+    x, t = _inputs(n_rows=4)
+    xt, tt = torch.tensor(x, requires_grad=True), torch.tensor(t)
+    flags = dict(return_lse=True, return_entropy=True, return_argmax=True)
+
+    def ours(v, **kw):
+        out = smt.cross_entropy(v, tt, softcap=3.0, **flags, **kw)
+        return out.loss + 0.3 * (out.lse**2).sum() + 0.7 * out.entropy.sum(), out
+
+    def formula(v):
+        c = 3.0 * torch.tanh(v / 3.0)
+        log_p = torch.log_softmax(c, 1)
+        entropy = -(log_p.exp() * log_p).sum(1)
+        total = torch.nn.functional.cross_entropy(c, tt) + 0.3 * (torch.logsumexp(c, 1) ** 2).sum()
+        return total + 0.7 * entropy.sum(), c.argmax(1)
+
+    value, out = ours(xt)
+    value_r, argmax_r = formula(xt)
+    np.testing.assert_allclose(value.item(), value_r.item(), rtol=1e-12)
+    assert out.argmax.tolist() == argmax_r.tolist()
+    (g,), (g_r,) = torch.autograd.grad(value, xt), torch.autograd.grad(value_r, xt)
+    np.testing.assert_allclose(g.numpy(), g_r.numpy(), rtol=1e-10, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda v: ours(v, focal_gamma=2.0)[0], (xt,))
+
+
+def test_jax_extra_outputs_of_the_capped_logits(x64):
+    jax = x64
+    jnp = pytest.importorskip("jax.numpy")
+    smj = pytest.importorskip("softmaxloss.jax")
+    x, t = _inputs()
+    keep = t != -100
+    labels = jnp.asarray(np.where(keep, t, 0))[:, None]
+
+    def ours(x_):
+        out = smj.cross_entropy(x_, jnp.asarray(t), softcap=3.0, return_lse=True, return_entropy=True,
+                                return_argmax=True)
+        return out.loss + 0.3 * (out.lse**2).sum() + 0.7 * out.entropy.sum(), out.argmax
+
+    def formula(x_):
+        c = 3.0 * jnp.tanh(x_ / 3.0)
+        log_p = jax.nn.log_softmax(c, -1)
+        nll = jnp.where(keep, -jnp.take_along_axis(log_p, labels, -1)[:, 0], 0.0).sum() / keep.sum()
+        entropy = -(jnp.exp(log_p) * log_p).sum(-1)
+        return nll + 0.3 * (jax.nn.logsumexp(c, -1) ** 2).sum() + 0.7 * entropy.sum(), c.argmax(-1)
+
+    x = jnp.asarray(x)
+    (value, argmax), (value_r, argmax_r) = ours(x), formula(x)
+    np.testing.assert_allclose(value, value_r, rtol=1e-12)
+    np.testing.assert_array_equal(argmax, argmax_r)
+    grad = jax.grad(lambda v: ours(v)[0])(x)
+    np.testing.assert_allclose(grad, jax.grad(lambda v: formula(v)[0])(x), rtol=1e-10, atol=1e-13)

@@ -286,7 +286,7 @@ def _kernel_totals(
     they are; half-precision ones (logits and gradient) as their uint16 bits with their
     kind; with `options.softcap`, the soft-capping layer (any of them, the cap and kind
     after the gradient). `stats`: the extra outputs requested (their arrays, filled by the
-    kernel; not with softcap: refused before); the focal gamma goes with the options."""
+    kernel; with softcap, the capped logits'); the focal gamma goes with the options."""
     mean = options.reduction == "mean"
     kind = half_kind(x_rows.dtype)
     extra: dict[str, Any] = {} if stats is None else stats.kernel_arrays()
@@ -608,7 +608,8 @@ def cross_entropy(
 
     `softcap`: None, or a cap > 0: the loss of the soft-capped logits cap * tanh(logits / cap)
     (Gemma 2: 30), formed inside the kernel's pass (never stored), also of the focal
-    loss; not yet with the `return_*` outputs (ValueError).
+    loss and of the `return_*` outputs (the capped logits' log-sum-exp, entropy and
+    argmax; logits saturated to the same capped value tie, the first wins).
     `focal_gamma` (None, or gamma >= 0; class-index targets, no label smoothing or
     `where`): the softmax focal loss, per row s w[y] (1 - p_y)^gamma (-log p_y) (+ the
     z-loss term), "mean" dividing by the same W; gamma 0 is the cross-entropy.

@@ -329,11 +329,14 @@ def cross_entropy_index_softcap(
     kind: int,
     n_threads: int,
     report_invalid_row: bool = False,
+    lse: npt.NDArray[np.float64] | None = None,
+    entropy: npt.NDArray[np.float64] | None = None,
+    argmax: npt.NDArray[np.int64] | None = None,
     focal_gamma: float = 0.0,
 ) -> tuple[float, float] | None:
     """cross_entropy_index of the capped logits (the same arguments and returns, and
-    `softcap`, `kind`; the focal loss with `focal_gamma`); the gradient with respect to x,
-    in x's storage."""
+    `softcap`, `kind`; the focal loss with `focal_gamma`; the extra outputs those of the
+    capped logits); the gradient with respect to x, in x's storage."""
 
 def cross_entropy_probs_softcap(
     x: npt.NDArray[_S],
@@ -348,9 +351,12 @@ def cross_entropy_probs_softcap(
     softcap: float,
     kind: int,
     n_threads: int,
+    lse: npt.NDArray[np.float64] | None = None,
+    entropy: npt.NDArray[np.float64] | None = None,
+    argmax: npt.NDArray[np.int64] | None = None,
 ) -> tuple[float, float]:
     """cross_entropy_probs of the capped logits (the same arguments and returns, and
-    `softcap`, `kind`)."""
+    `softcap`, `kind`; the extra outputs those of the capped logits)."""
 
 def softcap_slope(x: npt.NDArray[_F], softcap: float, capped: npt.NDArray[_F], slope: npt.NDArray[_F]) -> None:
     """capped = cap * tanh(x / cap), slope = sech^2(x / cap) by the kernels' code for x's dtype

@@ -4,7 +4,8 @@
 # logits alike (the fused type `stored`).
 #
 # A row, or a chunk of rows, is read into per-thread scratch as its capped logits
-# cap * tanh(x / cap) (capped_load: float64 arithmetic, rounded once to the compute type),
+# cap * tanh(x / cap) (capped_load: float64 arithmetic rounded once for float64; float32 in
+# float arithmetic, eight lanes, within 2.5 float32 ulps, `_csrc/_softcap.h`),
 # with, when a gradient is asked for, the slope sech^2(x / cap) of each entry beside it;
 # the row, group or block kernel a contiguous call of that compute type would use runs
 # on the scratch unchanged; the gradient is multiplied by the slope (the chain rule) and
@@ -12,8 +13,10 @@
 #
 # With u = x / cap, a = |u| and t = e^(-2a) (one exp, shared by both; the loops in C,
 # `_csrc/_softcap.h`, where they vectorise):
-#     tanh(u) = sign(u) (1 - t) / (1 + t)          (a >= small: 1 - t does not cancel)
-#     tanh(u) = u (1 - u^2/3 + 2u^4/15 - ...)      (a < small: the series, to the last bit)
+#     tanh(u) = sign(u) (1 - t) / (1 + t)          (a >= small: 1 - t does not cancel;
+#                                                   float32: 1 - 2t / (1 + t))
+#     tanh(u) = u (1 - u^2/3 + 2u^4/15 - ...)      (a < small: the series, to the last bit;
+#                                                   float32: a fitted polynomial below 0.6)
 #     sech^2(u) = 4 t / (1 + t)^2                  (no cancellation anywhere: never 1 - tanh^2,
 #                                                   whose relative error is ~t^-1 ulps)
 # NaN stays NaN; +-inf gives +-cap with slope 0 (so a row with +inf is finite once capped).
@@ -228,6 +231,7 @@ cdef inline void softcap_index_chunk(
     floating *rows,            # scratch, count * n: the capped rows, then their gradient
     floating *slope,           # scratch, count * n: the slopes (unused without g)
     floating *work,            # the path's own scratch (HALF_ROWS: none)
+    floating *stats,           # scratch (n) for the entropy, or NULL (see stats_size)
 ) noexcept nogil:
     """Rows first .. first+count-1 of cross_entropy_index_softcap: capped into `rows`,
     computed there in place by the path, their gradient times the slopes into g."""
@@ -248,12 +252,19 @@ cdef inline void softcap_index_chunk(
                              sizeof(floating))
     cdef Rows ts = make_rows(labels, 1, sizeof(int64_t), 0, 0)
     cdef Rows ss = make_rows(weights, 1, sizeof(double), 0, 0)
+    cdef LossOptions local = o  # the extra outputs of this chunk's rows 0 .. count - 1
+    if o.lse_out != NULL:
+        local.lse_out = o.lse_out + first
+    if o.entropy_out != NULL:
+        local.entropy_out = o.entropy_out + first
+    if o.argmax_out != NULL:
+        local.argmax_out = o.argmax_out + first
     if path == HALF_BLOCKS:
-        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work)
+        block_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work)
     elif path == HALF_GROUPS:
-        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, o, work, <floating *>NULL)
+        group_loss_grad_index(xs, gs, ts, ss, losses, 0, count, n, local, work, stats)
     else:
-        index_row(xs, gs, ts, ss, losses, 0, n, o, <floating *>NULL, <floating *>NULL)
+        index_row(xs, gs, ts, ss, losses, 0, n, local, <floating *>NULL, stats)
     for i in range(count):
         row_loss[first + i] = losses[i]
         if with_grad:
@@ -276,20 +287,23 @@ cdef int softcap_index_loops(const floating *which, Rows xv, Rows gv, Rows tv, R
     elif group_rows(n, sizeof(floating)) > 0:
         path, chunk, work_size = HALF_GROUPS, group_rows(n, sizeof(floating)), BLOCK_ROWS
     cdef Py_ssize_t slope_size = chunk * n if gv.base != NULL else 0
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the rest
     cdef int failed = 0
     cdef ThreadScratch scratch = thread_scratch(True, &failed)
     cdef floating *buffer = NULL
+    cdef floating *stats = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
         buffer = <floating *>scratch_alloc(
-            scratch, (chunk * n + slope_size + work_size) * sizeof(floating))
+            scratch, (chunk * n + slope_size + work_size + extra) * sizeof(floating))
         mine = o
+        stats = buffer + chunk * n + slope_size + work_size if extra > 0 else NULL
         for block in prange((n_rows + chunk - 1) // chunk, schedule="static"):
             if scratch_missing(scratch, buffer):
                 continue
             softcap_index_chunk(xv, gv, tv, sv, losses, block * chunk,
                                 min(chunk, n_rows - block * chunk), n, kind, path, cap, mine,
-                                buffer, buffer + chunk * n, buffer + chunk * n + slope_size)
+                                buffer, buffer + chunk * n, buffer + chunk * n + slope_size, stats)
         free(buffer)
     scratch_raise(scratch)
     return 0
@@ -310,12 +324,16 @@ def cross_entropy_index_softcap(
     int kind,                           # half bits: 0 bfloat16, 1 float16
     int n_threads,
     bint report_invalid_row=False,
+    double[:, ::1] lse=None,            # OUT (A, B) extra outputs, as cross_entropy_index's,
+    double[:, ::1] entropy=None,        # of the capped logits
+    int64_t[:, ::1] argmax=None,
     double focal_gamma=0.0,             # softmax focal loss's gamma (0: cross-entropy)
 ):
     """cross_entropy_index of the capped logits cap * tanh(x / cap) (the same arguments,
     and softcap and kind; the same returns), the gradient that of the logits x. The focal
-    loss of the capped logits too (focal_gamma); no extra outputs (the facade refuses
-    them with softcap)."""
+    loss of the capped logits too (focal_gamma), and the extra outputs of the capped
+    logits (their log-sum-exp, entropy and argmax: ties, such as logits saturated to the
+    same capped value, go to the first)."""
     cdef Py_ssize_t n = x.shape[2], n_rows = x.shape[0] * x.shape[1]
     kind = storage_kind(<const stored *>NULL, kind)
     check_cap(softcap)
@@ -328,7 +346,7 @@ def cross_entropy_index_softcap(
                                       report_invalid_row, &o, &tv, &sv, &normaliser)
     if ready <= 0:
         return (0.0, 0.0) if ready == 0 else None
-    request_stats(&o, x.shape, None, None, None, focal_gamma)
+    request_stats(&o, x.shape, lse, entropy, argmax, focal_gamma)
     cdef Rows xv = stored_rows(x), gv = stored_rows(grad)
     cdef double *losses = &row_loss[0, 0]
     if stored is double:
@@ -349,10 +367,13 @@ cdef int softcap_probs_loops(const floating *which, Rows xv, Rows gv, Rows tv,
     cdef int failed = 0
     cdef ThreadScratch scratch = thread_scratch(True, &failed)
     cdef floating *buffer = NULL
+    cdef Py_ssize_t extra = stats_size(o, n)  # the entropy's scratch, after the row's own
+    cdef floating *stats = NULL
     cdef LossOptions mine  # each thread's copy of o (see LossOptions)
     with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
-        buffer = <floating *>scratch_alloc(scratch, 2 * n * sizeof(floating))
+        buffer = <floating *>scratch_alloc(scratch, (2 * n + extra) * sizeof(floating))
         mine = o
+        stats = buffer + 2 * n if extra > 0 else NULL
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):
                 continue
@@ -360,7 +381,7 @@ cdef int softcap_probs_loops(const floating *which, Rows xv, Rows gv, Rows tv,
             losses[r] = row_loss_grad_probs(
                 <const floating *>buffer, buffer if with_grad else <floating *>NULL, n,
                 <const target_floating *>row_at(tv, r), t_step, sample_weight_at(sv, r), mine, r,
-                <floating *>NULL)  # no extra outputs with softcap (refused by the facade)
+                stats)
             if with_grad:
                 sloped_store(gv, r, n, kind, buffer, buffer + n)
         free(buffer)
@@ -381,8 +402,12 @@ def cross_entropy_probs_softcap(
     double softcap,                          # cap > 0
     int kind,                                # half bits: 0 bfloat16, 1 float16
     int n_threads,
+    double[:, ::1] lse=None,                 # OUT (A, B) extra outputs of the capped logits,
+    double[:, ::1] entropy=None,             # as cross_entropy_index_softcap's
+    int64_t[:, ::1] argmax=None,
 ):
-    """cross_entropy_probs of the capped logits cap * tanh(x / cap), the gradient that of x."""
+    """cross_entropy_probs of the capped logits cap * tanh(x / cap), the gradient that of x
+    (and the extra outputs of the capped logits)."""
     cdef Py_ssize_t n = x.shape[2], n_b = x.shape[1], n_rows = x.shape[0] * x.shape[1]
     kind = storage_kind(<const stored *>NULL, kind)
     check_cap(softcap)
@@ -398,6 +423,7 @@ def cross_entropy_probs_softcap(
     cdef Rows sv = sample_weight_rows(sample_weight)
     cdef double *losses = &row_loss[0, 0]
     cdef LossOptions o = loss_options(weight, n, label_smoothing, z_loss, 0)
+    request_stats(&o, x.shape, lse, entropy, argmax, 0.0)
     cdef double normaliser
     cdef Py_ssize_t invalid_row
     with nogil:

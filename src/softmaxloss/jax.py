@@ -366,7 +366,7 @@ def cross_entropy(
     """
     requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
                                    return_argmax=return_argmax)
-    if any(requested):  # the NumPy API's checks of the flags (not yet with softcap)
+    if any(requested):  # the NumPy API's checks of the flags
         requested_outputs(*requested, None, check_softcap(softcap))
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
@@ -440,7 +440,8 @@ def _outputs_jvp(options: _Options, requested: tuple[bool, bool, bool], primals:
                  tangents: tuple[Any, ...]) -> tuple[Any, Any]:
     """Tangents with respect to the logits: d loss = sum(grad * dx) (per row for "none"),
     d lse = sum_c p_c dx_c, d H = -sum_c (p_c log p_c + p_c H) dx_c; argmax and n_correct
-    have none (float0)."""
+    have none (float0). With a softcap, p of the capped logits and dx times their slope
+    sech^2(x / cap) (formed as the kernel forms it: 4 t / (1 + t)^2, t = e^(-2|x / cap|))."""
     x, t, w, s = primals
     dx, dt, dw, ds = map(_given, tangents)
     if dt is not None or dw is not None or ds is not None:
@@ -459,7 +460,14 @@ def _outputs_jvp(options: _Options, requested: tuple[bool, bool, bool], primals:
         d = dx.astype(compute)
         product = _scaled_by_grad(grad.astype(compute), kept, d)
         d_loss = product.sum(options.axis) if options.loss.reduction == "none" else product.sum()
-        log_p = jax.nn.log_softmax(x.astype(compute), axis=options.axis)
+        capped = x.astype(compute)
+        cap = options.loss.softcap
+        if cap is not None:
+            u = capped / cap
+            e = jnp.exp(-2 * jnp.abs(u))
+            d = d * (4 * e / (1 + e) ** 2)
+            capped = cap * jnp.tanh(u)
+        log_p = jax.nn.log_softmax(capped, axis=options.axis)
         p = jnp.exp(log_p)
         d_lse = (p * d).sum(options.axis)
         h = jnp.expand_dims(out[2].astype(compute), options.axis)

@@ -643,8 +643,11 @@ def _extra_outputs(args: LossArgs, requested: tuple[bool, bool, bool], loss: Any
                    grad: np.ndarray | None) -> _outputs.CrossEntropyOutputs:
     """The CrossEntropyOutputs of a call: each row's log-sum-exp (`_logsumexp`), entropy
     (`_entropy`) in float64 rounded once to the result dtype, np.argmax of the logits (as
-    given: float64 holds every logit exactly) and the number of correct predictions."""
+    given: float64 holds every logit exactly) and the number of correct predictions. With
+    a softcap, all of the capped logits (`softcapped`)."""
     x = _float64_rows(args.logits, args.axis)
+    if args.options.softcap is not None:
+        x = softcapped(x, args.options.softcap)
     with _quiet():
         lse = _as_result(_logsumexp(x), args.dtypes) if requested[0] else None
         entropy = _as_result(_entropy(x), args.dtypes) if requested[1] else None

@@ -1127,6 +1127,7 @@ def cross_entropy(
     entropy, argmax, n_correct), as in `softmaxloss.cross_entropy`: their own op
     (`_outputs_op`), differentiable once with respect to the input, through the loss and
     through lse and entropy; compiles with fullgraph=True. Not with `inplace_grad`.
+    With `softcap`, all of them of the capped logits (their gradients times the slope).
     """
     reduction = _legacy_reduction(size_average, reduce, reduction)
     _check_tensors(input, target, weight, sample_weight)
@@ -1136,12 +1137,10 @@ def cross_entropy(
                                        return_argmax=return_argmax)
         options = LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                                       ignore_index=ignore_index, softcap=softcap, focal_gamma=focal_gamma)
-        if any(requested):  # the NumPy API's checks of the flags (not yet with softcap)
+        if any(requested):  # the NumPy API's checks of the flags
             requested_outputs(*requested, None, options.softcap)
         if inplace_grad:
             raise ValueError("inplace_grad does not combine with focal_gamma or the return_* outputs")
-        if options.softcap is not None:  # the NumPy API has it; this op does not yet
-            raise ValueError("softmaxloss.torch: focal_gamma does not combine with softcap yet")
         if options.focal_gamma is not None and target.dtype.is_floating_point:
             raise ValueError("focal_gamma applies to class-index targets only; got probability targets")
         return _cross_entropy_outputs(input, target, weight, sample_weight, options, requested, n_threads)
@@ -1717,16 +1716,17 @@ def _outputs_cpu(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
                 sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
                 label_smoothing: float, z_loss: float, focal_gamma: float, want_lse: bool,
                 want_entropy: bool, want_argmax: bool, n_threads: int, with_grad: bool,
+                softcap: float | None,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad, lse, entropy, argmax, n_correct): those not requested (and grad
-    without with_grad) empty tensors."""
+    without with_grad) empty tensors; with `softcap`, of the capped logits."""
     keywords: dict[str, Any] = dict(
         axis=_class_axis(input),
         weight=None if weight is None else _numpy(weight),
         sample_weight=None if sample_weight is None else _numpy(sample_weight),
         ignore_index=_facade_ignore_index(ignore_index), reduction=reduction,
         label_smoothing=label_smoothing, z_loss=z_loss,
-        focal_gamma=focal_gamma if focal_gamma > 0 else None,
+        focal_gamma=focal_gamma if focal_gamma > 0 else None, softcap=softcap,
         return_lse=want_lse, return_entropy=want_entropy, return_argmax=want_argmax,
         n_threads=n_threads if n_threads > 0 else torch.get_num_threads(),
     )
@@ -1765,8 +1765,9 @@ def _outputs_fake(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                   sample_weight: torch.Tensor | None, ignore_index: int | None, reduction: str,
                   label_smoothing: float, z_loss: float, focal_gamma: float, want_lse: bool,
                   want_entropy: bool, want_argmax: bool, n_threads: int, with_grad: bool,
+                  softcap: float | None,
                   ) -> tuple[torch.Tensor, ...]:
-    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss)
+    _check_call(input, target, weight, sample_weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     rows = _loss_shape(input.shape, "none") if input.dim() >= 2 else []
     empty = input.new_empty((0,))
     return (input.new_empty(_loss_shape(input.shape, reduction)),
@@ -1781,6 +1782,7 @@ def _outputs_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
     input, target = inputs[0], inputs[1]
     ctx.ignore_index, ctx.reduction = inputs[4], inputs[5]
     ctx.want = inputs[9], inputs[10]
+    ctx.softcap = inputs[14]
     ctx.save_for_backward(input, target, output[1], output[3])
 
 
@@ -1798,6 +1800,12 @@ def _outputs_backward(ctx: Any, d_loss: torch.Tensor | None, d_grad: Any, d_lse:
     want_lse, want_entropy = ctx.want
     if (want_lse and d_lse is not None) or (want_entropy and d_entropy is not None):
         compute = input.float() if input.dtype in _UPCAST else input
+        slope = None
+        if ctx.softcap is not None:  # of the capped logits, carried back by their slope
+            u = compute / ctx.softcap
+            t = torch.exp(-2 * u.abs())
+            slope = 4 * t / (1 + t) ** 2  # as the kernel forms it (never 1 - tanh^2)
+            compute = ctx.softcap * torch.tanh(u)
         log_p = torch.log_softmax(compute, axis)
         p = log_p.exp()
         extra = torch.zeros_like(p)
@@ -1806,9 +1814,11 @@ def _outputs_backward(ctx: Any, d_loss: torch.Tensor | None, d_grad: Any, d_lse:
         if want_entropy and d_entropy is not None:  # dH/dx = -(p log p + p H)
             h = entropy.to(p.dtype).unsqueeze(axis)
             extra = extra - d_entropy.to(p.dtype).unsqueeze(axis) * (torch.special.xlogy(p, p) + p * h)
+        if slope is not None:
+            extra = extra * slope
         extra = extra.to(input.dtype)
         d_input = extra if d_input is None else d_input + extra
-    return (d_input,) + (None,) * 13
+    return (d_input,) + (None,) * 14
 
 
 _outputs_op.register_fake(_outputs_fake)
@@ -1829,7 +1839,8 @@ def _cross_entropy_outputs(input: torch.Tensor, target: torch.Tensor, weight: to
     with_grad = bool(input.requires_grad) and torch.is_grad_enabled()
     loss, _, lse, entropy, argmax, n_correct = _outputs_op(
         input, target, weight, sample_weight, index, options.reduction, float(options.label_smoothing),
-        float(options.z_loss), options.kernel_focal_gamma, *requested, threads, with_grad)
+        float(options.z_loss), options.kernel_focal_gamma, *requested, threads, with_grad,
+        None if options.softcap is None else float(options.softcap))
     if not any(requested):
         return loss
     return CrossEntropyOutputs(loss, None, lse if requested[0] else None, entropy if requested[1] else None,
