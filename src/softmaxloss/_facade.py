@@ -631,7 +631,7 @@ def cross_entropy(
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, check_range=False,
         where=where,
     )
-    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     if requested is not None:
         return _cross_entropy(args, _threads(n_threads), None, False, requested)
     compute = _masked_cross_entropy if args.where is not None else _cross_entropy
@@ -686,7 +686,7 @@ def cross_entropy_with_grad(
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out, check_range=False,
         where=where,
     )
-    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     if requested is not None:
         return _cross_entropy(args, _threads(n_threads), out, True, requested)
     compute = _masked_cross_entropy if args.where is not None else _cross_entropy

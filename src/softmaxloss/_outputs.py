@@ -55,10 +55,10 @@ def n_correct(argmax: np.ndarray, target: np.ndarray, probabilities: bool, axis:
 
 
 def requested_outputs(return_lse: Any, return_entropy: Any, return_argmax: Any,
-                      where: Any, softcap: float | None = None) -> tuple[bool, bool, bool] | None:
+                      where: Any) -> tuple[bool, bool, bool] | None:
     """Which extra outputs a call asks for (None: none, the plain call), checked: each
-    flag a bool (TypeError), none with `where=` (ValueError). With `softcap` they are the
-    capped logits' (accepted: the argument stays for the callers that pass it)."""
+    flag a bool (TypeError), none with `where=` (ValueError). With `softcap=` they are
+    the capped logits' outputs (what the loss sees)."""
     requested = check_return_flags(return_lse, return_entropy, return_argmax)
     if not any(requested):
         return None

@@ -367,7 +367,8 @@ def cross_entropy(
     requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
                                    return_argmax=return_argmax)
     if any(requested):  # the NumPy API's checks of the flags
-        requested_outputs(*requested, None, check_softcap(softcap))
+        requested_outputs(*requested, None)
+        check_softcap(softcap)
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(

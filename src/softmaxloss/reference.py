@@ -631,7 +631,7 @@ def cross_entropy(
              softcap=softcap, focal_gamma=focal_gamma),
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, where=where,
     )
-    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     with _quiet():
         loss, _ = _cross_entropy(args, with_grad=False)
     if requested is not None:
@@ -695,7 +695,7 @@ def cross_entropy_with_grad(
         axis=axis, weight=weight, sample_weight=sample_weight, n_threads=n_threads, out=out,
         where=where,
     )
-    requested = requested_outputs(return_lse, return_entropy, return_argmax, where, args.options.softcap)
+    requested = requested_outputs(return_lse, return_entropy, return_argmax, where)
     with _quiet():
         loss, grad = _cross_entropy(args, with_grad=True)
     assert grad is not None

@@ -1138,7 +1138,7 @@ def cross_entropy(
         options = LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                                       ignore_index=ignore_index, softcap=softcap, focal_gamma=focal_gamma)
         if any(requested):  # the NumPy API's checks of the flags
-            requested_outputs(*requested, None, options.softcap)
+            requested_outputs(*requested, None)
         if inplace_grad:
             raise ValueError("inplace_grad does not combine with focal_gamma or the return_* outputs")
         if options.focal_gamma is not None and target.dtype.is_floating_point:
