@@ -118,6 +118,11 @@ cdef extern from "_blockops.h" nogil:
                                 Py_ssize_t n, const double *et, Py_ssize_t ld,
                                 const double *p_scale, const double *p_lo,
                                 const double *smooth_scale, const double *w)
+    bint sml_block_quot_ok(double s, double w)
+    Py_ssize_t sml_block_p_lo(Py_ssize_t count, const double *s, const double *w_y,
+                              const double *excess, const double *total, const double *total_lo,
+                              const Py_ssize_t *label, const double *e_y, double w,
+                              double *p_scale, double *p_lo, double *label_grad)
 
 
 ctypedef fused floating:
