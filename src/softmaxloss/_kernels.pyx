@@ -139,12 +139,15 @@ cdef enum:
     MIN_ELEMENTS_PER_THREAD = 32768
     # Rows of few classes go BLOCK_ROWS at a time (block_loss_grad_index): for short
     # rows the per-row overhead of the row path (loop remainders, reductions) dominates.
-    # Up to 23 float32 / 16 float64 classes: where interleaved A/B timings of the two
+    # Up to 23 float32 / 23 float64 classes: where interleaved A/B timings of the two
     # paths (AVX2 build, 65536 rows) put the crossover; the row path wins from three
-    # float32 / four float64 vectors of classes. 64 rows beat 32 and 128.
+    # float32 vectors of classes. float64 17-23 classes were the group path's until issue
+    # 19's compensated sums made its per-row finish dearer: the block path then took 28-32 %
+    # fewer instructions there and timed 1.1-1.4x faster (interleaved A/B, issue 14's
+    # note). 64 rows beat 32 and 128.
     BLOCK_ROWS = 64
     BLOCK_MAX_CLASSES_FLOAT = 23
-    BLOCK_MAX_CLASSES_DOUBLE = 16
+    BLOCK_MAX_CLASSES_DOUBLE = 23
     # Contiguous rows of more classes go in groups (group_loss_grad_index) of up to
     # BLOCK_ROWS rows whose gradient fits in GROUP_BYTES, for rows of at most
     # GROUP_MAX_CLASSES classes.
