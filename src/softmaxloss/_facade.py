@@ -409,7 +409,7 @@ def _common_case(
         logits, target, grad, mean, threads)
     if totals is None:  # not the common case after all (see the kernel's checks)
         return None
-    if type(totals) is int:
+    if isinstance(totals, int):
         raise class_out_of_range(target, totals, logits.shape[1], DEFAULT_IGNORE_INDEX)
     total, normaliser = totals
     if mean:
