@@ -513,7 +513,8 @@ cdef object plain_totals(const floating *kind, Py_buffer *xb, Py_buffer *tb, Py_
         if losses == NULL:
             raise MemoryError("softmaxloss: could not allocate the per-row losses")
     try:
-        if thread_count(n_threads, n_rows, n) == 1 and in_blocks(n, sizeof(floating)):
+        if (thread_count(n_threads, n_rows, n) == 1 and in_blocks(n, sizeof(floating))
+                and n <= BLOCK_MAX_CLASSES_FLOAT):  # xt's size, whatever the limits become
             with nogil:
                 for block in range((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
                     block_loss_grad_index(
