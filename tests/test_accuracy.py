@@ -41,7 +41,7 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 # The kernel's two paths for cross-entropy with class indices (`_kernels.pyx`): rows of at
 # most this many classes go 64 at a time, transposed ("block"), wider rows one by one ("row").
 # softmax, log_softmax, logsumexp and gradient_hessian always go by rows.
-BLOCK_MAX_CLASSES = {F32: 23, F64: 16}
+BLOCK_MAX_CLASSES = {F32: 23, F64: 23}
 
 
 def kernel_path(n_classes, dtype):

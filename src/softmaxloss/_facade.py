@@ -378,9 +378,10 @@ def _common_case(
     general path and its error messages.
 
     The tests are ordered and written for speed (this is most of a small call's time):
-    the keywords first (identity and exact-type tests), then each array's attributes
-    read once; an equal but not identical dtype object (e.g. a byte-swapped one) just
-    takes the general path."""
+    the keywords first (identity and exact-type tests), then the dtypes (an equal but not
+    identical dtype object, e.g. a byte-swapped one, just takes the general path); the
+    shapes, the layouts and the memory `out` shares are the kernel's tests, in C (it
+    reads the arrays through the buffer protocol and returns None where one fails)."""
     if (
         weight is not None or sample_weight is not None
         or type(logits) is not np.ndarray or type(target) is not np.ndarray
@@ -395,32 +396,21 @@ def _common_case(
     dtype = logits.dtype
     if mean is None or target.dtype is not _INT64 or (dtype is not _FLOAT32 and dtype is not _FLOAT64):
         return None
-    shape = logits.shape
-    rows = target.shape
-    if len(shape) != 2 or len(rows) != 1 or not 0 < rows[0] == shape[0] or shape[1] == 0:
-        return None
-    flags = logits.flags
-    if not (flags.c_contiguous and flags.aligned):
-        return None
-    flags = target.flags
-    if not (flags.c_contiguous and flags.aligned):
-        return None
     if out is not None:
-        if type(out) is not np.ndarray or out.dtype is not dtype or out.shape != shape:
-            return None
-        flags = out.flags
-        if not (flags.c_contiguous and flags.writeable and flags.aligned):
+        if type(out) is not np.ndarray or out.dtype is not dtype:
             return None
         grad: np.ndarray | None = out
     else:
-        grad = np.empty(shape, dtype) if with_grad else None
+        grad = np.empty(logits.shape, dtype) if with_grad else None
     threads = 0 if n_threads is None else _threads(n_threads)
-    totals: tuple[float, float] | int | None = _dispatch.specialised("cross_entropy_plain", dtype)(
+    # The kernel checks the rest (shapes, C-contiguity, alignment, a writable `out` that
+    # shares no memory with the inputs) and returns None where any fails.
+    totals: tuple[float, float] | int | None = _dispatch.kernels.cross_entropy_plain(
         logits, target, grad, mean, threads)
-    if totals is None:  # `out` shares memory with the inputs (and is not the logits)
+    if totals is None:  # not the common case after all (see the kernel's checks)
         return None
     if isinstance(totals, int):
-        raise class_out_of_range(target, totals, shape[1], DEFAULT_IGNORE_INDEX)
+        raise class_out_of_range(target, totals, logits.shape[1], DEFAULT_IGNORE_INDEX)
     total, normaliser = totals
     if mean:
         total = total / normaliser if normaliser != 0 else math.nan

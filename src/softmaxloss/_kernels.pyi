@@ -17,7 +17,7 @@ for the IN arguments only (`ValueError` for OUT). The shapes below are the contr
 the facade checks every argument before the call, so call the kernels only as it does.
 """
 
-from typing import TypedDict, TypeVar, type_check_only
+from typing import Any, TypedDict, TypeVar, type_check_only
 
 import numpy as np
 import numpy.typing as npt
@@ -86,20 +86,22 @@ def cross_entropy_index(
     """
 
 def cross_entropy_plain(
-    x: npt.NDArray[_F],
+    x: npt.NDArray[np.floating[Any]],
     target: npt.NDArray[np.int64],
-    grad: npt.NDArray[_F] | None,
+    grad: npt.NDArray[np.floating[Any]] | None,
     mean: bool,
     n_threads: int,
 ) -> tuple[float, float] | int | None:
-    """cross_entropy_index for the most common call: (N, C) C-contiguous logits, (N,)
-    contiguous int64 class indices or -100 (ignored), no class or sample weights, no
-    label smoothing or z-loss; grad (N, C) C-contiguous, or None for the loss only, may
-    be x itself. mean: reduction="mean" (else "sum").
+    """cross_entropy_index for the most common call: (N, C) C-contiguous float32 or float64
+    logits, (N,) contiguous int64 class indices or -100 (ignored), no class or sample
+    weights, no label smoothing or z-loss; grad (N, C) C-contiguous of x's dtype, or None
+    for the loss only, may be x itself. mean: reduction="mean" (else "sum"). The caller
+    checks the dtypes; the kernel checks the rest, through the buffer protocol.
 
     Returns (sum of the per-row losses, W); or the number of the first row whose class is
     out of range and not -100, having written nothing; or None, having written nothing,
-    when grad shares memory with target, or with x without being x.
+    for any other layout, shape or item size (N or C 0 included), misaligned data, or
+    grad sharing memory with target, or with x without being x.
     """
 
 def cross_entropy_probs(

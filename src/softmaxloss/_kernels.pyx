@@ -58,7 +58,8 @@ from libc.float cimport DBL_MIN
 from libc.math cimport INFINITY, NAN, expm1, fabs, isfinite, isnan, pow
 from libc.math cimport exp as libc_exp
 from libc.string cimport memcpy
-from libc.stdint cimport int64_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint16_t, uint64_t, uintptr_t
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdlib cimport free, malloc
 
 
@@ -119,6 +120,11 @@ cdef extern from "_blockops.h" nogil:
                                 Py_ssize_t n, const double *et, Py_ssize_t ld,
                                 const double *p_scale, const double *p_lo,
                                 const double *smooth_scale, const double *w)
+    bint sml_block_quot_ok(double s, double w)
+    Py_ssize_t sml_block_p_lo(Py_ssize_t count, const double *s, const double *w_y,
+                              const double *excess, const double *total, const double *total_lo,
+                              const Py_ssize_t *label, const double *e_y, double w,
+                              double *p_scale, double *p_lo, double *label_grad)
 
 
 ctypedef fused floating:
@@ -135,12 +141,15 @@ cdef enum:
     MIN_ELEMENTS_PER_THREAD = 32768
     # Rows of few classes go BLOCK_ROWS at a time (block_loss_grad_index): for short
     # rows the per-row overhead of the row path (loop remainders, reductions) dominates.
-    # Up to 23 float32 / 16 float64 classes: where interleaved A/B timings of the two
+    # Up to 23 float32 / 23 float64 classes: where interleaved A/B timings of the two
     # paths (AVX2 build, 65536 rows) put the crossover; the row path wins from three
-    # float32 / four float64 vectors of classes. 64 rows beat 32 and 128.
+    # float32 vectors of classes. float64 17-23 classes were the group path's until issue
+    # 19's compensated sums made its per-row finish dearer: the block path then took 28-32 %
+    # fewer instructions there and timed 1.1-1.4x faster (interleaved A/B, issue 14's
+    # note). 64 rows beat 32 and 128.
     BLOCK_ROWS = 64
     BLOCK_MAX_CLASSES_FLOAT = 23
-    BLOCK_MAX_CLASSES_DOUBLE = 16
+    BLOCK_MAX_CLASSES_DOUBLE = 23
     # Contiguous rows of more classes go in groups (group_loss_grad_index) of up to
     # BLOCK_ROWS rows whose gradient fits in GROUP_BYTES, for rows of at most
     # GROUP_MAX_CLASSES classes.
@@ -407,33 +416,80 @@ def cross_entropy_index(
     return sum_in_order(losses, n_rows), normaliser
 
 
-def cross_entropy_plain(
-    const floating[:, ::1] x not None,     # IN  (N, C) logits, C-contiguous
-    const int64_t[::1] target not None,    # IN  (N,) class indices or -100 (ignored)
-    floating[:, ::1] grad,                 # OUT (N, C) gradient, or None; may be x itself
-    bint mean,                             # reduction="mean" (else "sum")
-    int n_threads,
-):
-    """cross_entropy_index for the most common call, with fewer arguments to convert
-    (most of a small call's time): no class or sample weights, ignore_index -100, no
-    label smoothing or z-loss, the per-row losses kept in scratch of its own.
+def cross_entropy_plain(x, target, grad, bint mean, int n_threads):
+    """cross_entropy_index for the most common call, with the least conversion (most of a
+    small call's time): the arrays taken through the buffer protocol alone, no typed
+    memoryviews (their format checks and objects cost more than the kernel on 640 logits);
+    no class or sample weights, ignore_index -100, no label smoothing or z-loss, the
+    per-row losses in scratch of its own. x (N, C) float32 or float64 logits, target (N,)
+    int64 class indices or -100, grad (N, C) of x's dtype, or None: the caller has checked
+    the dtypes (the buffers carry only their item sizes, which are checked).
 
     Returns (sum of the per-row losses, W); or the number of the first row whose class is
-    out of range (not -100), having written nothing; or None, having written nothing,
-    when grad shares memory with target, or with x without being x: the caller then
-    takes the general path."""
-    cdef Py_ssize_t n_rows = x.shape[0], n = x.shape[1]
-    if target.shape[0] != n_rows:
-        raise ValueError(f"softmaxloss kernels: target has shape [{target.shape[0]}], expected [{n_rows}]")
-    if grad is not None:
-        check_shape("grad", grad.shape, x.shape, 2)
-    if n_rows == 0 or n == 0:
-        return 0.0, 0.0
-    cdef const char *x_start = <const char *>&x[0, 0]
-    cdef const char *t_start = <const char *>&target[0]
-    cdef char *g_start = NULL
-    if grad is not None:
-        g_start = <char *>&grad[0, 0]
+    out of range (not -100), having written nothing; or None, having written nothing, for
+    anything else the common case does not take: an array that is not a C-contiguous
+    buffer (grad: writable), shapes other than (N, C), (N,) and x's with N, C > 0, item
+    sizes other than 4 or 8, misaligned data, or grad sharing memory with target, or with
+    x without being x: the caller then takes the general path (and its error messages)."""
+    cdef Py_buffer xb, tb, gb
+    cdef bint have_x = False, have_t = False, have_g = False
+    try:
+        try:
+            PyObject_GetBuffer(x, &xb, PyBUF_C_CONTIGUOUS)
+            have_x = True
+            PyObject_GetBuffer(target, &tb, PyBUF_C_CONTIGUOUS)
+            have_t = True
+            if grad is not None:
+                PyObject_GetBuffer(grad, &gb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                have_g = True
+        except Exception:  # not a C-contiguous (writable) buffer: the general path says why
+            return None
+        if xb.itemsize == sizeof(float):
+            return plain_totals(<const float *>NULL, &xb, &tb, &gb if have_g else NULL, mean,
+                                n_threads)
+        if xb.itemsize == sizeof(double):
+            return plain_totals(<const double *>NULL, &xb, &tb, &gb if have_g else NULL, mean,
+                                n_threads)
+        return None
+    finally:
+        if have_g:
+            PyBuffer_Release(&gb)
+        if have_t:
+            PyBuffer_Release(&tb)
+        if have_x:
+            PyBuffer_Release(&xb)
+
+
+cdef enum:
+    # cross_entropy_plain's per-row losses of at most this many rows live on the stack.
+    PLAIN_STACK_ROWS = 256
+
+
+cdef inline bint misaligned(const void *p, size_t itemsize) noexcept nogil:
+    return (<uintptr_t>p) % itemsize != 0
+
+
+cdef object plain_totals(const floating *kind, Py_buffer *xb, Py_buffer *tb, Py_buffer *gb,
+                         bint mean, int n_threads):
+    """cross_entropy_plain once its buffers are held (gb NULL: the loss only); `kind` only
+    selects the precision. A call that one thread computes (thread_count) and that goes
+    in blocks runs them here, without a parallel region and with its scratch on the
+    stack: the same block_loss_grad_index on the same rows, so the same bits."""
+    if xb.ndim != 2 or tb.ndim != 1 or tb.itemsize != sizeof(int64_t):
+        return None
+    cdef Py_ssize_t n_rows = xb.shape[0], n = xb.shape[1]
+    if n_rows == 0 or n == 0 or tb.shape[0] != n_rows:
+        return None
+    if gb != NULL and (gb.ndim != 2 or gb.shape[0] != n_rows or gb.shape[1] != n
+                       or gb.itemsize != sizeof(floating)):
+        return None
+    cdef const char *x_start = <const char *>xb.buf
+    cdef const char *t_start = <const char *>tb.buf
+    cdef char *g_start = <char *>gb.buf if gb != NULL else NULL
+    if (misaligned(x_start, sizeof(floating)) or misaligned(t_start, sizeof(int64_t))
+            or (g_start != NULL and misaligned(g_start, sizeof(floating)))):
+        return None
+    if g_start != NULL:
         if (overlaps(g_start, n_rows * n * sizeof(floating), t_start, n_rows * sizeof(int64_t))
                 or (g_start != x_start
                     and overlaps(g_start, n_rows * n * sizeof(floating), x_start,
@@ -444,21 +500,34 @@ def cross_entropy_plain(
     cdef Rows tv = per_row(t_start, 1, sizeof(int64_t), 0)
     cdef Rows sv = per_row(NULL, 1, 0, 0)
     cdef LossOptions o = loss_options(None, n, 0.0, 0.0, -100)
-    cdef Py_ssize_t invalid_row = -1
+    cdef Py_ssize_t invalid_row = -1, block
     cdef double normaliser
-    cdef double *losses = <double *>malloc(n_rows * sizeof(double))
-    if losses == NULL:
-        raise MemoryError("softmaxloss: could not allocate the per-row losses")
+    cdef double small_losses[PLAIN_STACK_ROWS]
+    cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]  # a block's scratch (in_blocks)
+    with nogil:
+        normaliser = kept_row_count(tv, n_rows, n, o.ignore_index, &invalid_row)
+    if invalid_row >= 0:
+        return invalid_row
+    o.divisor = gradient_divisor(mean, normaliser)
+    cdef double *losses = small_losses
+    if n_rows > PLAIN_STACK_ROWS:
+        losses = <double *>malloc(n_rows * sizeof(double))
+        if losses == NULL:
+            raise MemoryError("softmaxloss: could not allocate the per-row losses")
     try:
-        with nogil:
-            normaliser = kept_row_count(tv, n_rows, n, o.ignore_index, &invalid_row)
-        if invalid_row >= 0:
-            return invalid_row
-        o.divisor = gradient_divisor(mean, normaliser)
-        index_loops(&x[0, 0], xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
+        if (thread_count(n_threads, n_rows, n) == 1 and in_blocks(n, sizeof(floating))
+                and n <= BLOCK_MAX_CLASSES_FLOAT):  # xt's size, whatever the limits become
+            with nogil:
+                for block in range((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS):
+                    block_loss_grad_index(
+                        xv, gv, tv, sv, losses, block * BLOCK_ROWS,
+                        min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o, xt)
+        else:
+            index_loops(kind, xv, gv, tv, sv, losses, n_rows, n, o, n_threads)
         return sum_in_order(losses, n_rows), normaliser
     finally:
-        free(losses)
+        if losses != small_losses:
+            free(losses)
 
 
 cdef inline bint overlaps(const char *a, size_t a_size, const char *b, size_t b_size) noexcept nogil:

@@ -251,34 +251,51 @@ cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bi
     else:
         for i in range(count):
             b.p_lo[i] = 0.0
-    for i in range(count):
-        if b.label[i] < 0:
-            row_loss[i] = b.fill[i]
-            b.p_scale[i] = 0.0
-            b.smooth_scale[i] = 0.0
-            continue
-        row_loss[i] = b.loss[i]
-        if with_grad and divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o):
-            terms = any_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
-                                    b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
-            grad_divided(&xt[i], BLOCK_ROWS, n, terms, o)
-            b.p_scale[i] = 1.0
-            b.smooth_scale[i] = 0.0
+    cdef Py_ssize_t divided = 0
+    cdef bint kept
+    for i in range(count):  # branch-free: vectorised along the rows
+        kept = b.label[i] >= 0
+        row_loss[i] = b.loss[i] if kept else b.fill[i]
+        divided += kept and divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o)
+    if with_grad and divided != 0:  # rare: a tiny W, huge weights (see divide_last)
+        for i in range(count):
+            if b.label[i] >= 0 and divide_last(b.p_scale[i], b.smooth_scale[i], b.s[i], o):
+                terms = any_row_terms(m[i], b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+                                        b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
+                grad_divided(&xt[i], BLOCK_ROWS, n, terms, o)
+                b.p_scale[i] = 1.0
+                b.smooth_scale[i] = 0.0
+    for i in range(count):  # a left-out row's gradient is block_store's fill
+        kept = b.label[i] >= 0
+        b.p_scale[i] = b.p_scale[i] if kept else 0.0
+        b.smooth_scale[i] = b.smooth_scale[i] if kept else 0.0
 
 
 cdef inline void block_p_lo(Block *b, Py_ssize_t count, LossOptions o) noexcept nogil:
-    """float64 rows, eps = z = 0: p_scale = s w_y / (S W) again, as hi + lo (sml_quot_dd, from
-    S's own lo), for the gradient e_c p_scale rounded once (issue 19); else p_lo = 0."""
-    cdef Py_ssize_t i
-    for i in range(count):
-        b.p_lo[i] = 0.0
-        if (o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0 and b.label[i] >= 0
-                and isfinite(b.p_scale[i])):  # the focal loss: not yet (row_loss_grad_index)
-            b.p_scale[i] = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i],
-                                       o.divisor, &b.p_lo[i])
-            if b.e_y[i] == 1.0:  # the label at the max: -(1 - p_y) s w_y / W rounded once
-                b.label_grad[i] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i],
-                                                        b.total[i], b.total_lo[i], o.divisor)
+    """float64 rows, eps = z = 0: p_scale = s w_y / (S W) again, as hi + lo from S's own lo,
+    for the gradient e_c p_scale rounded once (issue 19), and at a labelled max (e_y = 1)
+    the label's entry -(1 - p_y) s w_y / W = -(s w_y excess) / (S W) rounded once; else
+    p_lo = 0. Both quotients from one division (sml_block_quot_pair), branch-free
+    (vectorised along the rows); a row whose S W is outside its range (a tiny or huge W)
+    is done again by sml_quot_dd after the loop."""
+    cdef Py_ssize_t i, redo
+    cdef double num
+    if not (o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0):  # the focal loss: not yet
+        for i in range(count):
+            b.p_lo[i] = 0.0
+        return
+    redo = sml_block_p_lo(count, b.s, b.w_y, b.excess, b.total, b.total_lo, b.label, b.e_y,
+                          o.divisor, b.p_scale, b.p_lo, b.label_grad)
+    if redo == 0:
+        return
+    for i in range(count):  # S W beyond sml_block_quot_pair's range: two divisions each
+        if (b.label[i] >= 0 and isfinite(b.p_scale[i])
+                and not sml_block_quot_ok(b.total[i], o.divisor)):
+            num = b.s[i] * b.w_y[i]
+            b.p_scale[i] = sml_quot_dd(num, b.total[i], b.total_lo[i], o.divisor, &b.p_lo[i])
+            if b.e_y[i] == 1.0:
+                b.label_grad[i] = sml_label_grad_at_max(num, b.excess[i], b.total[i],
+                                                        b.total_lo[i], o.divisor)
 
 
 cdef inline void block_terms(Block *b, const floating *m, Py_ssize_t count, Py_ssize_t n,

@@ -26,11 +26,13 @@
 #ifndef SOFTMAXLOSS_BLOCKOPS_H
 #define SOFTMAXLOSS_BLOCKOPS_H
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "_platform.h"
+#include "_rowops.h" /* SML__TWO_PROD */
 
 /* The tiles of an instruction set go under its SML_TARGET_* (_platform.h): the AVX2 ones
  * also serve the AVX-512 build, which has no tiles of its own (AVX-512's mask registers
@@ -46,6 +48,77 @@
 /* The plain loads pad each line of xt with zeros up to a multiple of this many rows
  * (the tallest tile), so that a tiled store may follow them. */
 #define SML_BLOCK_PAD 8
+
+/* ---- the block's float64 scales (issue 19), from one division per row -----------
+ * sml_block_quot_pair(num, num2, s, s_lo, w, &lo, &q2, &lo2): num / ((s + s_lo) w) as
+ * q + lo, and num2 / ((s + s_lo) w) as q2 + lo2 (the return value is q), each pair within
+ * a few units of 2^-104 of its quotient as sml_quot_dd's: d + d_lo = (s + s_lo) w, then
+ * 1/d once, each q its numerator times 1/d (within ~1.5 ulps of the quotient), the
+ * residual num - q d exact (SML__TWO_PROD; Sterbenz) less q d_lo, and lo the residual
+ * times 1/d, whose own rounding is ~2^-106 of q. One division where sml_quot_dd twice
+ * takes four, and no branch: the block's loop over its rows vectorises. Valid where
+ * sml_block_quot_ok(s, w) (d and 1/d normal); the caller takes sml_quot_dd elsewhere. */
+static inline double sml_block_quot_pair(double num, double num2, double s, double s_lo,
+                                         double w, double *lo, double *q2, double *lo2)
+{
+    double d, d_lo, inv, q, t, p, p_lo, r;
+    SML__TWO_PROD(s, w, d, d_lo);
+    d_lo += s_lo * w;
+    inv = 1.0 / d;
+    q = num * inv;
+    SML__TWO_PROD(q, d, p, p_lo);
+    r = ((num - p) - p_lo) - q * d_lo;
+    *lo = isfinite(q) ? r * inv : 0.0;
+    t = num2 * inv;
+    SML__TWO_PROD(t, d, p, p_lo);
+    r = ((num2 - p) - p_lo) - t * d_lo;
+    *lo2 = isfinite(t) ? r * inv : 0.0;
+    *q2 = t;
+    return q;
+}
+
+static inline int sml_block_quot_ok(double s, double w)
+{
+    double d = fabs(s * w);
+    return d >= 1e-300 && d <= 1e300;
+}
+
+/* sml_block_p_lo(count, s, w_y, excess, total, total_lo, label, e_y, w, p_scale, p_lo,
+ * label_grad): block_p_lo's loop (_kernels_block.pxi) along a block's rows, in C so that
+ * it has no branch (Cython's `and` branches) and vectorises: for each row kept (label >= 0,
+ * p_scale finite) whose S W is in sml_block_quot_ok's range, p_scale = s w_y / (S W) as
+ * p_scale + p_lo, and where e_y = 1 the label's entry -(s w_y excess) / (S W); elsewhere
+ * p_lo = 0 and p_scale, label_grad unchanged. Returns the number of kept rows out of range
+ * (the caller does them by sml_quot_dd). */
+#if defined(__GNUC__) || defined(_MSC_VER)
+#define SML__BLOCK_RESTRICT __restrict
+#else
+#define SML__BLOCK_RESTRICT
+#endif
+static inline ptrdiff_t sml_block_p_lo(ptrdiff_t count, const double *SML__BLOCK_RESTRICT s,
+                                       const double *SML__BLOCK_RESTRICT w_y, const double *SML__BLOCK_RESTRICT excess,
+                                       const double *SML__BLOCK_RESTRICT total,
+                                       const double *SML__BLOCK_RESTRICT total_lo,
+                                       const ptrdiff_t *SML__BLOCK_RESTRICT label,
+                                       const double *SML__BLOCK_RESTRICT e_y, double w,
+                                       double *SML__BLOCK_RESTRICT p_scale, double *SML__BLOCK_RESTRICT p_lo,
+                                       double *SML__BLOCK_RESTRICT label_grad)
+{
+    ptrdiff_t redo = 0;
+    for (ptrdiff_t i = 0; i < count; i++) {
+        double num = s[i] * w_y[i], lo, q2, lo2;
+        double q = sml_block_quot_pair(num, num * excess[i], total[i], total_lo[i], w, &lo, &q2,
+                                       &lo2);
+        int kept = (label[i] >= 0) & (fabs(p_scale[i]) <= DBL_MAX);
+        int ok = sml_block_quot_ok(total[i], w);
+        int use = kept & ok;
+        redo += kept & !ok;
+        p_scale[i] = use ? q : p_scale[i];
+        p_lo[i] = use ? lo : 0.0;
+        label_grad[i] = (use & (e_y[i] == 1.0)) ? -(q2 + lo2) : label_grad[i];
+    }
+    return redo;
+}
 
 /* ---- plain loops: any layout, any instruction set -------------------------- */
 
