@@ -79,6 +79,7 @@ cdef extern from "_rowops.h" nogil:
     double sml_sub_sub(double x, double m, double L)
     double sml_sub_dd(double x, double k, double k_lo)
     void sml_scale_f(float *v, Py_ssize_t n, double k)
+    float sml_scale1_f(float v, double k)
     double sml_log1p(double x)
     float sml_row_max_f(const float *x, Py_ssize_t n)
     double sml_row_max_d(const double *x, Py_ssize_t n)
@@ -271,11 +272,27 @@ def softmax(const floating[:, :, :] x not None,   # IN  (A, B, C)
     if n_rows == 0 or n == 0:
         return
     cdef Rows xv = logits_rows(x), ov = output_rows(out)
+    cdef LossOptions o
+    cdef Py_ssize_t block, n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef int threads = thread_count(n_threads, n_rows, n)
+    if not log_output and in_blocks(n, sizeof(floating)):  # few classes: block_softmax
+        o = loss_options(None, n, 0.0, 0.0, -100)
+        if threads == 1:  # no parallel region (its start is most of a small call)
+            with nogil:
+                for block in range(n_blocks):
+                    block_softmax(&x[0, 0, 0], xv, ov, block * BLOCK_ROWS,
+                                  min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+            return
+        with nogil, parallel(num_threads=threads):
+            for block in prange(n_blocks, schedule="static"):
+                block_softmax(&x[0, 0, 0], xv, ov, block * BLOCK_ROWS,
+                              min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+        return
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, ov, sizeof(floating), &failed)
     cdef floating *buffer = NULL
     cdef floating *work
-    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+    with nogil, parallel(num_threads=threads):
         buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):

@@ -591,3 +591,46 @@ cdef inline void block_grad_hess(
         if out_of_range(y, n):
             row_fill(g, first + i, n, <floating>NAN)
             row_fill(h, first + i, n, <floating>NAN)
+
+
+cdef inline void block_softmax(
+    const floating *kind,      # only selects the precision (the logits' first entry)
+    Rows x,                    # IN  logits
+    Rows out,                  # OUT softmax; may be x's memory
+    Py_ssize_t first,          # the block: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    LossOptions o,             # loss_options without weights (block_statistics reads w, eps)
+) noexcept nogil:
+    """row_softmax (not log) of rows first .. first+count-1, as block_grad_hess: the block's
+    statistics, then p_c = e_c / S rounded once (row_softmax's formula: 1/S as hi + lo from
+    S's own lo) along the rows, transposed back."""
+    cdef Block b
+    cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]
+    cdef floating m[BLOCK_ROWS]
+    cdef floating ties[BLOCK_ROWS]
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef char *out_rows[BLOCK_ROWS]
+    cdef double inv[BLOCK_ROWS]
+    cdef double inv_lo[BLOCK_ROWS]
+    cdef Py_ssize_t i, c
+    for i in range(count):
+        x_rows[i] = row_at(x, first + i)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
+    for i in range(count):
+        if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+            b.total[i] = NAN
+            b.total_lo[i] = 0.0
+        inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
+    for c in range(n):
+        for i in range(count):
+            if floating is float:
+                xt[c * BLOCK_ROWS + i] = sml_scale1_f(xt[c * BLOCK_ROWS + i], inv[i])
+            else:
+                xt[c * BLOCK_ROWS + i] = sml_mul_dd(xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i])
+    for i in range(count):
+        out_rows[i] = row_at(out, first + i)
+    if floating is float:
+        sml_block_store_f(out_rows, out.step, count, n, xt, BLOCK_ROWS)
+    else:
+        sml_block_store_d(out_rows, out.step, count, n, xt, BLOCK_ROWS)
