@@ -79,6 +79,7 @@ cdef extern from "_rowops.h" nogil:
     double sml_sub_sub(double x, double m, double L)
     double sml_sub_dd(double x, double k, double k_lo)
     void sml_scale_f(float *v, Py_ssize_t n, double k)
+    float sml_scale1_f(float v, double k)
     double sml_log1p(double x)
     float sml_row_max_f(const float *x, Py_ssize_t n)
     double sml_row_max_d(const double *x, Py_ssize_t n)
@@ -120,6 +121,10 @@ cdef extern from "_blockops.h" nogil:
                                 Py_ssize_t n, const double *et, Py_ssize_t ld,
                                 const double *p_scale, const double *p_lo,
                                 const double *smooth_scale, const double *w)
+    void sml_block_store_f(char *const *rows, Py_ssize_t step, Py_ssize_t count,
+                           Py_ssize_t n, const float *et, Py_ssize_t ld)
+    void sml_block_store_d(char *const *rows, Py_ssize_t step, Py_ssize_t count,
+                           Py_ssize_t n, const double *et, Py_ssize_t ld)
     bint sml_block_quot_ok(double s, double w)
     Py_ssize_t sml_block_p_lo(Py_ssize_t count, const double *s, const double *w_y,
                               const double *excess, const double *total, const double *total_lo,
@@ -267,11 +272,27 @@ def softmax(const floating[:, :, :] x not None,   # IN  (A, B, C)
     if n_rows == 0 or n == 0:
         return
     cdef Rows xv = logits_rows(x), ov = output_rows(out)
+    cdef LossOptions o
+    cdef Py_ssize_t block, n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef int threads = thread_count(n_threads, n_rows, n)
+    if not log_output and in_blocks(n, sizeof(floating)):  # few classes: block_softmax
+        o = loss_options(None, n, 0.0, 0.0, -100)
+        if threads == 1:  # no parallel region (its start is most of a small call)
+            with nogil:
+                for block in range(n_blocks):
+                    block_softmax(&x[0, 0, 0], xv, ov, block * BLOCK_ROWS,
+                                  min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+            return
+        with nogil, parallel(num_threads=threads):
+            for block in prange(n_blocks, schedule="static"):
+                block_softmax(&x[0, 0, 0], xv, ov, block * BLOCK_ROWS,
+                              min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+        return
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, ov, sizeof(floating), &failed)
     cdef floating *buffer = NULL
     cdef floating *work
-    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+    with nogil, parallel(num_threads=threads):
         buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):
@@ -617,11 +638,28 @@ def gradient_hessian(
         return
     cdef Rows xv = logits_rows(x), gv = output_rows(grad), hv = output_rows(hess)
     cdef Rows lv = class_rows(labels), sv = sample_weight_rows(sample_weight)
+    cdef LossOptions o
+    cdef Py_ssize_t block, n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef int threads = thread_count(n_threads, n_rows, n)
+    if in_blocks(n, sizeof(floating)):  # few classes: BLOCK_ROWS at a time, any layout
+        o = loss_options(None, n, 0.0, 0.0, -100)
+        if threads == 1:  # no parallel region (its start is most of a small call)
+            with nogil:
+                for block in range(n_blocks):
+                    block_grad_hess(&x[0, 0, 0], xv, gv, hv, lv, sv, block * BLOCK_ROWS,
+                                    min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS),
+                                    n, o)
+            return
+        with nogil, parallel(num_threads=threads):
+            for block in prange(n_blocks, schedule="static"):
+                block_grad_hess(&x[0, 0, 0], xv, gv, hv, lv, sv, block * BLOCK_ROWS,
+                                min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+        return
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, gv, sizeof(floating), &failed)
     cdef floating *buffer = NULL
     cdef floating *work
-    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+    with nogil, parallel(num_threads=threads):
         buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):

@@ -486,3 +486,151 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
             # as row_loss_grad_index (issue 19)
             g[y] = sml_label_grad_at_max(b.s[i] * b.w_y[i], b.excess[i], b.total[i],
                                          b.total_lo[i], o.divisor)
+
+
+# ---- gradient_hessian in blocks ---------------------------------------------------------
+# row_grad_hess for BLOCK_ROWS rows of few classes at a time, on the block transposed as
+# cross-entropy's (block_statistics: the same max, exponentials and S = ties + rest), the
+# per-row quotients and the per-entry formula then along the rows (vectorised), the
+# gradient and hessian transposed back unchanged (sml_block_store_*). The formula is
+# row_grad_hess's, operation for operation; S is summed in class order (the row path: in
+# SML_LANES lanes), so a row's bits can differ from the row path's in the last place of S
+# (C > 8), never between threads or block positions.
+
+
+cdef inline void block_grad_hess(
+    const floating *kind,      # only selects the precision (the logits' first entry)
+    Rows x,                    # IN  logits
+    Rows g,                    # OUT s (p - onehot); may be x's memory
+    Rows h,                    # OUT s p (1 - p)
+    Rows labels,               # IN  int64 classes (the facade has checked 0 <= y < n)
+    Rows sample_weight,        # IN  double (base NULL: all ones)
+    Py_ssize_t first,          # the block: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    LossOptions o,             # loss_options without weights (block_statistics reads w, eps)
+) noexcept nogil:
+    """Rows first .. first+count-1 of gradient_hessian (see the section's comment); a row
+    whose class is out of range gets NaN, as in the row loop."""
+    cdef Block b
+    cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]  # e, then the gradient
+    cdef floating ht[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]  # the hessian
+    cdef floating m[BLOCK_ROWS]
+    cdef floating ties[BLOCK_ROWS]
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef char *out_rows[BLOCK_ROWS]
+    cdef double inv[BLOCK_ROWS]
+    cdef double inv_lo[BLOCK_ROWS]
+    cdef double c_max[BLOCK_ROWS]
+    cdef double c_max_lo[BLOCK_ROWS]
+    cdef Py_ssize_t i, c, y, bad = 0
+    cdef double e, s, p, lo
+    for i in range(count):
+        x_rows[i] = row_at(x, first + i)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
+    for i in range(count):
+        y = (<const int64_t *>row_at(labels, first + i))[0]
+        if out_of_range(y, n):  # refused by the facade; never used as an address
+            bad += 1
+            y = 0
+        b.label[i] = y
+        b.e_y[i] = xt[y * BLOCK_ROWS + i]
+        b.s[i] = sample_weight_at(sample_weight, first + i)
+        if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+            b.excess[i] = NAN
+            b.total[i] = NAN
+            b.total_lo[i] = 0.0
+    for i in range(count):
+        inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
+    if floating is float:
+        for c in range(n):
+            for i in range(count):
+                e = xt[c * BLOCK_ROWS + i]
+                ht[c * BLOCK_ROWS + i] = <floating>(
+                    b.s[i] * (e * inv[i]) * complement(e, b.total[i], b.excess[i]))
+                xt[c * BLOCK_ROWS + i] = <floating>(b.s[i] * e * inv[i])
+        for i in range(count):
+            xt[b.label[i] * BLOCK_ROWS + i] = <floating>(
+                -b.s[i] * complement(b.e_y[i], b.total[i], b.excess[i]))
+    else:
+        for i in range(count):
+            lo = 0.0
+            if b.excess[i] > 0.0:
+                c_max[i] = sml_quot_dd(b.excess[i], b.total[i], b.total_lo[i], 1.0, &lo)
+            else:  # 0, or NaN (a row with NaN): as complement gives it
+                c_max[i] = b.excess[i] / b.total[i]
+            c_max_lo[i] = lo
+        for c in range(n):
+            for i in range(count):
+                s = b.s[i]
+                ht[c * BLOCK_ROWS + i] = s * sml_grad_hess_d(
+                    xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i], c_max[i], c_max_lo[i], &p)
+                xt[c * BLOCK_ROWS + i] = s * p
+        for i in range(count):
+            if b.e_y[i] == 1.0:  # -(1 - p_y) s = -s excess / S, rounded once
+                xt[b.label[i] * BLOCK_ROWS + i] = -b.s[i] * (c_max[i] + c_max_lo[i])
+            else:
+                xt[b.label[i] * BLOCK_ROWS + i] = -b.s[i] * complement(
+                    b.e_y[i], b.total[i], b.excess[i])
+    for i in range(count):
+        out_rows[i] = row_at(g, first + i)
+    if floating is float:
+        sml_block_store_f(out_rows, g.step, count, n, xt, BLOCK_ROWS)
+    else:
+        sml_block_store_d(out_rows, g.step, count, n, xt, BLOCK_ROWS)
+    for i in range(count):
+        out_rows[i] = row_at(h, first + i)
+    if floating is float:
+        sml_block_store_f(out_rows, h.step, count, n, ht, BLOCK_ROWS)
+    else:
+        sml_block_store_d(out_rows, h.step, count, n, ht, BLOCK_ROWS)
+    if bad == 0:
+        return
+    for i in range(count):
+        y = (<const int64_t *>row_at(labels, first + i))[0]
+        if out_of_range(y, n):
+            row_fill(g, first + i, n, <floating>NAN)
+            row_fill(h, first + i, n, <floating>NAN)
+
+
+cdef inline void block_softmax(
+    const floating *kind,      # only selects the precision (the logits' first entry)
+    Rows x,                    # IN  logits
+    Rows out,                  # OUT softmax; may be x's memory
+    Py_ssize_t first,          # the block: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    LossOptions o,             # loss_options without weights (block_statistics reads w, eps)
+) noexcept nogil:
+    """row_softmax (not log) of rows first .. first+count-1, as block_grad_hess: the block's
+    statistics, then p_c = e_c / S rounded once (row_softmax's formula: 1/S as hi + lo from
+    S's own lo) along the rows, transposed back."""
+    cdef Block b
+    cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]
+    cdef floating m[BLOCK_ROWS]
+    cdef floating ties[BLOCK_ROWS]
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef char *out_rows[BLOCK_ROWS]
+    cdef double inv[BLOCK_ROWS]
+    cdef double inv_lo[BLOCK_ROWS]
+    cdef Py_ssize_t i, c
+    for i in range(count):
+        x_rows[i] = row_at(x, first + i)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
+    for i in range(count):
+        if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+            b.total[i] = NAN
+            b.total_lo[i] = 0.0
+        inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
+    for c in range(n):
+        for i in range(count):
+            if floating is float:
+                xt[c * BLOCK_ROWS + i] = sml_scale1_f(xt[c * BLOCK_ROWS + i], inv[i])
+            else:
+                xt[c * BLOCK_ROWS + i] = sml_mul_dd(xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i])
+    for i in range(count):
+        out_rows[i] = row_at(out, first + i)
+    if floating is float:
+        sml_block_store_f(out_rows, out.step, count, n, xt, BLOCK_ROWS)
+    else:
+        sml_block_store_d(out_rows, out.step, count, n, xt, BLOCK_ROWS)

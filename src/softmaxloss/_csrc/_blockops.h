@@ -316,6 +316,40 @@ static inline void sml__block_load_tiles_d(const char *const *rows, ptrdiff_t co
     }
 }
 
+/* An 8 x 8 (float) or 4 x 4 (double) tile r[c] (class c0 + c, lanes the rows), transposed
+ * into its rows' classes c0 .. c0 + cols - 1 (rows[0 .. tile_rows)). */
+static inline void sml__tile_out_f(char *const *rows, ptrdiff_t tile_rows, ptrdiff_t c0,
+                                   ptrdiff_t cols, __m256 r[8])
+{
+    if (cols <= 4) {
+        sml__transpose8x4_ps(r);
+        for (ptrdiff_t k = 0; k < tile_rows; k++) {
+            __m128 part = k < 4 ? _mm256_castps256_ps128(r[k]) : _mm256_extractf128_ps(r[k - 4], 1);
+            float *dst = (float *)rows[k] + c0;
+            if (cols == 4) _mm_storeu_ps(dst, part);
+            else sml__store_first_ps128(dst, part, cols);
+        }
+        return;
+    }
+    sml__transpose8_ps(r);
+    for (ptrdiff_t k = 0; k < tile_rows; k++) {
+        float *dst = (float *)rows[k] + c0;
+        if (cols == 8) _mm256_storeu_ps(dst, r[k]);
+        else sml__store_first_ps(dst, r[k], cols);
+    }
+}
+
+static inline void sml__tile_out_d(char *const *rows, ptrdiff_t tile_rows, ptrdiff_t c0,
+                                   ptrdiff_t cols, __m256d r[4])
+{
+    sml__transpose4_pd(r);
+    for (ptrdiff_t k = 0; k < tile_rows; k++) {
+        double *dst = (double *)rows[k] + c0;
+        if (cols == 4) _mm256_storeu_pd(dst, r[k]);
+        else sml__store_first_pd(dst, r[k], cols);
+    }
+}
+
 static inline void sml__block_store_tiles_f(char *const *rows, ptrdiff_t count, ptrdiff_t n,
                                             const float *et, ptrdiff_t ld, const double *p_scale,
                                             const double *smooth_scale, const double *w)
@@ -342,22 +376,7 @@ static inline void sml__block_store_tiles_f(char *const *rows, ptrdiff_t count, 
                                                _mm256_mul_pd(s_hi, w_c));
                 r[c] = _mm256_set_m128(_mm256_cvtpd_ps(g_hi), _mm256_cvtpd_ps(g_lo));
             }
-            if (cols <= 4) {
-                sml__transpose8x4_ps(r);
-                for (ptrdiff_t k = 0; k < tile_rows; k++) {
-                    __m128 part = k < 4 ? _mm256_castps256_ps128(r[k]) : _mm256_extractf128_ps(r[k - 4], 1);
-                    float *dst = (float *)rows[i0 + k] + c0;
-                    if (cols == 4) _mm_storeu_ps(dst, part);
-                    else sml__store_first_ps128(dst, part, cols);
-                }
-                continue;
-            }
-            sml__transpose8_ps(r);
-            for (ptrdiff_t k = 0; k < tile_rows; k++) {
-                float *dst = (float *)rows[i0 + k] + c0;
-                if (cols == 8) _mm256_storeu_ps(dst, r[k]);
-                else sml__store_first_ps(dst, r[k], cols);
-            }
+            sml__tile_out_f(rows + i0, tile_rows, c0, cols, r);
         }
     }
 }
@@ -387,12 +406,40 @@ static inline void sml__block_store_tiles_d(char *const *rows, ptrdiff_t count, 
                 r[c] = _mm256_fmadd_pd(p, e, _mm256_fmsub_pd(pl, _mm256_and_pd(e, pl_on),
                                                              _mm256_mul_pd(s, w_c)));
             }
-            sml__transpose4_pd(r);
-            for (ptrdiff_t k = 0; k < tile_rows; k++) {
-                double *dst = (double *)rows[i0 + k] + c0;
-                if (cols == 4) _mm256_storeu_pd(dst, r[k]);
-                else sml__store_first_pd(dst, r[k], cols);
-            }
+            sml__tile_out_d(rows + i0, tile_rows, c0, cols, r);
+        }
+    }
+}
+
+
+/* The block et (classes, rows) transposed back to rows as it is: et's values, no arithmetic
+ * (sml_block_store_f / _d, contiguous rows). */
+static inline void sml__block_copy_tiles_f(char *const *rows, ptrdiff_t count, ptrdiff_t n,
+                                           const float *et, ptrdiff_t ld)
+{
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += 8) {
+        ptrdiff_t tile_rows = count - i0 < 8 ? count - i0 : 8;
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += 8) {
+            ptrdiff_t cols = n - c0 < 8 ? n - c0 : 8;
+            __m256 r[8];
+            for (ptrdiff_t c = 0; c < 8; c++)
+                r[c] = c < cols ? _mm256_loadu_ps(et + (c0 + c) * ld + i0) : _mm256_setzero_ps();
+            sml__tile_out_f(rows + i0, tile_rows, c0, cols, r);
+        }
+    }
+}
+
+static inline void sml__block_copy_tiles_d(char *const *rows, ptrdiff_t count, ptrdiff_t n,
+                                           const double *et, ptrdiff_t ld)
+{
+    for (ptrdiff_t i0 = 0; i0 < count; i0 += 4) {
+        ptrdiff_t tile_rows = count - i0 < 4 ? count - i0 : 4;
+        for (ptrdiff_t c0 = 0; c0 < n; c0 += 4) {
+            ptrdiff_t cols = n - c0 < 4 ? n - c0 : 4;
+            __m256d r[4];
+            for (ptrdiff_t c = 0; c < 4; c++)
+                r[c] = c < cols ? _mm256_loadu_pd(et + (c0 + c) * ld + i0) : _mm256_setzero_pd();
+            sml__tile_out_d(rows + i0, tile_rows, c0, cols, r);
         }
     }
 }
@@ -443,6 +490,27 @@ static inline void sml_block_store_grad_d(char *const *rows, ptrdiff_t step, ptr
     SML_BLOCK_TILES_IF_CONTIGUOUS(
         double, sml__block_store_tiles_d(rows, count, n, et, ld, p_scale, p_lo, smooth_scale, w))
     SML_BLOCK_STORE_LOOP_LO(double)
+}
+
+/* rows[i][c] = et[c * ld + i] (element c at rows[i] + c * step bytes): a block formed in
+ * place in et, transposed back unchanged (gradient_hessian's gradient and hessian). */
+#define SML_BLOCK_COPY_LOOP(T)                                                         \
+    for (ptrdiff_t i = 0; i < count; i++)                                              \
+        for (ptrdiff_t c = 0; c < n; c++)                                              \
+            *(T *)(rows[i] + c * step) = et[c * ld + i];
+
+static inline void sml_block_store_f(char *const *rows, ptrdiff_t step, ptrdiff_t count,
+                                     ptrdiff_t n, const float *et, ptrdiff_t ld)
+{
+    SML_BLOCK_TILES_IF_CONTIGUOUS(float, sml__block_copy_tiles_f(rows, count, n, et, ld))
+    SML_BLOCK_COPY_LOOP(float)
+}
+
+static inline void sml_block_store_d(char *const *rows, ptrdiff_t step, ptrdiff_t count,
+                                     ptrdiff_t n, const double *et, ptrdiff_t ld)
+{
+    SML_BLOCK_TILES_IF_CONTIGUOUS(double, sml__block_copy_tiles_d(rows, count, n, et, ld))
+    SML_BLOCK_COPY_LOOP(double)
 }
 
 #endif /* SOFTMAXLOSS_BLOCKOPS_H */

@@ -229,14 +229,19 @@ static inline double sml_sub_dd(double x, double k, double k_lo)
  * fmaf(v, k_hi, v k_lo), k = k_hi + k_lo to ~2^-48 (the product's other rounding is
  * ~2^-48 of it: below a float's ulp as the double product's), else in double. softmax's
  * normalisation p_c = e_c / S (k = 1 / S). */
-static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
+static inline float sml_scale1_f(float v, double k) /* one entry of sml_scale_f */
 {
 #if SML__HAVE_FMA
     float k_hi = (float)k, k_lo = (float)(k - (double)k_hi);
-    for (ptrdiff_t i = 0; i < n; i++) v[i] = fmaf(v[i], k_hi, v[i] * k_lo);
+    return fmaf(v, k_hi, v * k_lo);
 #else
-    for (ptrdiff_t i = 0; i < n; i++) v[i] = (float)((double)v[i] * k);
+    return (float)((double)v * k);
 #endif
+}
+
+static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
+{
+    for (ptrdiff_t i = 0; i < n; i++) v[i] = sml_scale1_f(v[i], k); /* k's split: hoisted */
 }
 
 #define SML_JOIN2(name, suffix) name##_##suffix
