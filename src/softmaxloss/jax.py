@@ -76,9 +76,9 @@ from ._adapter import computes_in_float32, kept_rows, scaled_gradient
 from ._facade import cross_entropy as _np_cross_entropy
 from ._facade import cross_entropy_with_grad as _np_cross_entropy_with_grad
 from ._facade import log_softmax as _np_log_softmax
-from ._outputs import CrossEntropyOutputs, requested_outputs
+from ._outputs import CrossEntropyOutputs
 from ._validation import DEFAULT_IGNORE_INDEX, LossOptions, check_axes, check_loss_args, check_n_threads
-from ._validation import check_return_flags, check_softcap
+from ._validation import check_return_flags
 from ._where import stand_in
 
 __all__ = ["cross_entropy", "softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
@@ -366,9 +366,6 @@ def cross_entropy(
     """
     requested = check_return_flags(return_lse=return_lse, return_entropy=return_entropy,
                                    return_argmax=return_argmax)
-    if any(requested):  # the NumPy API's checks of the flags
-        requested_outputs(*requested, None)
-        check_softcap(softcap)
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(

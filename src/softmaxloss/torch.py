@@ -1137,8 +1137,6 @@ def cross_entropy(
                                        return_argmax=return_argmax)
         options = LossOptions.checked(reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
                                       ignore_index=ignore_index, softcap=softcap, focal_gamma=focal_gamma)
-        if any(requested):  # the NumPy API's checks of the flags
-            requested_outputs(*requested, None)
         if inplace_grad:
             raise ValueError("inplace_grad does not combine with focal_gamma or the return_* outputs")
         if options.focal_gamma is not None and target.dtype.is_floating_point:
@@ -1708,7 +1706,7 @@ class LinearCrossEntropyLoss(nn.Module):  # type: ignore[misc, unused-ignore]
 # outputs are differentiated through them.
 # =========================================================================================
 
-from ._outputs import CrossEntropyOutputs, requested_outputs  # noqa: E402
+from ._outputs import CrossEntropyOutputs  # noqa: E402
 from ._validation import check_return_flags  # noqa: E402
 
 
