@@ -133,7 +133,6 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const double *tail,
                                                    int all, double *lo)
 {
-    uint64_t bits;
 #if SML_HAVE_VEXP /* on vectors: a, b the block's lanes 0-3, 4-7; r, q the row's; c, d theirs */
     sml_f64x4 a, b, r, q, c, d, mx, big, t;
     memcpy(&a, lanes, sizeof a);
@@ -171,6 +170,7 @@ static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const dou
         return ((t[0] + t[1]) + (t[2] + t[3])) + h;
     }
 #else
+    uint64_t bits;
     double mx = tail[0], big, hi = 0.0, h, l[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
     int width = all ? 2 * SML_LANES : SML_LANES;
     for (int k = 0; k < width; k++) mx = lanes[k] > mx ? lanes[k] : mx;
