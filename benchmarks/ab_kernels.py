@@ -20,6 +20,8 @@ Prints ns per row of each build, and A's time over B's (above 1: B is faster), f
 `cross_entropy_index` with its gradient (and, with `--ops`, `softmax`, `log_softmax`,
 `logsumexp`, `gradient_hessian`), float32 and float64, on each of `--threads` (default 1).
 `--logits N` sizes every case at about N logits (rows = N / C) instead of `--rows`.
+`--dtypes` adds bfloat16 (needs ml_dtypes) and float16 logits (cross_entropy and softmax:
+the half kernels, `*_half`).
 """
 
 from __future__ import annotations
@@ -65,26 +67,38 @@ def main() -> None:
     parser.add_argument("--ops", default="cross_entropy", help=f"comma-separated subset of {','.join(OPS)}")
     parser.add_argument("--threads", default="1", help="comma-separated thread counts")
     parser.add_argument("--logits", type=int, help="logits per case (rows = logits / C), instead of --rows")
+    parser.add_argument("--dtypes", default="float32,float64",
+                        help=f"comma-separated subset of {','.join(DTYPES)} (half: cross_entropy and softmax only)")
     args = parser.parse_args()
     builds = {"A": load(args.a, module_of(args.kernels)), "B": load(args.b, module_of(args.kernels_b or args.kernels))}
     rng = np.random.default_rng(0)
     for op in args.ops.split(","):
         for n_threads in (int(t) for t in args.threads.split(",")):
-            for dtype, signature in ((np.float32, "float"), (np.float64, "double")):
+            for dtype_name in args.dtypes.split(","):
+                signature = DTYPES[dtype_name]
+                half = signature in HALF_KINDS
+                if half and op not in HALF_OPS:
+                    continue
                 for n_classes in (int(c) for c in args.classes.split(",")):
                     rows = max(1, args.logits // n_classes) if args.logits else args.rows
-                    x = (rng.standard_normal((rows, 1, n_classes)) * 3).astype(dtype)
-                    call = OPS[op](x, rng.integers(0, n_classes, (rows, 1)), n_threads)
+                    x = rng.standard_normal((rows, 1, n_classes)) * 3
+                    if half:  # the half kernels take the bits (uint16) and the kind
+                        x = half_bits(x, signature)
+                        call = HALF_OPS[op](x, rng.integers(0, n_classes, (rows, 1)), n_threads, HALF_KINDS[signature])
+                    else:
+                        x = x.astype(dtype_name)
+                        call = OPS[op](x, rng.integers(0, n_classes, (rows, 1)), n_threads)
                     seconds: dict[str, list[float]] = {"A": [], "B": []}
                     for _ in range(args.repeats):
                         for name, kernels in builds.items():  # alternate, call by call
-                            kernel = getattr(kernels, KERNEL_OF[op]).__signatures__[signature]
+                            kernel = getattr(kernels, KERNEL_OF[op] + "_half") if half else \
+                                getattr(kernels, KERNEL_OF[op]).__signatures__[signature]
                             start = time.perf_counter()
                             call(kernel)
                             seconds[name].append(time.perf_counter() - start)
                     a, b = (statistics.median(seconds[name]) for name in ("A", "B"))
                     print(
-                        f"{op} {n_threads} thread(s) {np.dtype(dtype).name} C={n_classes:6d}: "
+                        f"{op} {n_threads} thread(s) {dtype_name} C={n_classes:6d}: "
                         f"A {a / rows * 1e9:9.1f} ns/row  B {b / rows * 1e9:9.1f} ns/row  A/B {a / b:.3f}x",
                         flush=True,
                     )
@@ -112,6 +126,29 @@ def _gradient_hessian(x, target, n_threads):
     return lambda kernel: kernel(x, target, None, grad, hess, n_threads)
 
 
+def half_bits(x, kind_name):
+    """x rounded to float16 or bfloat16 (ml_dtypes, needed for it), as its uint16 bits."""
+    if kind_name == "float16":
+        return x.astype(np.float16).view(np.uint16)
+    import ml_dtypes
+
+    return x.astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def _cross_entropy_half(x, target, n_threads, kind):
+    row_loss, grad = np.empty(x.shape[:2]), np.empty_like(x)
+    return lambda kernel: kernel(x, target, None, None, -100, 0.0, 0.0, True, row_loss, grad, kind, n_threads)
+
+
+def _softmax_half(x, target, n_threads, kind):
+    out = np.empty_like(x)
+    return lambda kernel: kernel(x, out, False, kind, n_threads)
+
+
+# dtype name: the fused-type signature of the float kernels, or the half kind's name
+DTYPES = {"float32": "float", "float64": "double", "bfloat16": "bfloat16", "float16": "float16"}
+HALF_KINDS = {"bfloat16": 0, "float16": 1}  # the half kernels' `kind`
+HALF_OPS = {"cross_entropy": _cross_entropy_half, "softmax": _softmax_half}
 # op: how to call its kernel on (x, target, n_threads); KERNEL_OF: the kernel's name
 OPS = {"cross_entropy": _cross_entropy, "softmax": _softmax(False), "log_softmax": _softmax(True),
        "logsumexp": _logsumexp, "gradient_hessian": _gradient_hessian}

@@ -71,6 +71,62 @@ def test_the_table_of_builds_is_what_is_installed_and_dispatched():
         assert _dispatch.active_name() == defaults[-1]
 
 
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(_dispatch.available), reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("n_classes", [63, 1037])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_avx512_build_gives_the_avx2_builds_bits(dtype, n_classes):
+    """The avx512 build's ZMM exp-and-sum (16 floats / 8 doubles a step) and its AVX2-width
+    auto-vectorisation (-mprefer-vector-width=256) give the avx2 build's bits: rows with a
+    remainder past the wide loop, entries out of the vector exp's range (the general path in
+    between), ties of the max, and the in-order sums (weights, smoothing, entropy) whose
+    remainders differed under 512-bit auto-vectorisation."""
+    import numpy as np
+
+    rng = np.random.default_rng(n_classes)
+    x = (rng.standard_normal((24, n_classes)) * 3).astype(dtype)
+    x[3, 10:40] = -np.inf
+    x[5, 17] = -1000.0  # beyond the vector exp's range for float32 and float64
+    x[7, ::5] = x[7].max()
+    y = rng.integers(0, n_classes, 24)
+    w = rng.uniform(0.0, 2.0, n_classes)
+    results = {}
+    for build in ("avx2", "avx512"):
+        with _dispatch.use(build):
+            ce = sml.cross_entropy_with_grad(x, y, weight=w, label_smoothing=0.1, reduction="none",
+                                             return_lse=True, return_entropy=True)
+            results[build] = [ce.loss, ce.grad, ce.lse, ce.entropy, *sml.cross_entropy_with_grad(x, y),
+                              sml.softmax(x), sml.log_softmax(x), sml.logsumexp(x), *sml.gradient_hessian(x, y)]
+    for k, (a, b) in enumerate(zip(results["avx2"], results["avx512"])):
+        a, b = np.atleast_1d(a), np.atleast_1d(b)
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"result {k}")
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(_dispatch.available), reason="this CPU has no AVX-512")
+@pytest.mark.parametrize("kind", [0, 1], ids=["bfloat16", "float16"])
+def test_the_avx512_build_converts_half_values_as_the_avx2_build(kind):
+    """The avx512 build's half conversions (16 a step; float16 by vcvtph2ps / vcvtps2ph) give
+    the avx2 build's bits: every half value to float32 (signalling NaNs too), and float32
+    values of every exponent, NaNs with payloads, ties and subnormals back to half."""
+    import numpy as np
+
+    every = np.arange(2**16, dtype=np.uint16)
+    rng = np.random.default_rng(16)
+    patterns = np.concatenate([rng.integers(0, 2**32, 1 << 16, dtype=np.uint64).astype(np.uint32),
+                               np.arange(0x7F800000, 0x7F800000 + 4096, dtype=np.uint32),  # inf, NaNs
+                               np.arange(0, 4096, dtype=np.uint32) << 13 | np.uint32(0x1000)])  # float16 ties
+    floats = np.concatenate([patterns, patterns | np.uint32(0x80000000)]).view(np.float32)
+    results = {}
+    for build in ("avx2", "avx512"):
+        kernels = _dispatch.available[build]
+        to_float = np.empty(every.shape, np.float32)
+        kernels.half_to_float32(every, to_float, kind)
+        to_half = np.empty(floats.shape, np.uint16)
+        kernels.half_from_float32(floats, to_half, kind)
+        results[build] = (to_float.view(np.uint32), to_half)
+    for a, b in zip(results["avx2"], results["avx512"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_cpu_tests():
     from softmaxloss import _kernels
 

@@ -48,17 +48,19 @@ BUILDS: tuple[Build, ...] = (
     Build("baseline", "_kernels", None, (), (), None, default=True),
     # x86-64-v3's vector part (AVX2 + FMA): the default on the CPUs that have it.
     Build("avx2", "_kernels_avx2", X86_64, ("-mavx2", "-mfma"), ("/arch:AVX2",), "avx2+fma", default=True),
-    # x86-64-v4's AVX-512 (F, BW, DQ, VL) with FMA. Not a default: no interleaved A/B
-    # against avx2 has been run (the machine this was written on has no AVX-512; under
-    # Bochs' emulation its row kernels give avx2's bits but for the sign of some NaNs:
-    # benchmarks/RESULTS.md). Use it with SOFTMAXLOSS_KERNELS=avx512.
+    # x86-64-v4's AVX-512 (F, BW, DQ, VL) with FMA: the default on the CPUs that have it
+    # (an interleaved A/B on a Sapphire Rapids Xeon: benchmarks/RESULTS.md, "The AVX-512
+    # build"). -mprefer-vector-width=256: the auto-vectoriser picks AVX2's widths, so the
+    # build gives the avx2 build's bits (with 512-bit auto-vectorisation some in-order sums'
+    # remainders fused different terms: 1-2 ulp differences); the fused exp-and-sum of the
+    # row path runs on 64-byte vectors (_csrc/_rowops.h, SML_TARGET_AVX512), with the same bits.
     Build(
         "avx512",
         "_kernels_avx512",
         X86_64,
-        ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"),
+        ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-mprefer-vector-width=256"),
         ("/arch:AVX512",),
         "avx512",
-        default=False,
+        default=True,
     ),
 )

@@ -5,7 +5,8 @@
  * Storage is uint16_t: the kernels never see a half type, only its bits. Every conversion is
  * plain integer and float32 code, branch-free (selects, so that gcc vectorises the loops)
  * and the same on every build and platform: no F16C, AVX512_BF16 or _Float16, whose
- * availability differs between builds. Half -> float32 is exact. Float32 -> half rounds
+ * availability differs between builds (but AVX-512 F's float16 conversions in the avx512
+ * build, where they were checked to give the same bits: below). Half -> float32 is exact. Float32 -> half rounds
  * once, to nearest with ties to even, as IEEE 754's default rounding (and PyTorch's,
  * NumPy's and ml_dtypes' own conversions); a NaN stays a NaN of the same sign (made quiet),
  * +-inf stays +-inf, and a finite value beyond the half range rounds to +-inf as IEEE 754
@@ -22,12 +23,23 @@
 
 /* AVX2 builds convert 8 values at a time in vector registers (sml__*8 below): the same
  * integer operations and float32 additions as the scalar conversions, lane by lane, so the
- * same bits; every other build takes the scalar loops. */
+ * same bits; every other build takes the scalar loops. AVX-512 builds (F, BW, DQ, VL) convert
+ * 16 at a time (sml__*16): bfloat16 by the same integer operations on ZMM registers, float16
+ * by AVX-512 F's own conversions (vcvtph2ps; vcvtps2ph with round-to-nearest-even as its
+ * immediate), which give the scalar conversions' bits on every input but one kind: checked
+ * on all 2^32 float32 values (float32 -> float16: the same bits) and all 2^16 float16 values
+ * (float16 -> float32: the same but for signalling NaNs, which vcvtph2ps makes quiet: a
+ * group of 16 with a NaN takes the integer conversion). */
 #if defined(__AVX2__)
 #define SML_HALF_AVX2 1
 #include <immintrin.h>
 #else
 #define SML_HALF_AVX2 0
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define SML_HALF_AVX512 1
+#else
+#define SML_HALF_AVX512 0
 #endif
 
 #define SML_HALF_BF16 0
@@ -192,6 +204,56 @@ static inline void sml__half_store16(uint16_t *dst, __m256i a, __m256i b)
 }
 #endif
 
+/* ---- 16 values in AVX-512 registers (see SML_HALF_AVX512 above) ---------------------- */
+#if SML_HALF_AVX512
+#define SML__F16_ROUNDING (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+static inline void sml__bf16_load16(const uint16_t *h, float *dst)
+{
+    __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)h));
+    _mm512_storeu_ps(dst, _mm512_castsi512_ps(_mm512_slli_epi32(u, 16)));
+}
+
+static inline void sml__f16_load16(const uint16_t *h, float *dst)
+{
+    __m256i v = _mm256_loadu_si256((const __m256i *)h);
+    __mmask16 nan = _mm256_cmpgt_epu16_mask(_mm256_and_si256(v, _mm256_set1_epi16(0x7fff)),
+                                           _mm256_set1_epi16(0x7c00));
+    if (nan) { /* signalling NaNs stay signalling, as the scalar conversion keeps them */
+        _mm256_storeu_ps(dst, sml__f16_to_f32_8(h));
+        _mm256_storeu_ps(dst + 8, sml__f16_to_f32_8(h + 8));
+    } else {
+        _mm512_storeu_ps(dst, _mm512_cvtph_ps(v));
+    }
+}
+
+/* sml__f32_to_bf16_8's operations on 16 lanes, narrowed (all <= 0xffff) */
+static inline __m256i sml__f32_to_bf16_16(__m512 f)
+{
+    __m512i u = _mm512_castps_si512(f);
+    __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)),
+                         _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    __m512i quiet_nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x0040));
+    __mmask16 is_nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                               _mm512_set1_epi32(0x7f800000));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, quiet_nan));
+}
+
+static inline __m256i sml__f32_to_half16(int kind, __m512 f)
+{
+    return kind == SML_HALF_BF16 ? sml__f32_to_bf16_16(f) : _mm512_cvtps_ph(f, SML__F16_ROUNDING);
+}
+
+/* sml__scale8's products for 16 entries */
+static inline __m512 sml__scale16(const float *e, __m512d scale)
+{
+    __m256 lo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(e)), scale));
+    __m256 hi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(e + 8)), scale));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+#endif
+
 /* ---- rows ---------------------------------------------------------------------------
  * One row of n values between half storage (element c at src + c * step bytes) and a
  * contiguous float32 row. The contiguous case is its own loop (vectorised). */
@@ -203,12 +265,18 @@ static inline void sml_half_load(int kind, const char *src, ptrdiff_t step, ptrd
     if (step == (ptrdiff_t)sizeof(uint16_t)) {
         const uint16_t *h = (const uint16_t *)src;
         if (kind == SML_HALF_BF16) {
+#if SML_HALF_AVX512
+            for (; c + 16 <= n; c += 16) sml__bf16_load16(h + c, dst + c);
+#endif
 #if SML_HALF_AVX2
             for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, sml__bf16_to_f32_8(h + c));
 #endif
             for (; c < n; c++)
                 dst[c] = sml_bf16_to_f32(h[c]);
         } else {
+#if SML_HALF_AVX512
+            for (; c + 16 <= n; c += 16) sml__f16_load16(h + c, dst + c);
+#endif
 #if SML_HALF_AVX2
             for (; c + 8 <= n; c += 8) _mm256_storeu_ps(dst + c, sml__f16_to_f32_8(h + c));
 #endif
@@ -230,6 +298,10 @@ static inline void sml_half_store(int kind, const float *src, ptrdiff_t n, char 
     ptrdiff_t c = 0;
     if (step == (ptrdiff_t)sizeof(uint16_t)) {
         uint16_t *h = (uint16_t *)dst;
+#if SML_HALF_AVX512
+        for (; c + 16 <= n; c += 16)
+            _mm256_storeu_si256((__m256i *)(h + c), sml__f32_to_half16(kind, _mm512_loadu_ps(src + c)));
+#endif
         if (kind == SML_HALF_BF16) {
 #if SML_HALF_AVX2
             for (; c + 16 <= n; c += 16)
@@ -266,6 +338,17 @@ static inline void sml_half_scaled_store(int kind, const float *e, ptrdiff_t n, 
                                          uint16_t *dst)
 {
     ptrdiff_t c = 0;
+#if SML_HALF_AVX512
+    __m512d s16 = _mm512_set1_pd(scale);
+    if (kind == SML_HALF_BF16) {
+        for (; c + 16 <= n; c += 16)
+            _mm256_storeu_si256((__m256i *)(dst + c), sml__f32_to_bf16_16(sml__scale16(e + c, s16)));
+    } else {
+        for (; c + 16 <= n; c += 16)
+            _mm256_storeu_si256((__m256i *)(dst + c),
+                                _mm512_cvtps_ph(sml__scale16(e + c, s16), SML__F16_ROUNDING));
+    }
+#endif
 #if SML_HALF_AVX2
     __m256d s = _mm256_set1_pd(scale);
     if (kind == SML_HALF_BF16) {

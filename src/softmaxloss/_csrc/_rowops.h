@@ -349,6 +349,88 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
     } while (0)
 #endif
 
+#if SML_TARGET_AVX512
+/* sml__expsum_wide_f / _d(x, e, n, m, lanes, ties, pos, merge): the loop of
+ * sml_expsum_inrange (_rowops_template.h) on ZMM vectors, run first by it (SML_VEXPSUM_WIDE):
+ * 16 floats (two groups of SML_LANES) or 8 doubles (one group) per step. The same exp of each
+ * entry (SML__EXP*_CORE_LO on wider vectors: the same expression, so the same roundings and
+ * contractions), the same exact difference (SML__VDIFF on wider vectors),
+ * and the same additions to the same lanes in the same order (lane k takes entry k of a group
+ * before entry k of the next: the first 8 floats' conversion is added before the last 8's),
+ * the same merges: the 32-byte groups' bits. Returns how many entries it did, a multiple of
+ * SML_LANES, stopping before a vector with an entry out of range (or at n's last group of 8
+ * floats): the 8-entry loop goes on from there. */
+static inline ptrdiff_t sml__expsum_wide_f(const float *x, float *e, ptrdiff_t n, float m,
+                                           double *lanes, ptrdiff_t *ties, ptrdiff_t pos,
+                                           int merge)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 range = _mm512_set1_ps(SML_EXPF_INRANGE);
+    __m512d acc = _mm512_loadu_pd(lanes); /* lanes 0-7 */
+    ptrdiff_t i = 0, count = 0;
+    (void)pos; /* float: no merges */
+    (void)merge;
+    for (; i + 2 * SML_LANES <= n; i += 2 * SML_LANES) {
+        sml_f32x16 xv, d, l, t, p, v;
+        memcpy(&xv, x + i, sizeof xv);
+        SML__VDIFF(sml_f32x16, __m512, _mm512_min_ps, _mm512_max_ps, xv, m, d, l);
+        if (_mm512_cmp_ps_mask(_mm512_abs_ps((__m512)d), range, _CMP_LE_OQ) != 0xFFFF) break;
+        SML__EXPF_CORE_LO(sml_f32x16, d, l, t, p);
+        v = p * (sml_f32x16)(((sml_u32x16)t + 127u) << 23);
+        memcpy(e + i, &v, sizeof v);
+        {
+            __mmask16 k = _mm512_cmp_ps_mask((__m512)v, one, _CMP_EQ_OQ);
+            __m512 r = _mm512_maskz_mov_ps((__mmask16)~k, (__m512)v);
+            count += __builtin_popcount((unsigned)k);
+            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(r)));
+            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(
+                (__m256)_mm512_extractf64x4_pd((__m512d)r, 1)));
+        }
+    }
+    _mm512_storeu_pd(lanes, acc);
+    *ties += count;
+    return i;
+}
+
+static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t n, double m,
+                                           double *lanes, ptrdiff_t *ties, ptrdiff_t pos,
+                                           int merge)
+{
+    const __m512d one = _mm512_set1_pd(1.0);
+    const __m512d range = _mm512_set1_pd(SML_EXP_INRANGE);
+    __m512d acc = _mm512_loadu_pd(lanes);       /* the block's lanes 0-7 */
+    __m512d row = _mm512_loadu_pd(lanes + 8);   /* the row's, 8-15 */
+    __m512d comp = _mm512_loadu_pd(lanes + 16); /* their compensations, 16-23 */
+    ptrdiff_t i = 0, count = 0;
+    for (; i + SML_LANES <= n; i += SML_LANES) {
+        sml_f64x8 xv, d, l, t, p, v;
+        memcpy(&xv, x + i, sizeof xv);
+        SML__VDIFF(sml_f64x8, __m512d, _mm512_min_pd, _mm512_max_pd, xv, m, d, l);
+        if (_mm512_cmp_pd_mask(_mm512_abs_pd((__m512d)d), range, _CMP_LE_OQ) != 0xFF) break;
+        SML__EXP_CORE_LO(sml_f64x8, d, l, t, p);
+        v = p * (sml_f64x8)(((sml_u64x8)t + 1023u) << 52);
+        memcpy(e + i, &v, sizeof v);
+        {
+            __mmask8 k = _mm512_cmp_pd_mask((__m512d)v, one, _CMP_EQ_OQ);
+            count += __builtin_popcount((unsigned)k);
+            acc = _mm512_add_pd(acc, _mm512_maskz_mov_pd((__mmask8)~k, (__m512d)v));
+        }
+        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) { /* SML__VLANE_ADD's */
+            __m512d hi = _mm512_max_pd(row, acc), lo = _mm512_min_pd(row, acc);
+            __m512d s = _mm512_add_pd(hi, lo);
+            comp = _mm512_add_pd(comp, _mm512_sub_pd(lo, _mm512_sub_pd(s, hi)));
+            row = s;
+            acc = _mm512_setzero_pd();
+        }
+    }
+    _mm512_storeu_pd(lanes, acc);
+    _mm512_storeu_pd(lanes + 8, row);
+    _mm512_storeu_pd(lanes + 16, comp);
+    *ties += count;
+    return i;
+}
+#endif
+
 #define SML_T float
 #define SML_EXACT_GAPS 0 /* m - (double)x[c] is exact */
 #define SML_SUFFIX f
@@ -368,6 +450,9 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 #define SML_VEXP_GROUP SML_VEXP_GROUP_F
 #define SML_VSUM_GROUP SML_VSUM_GROUP_F
 #endif
+#if SML_VEXP_ON && SML_TARGET_AVX512
+#define SML_VEXPSUM_WIDE sml__expsum_wide_f
+#endif
 #include "_rowops_template.h" /* which #undefs its parameters */
 
 #define SML_T double
@@ -382,6 +467,9 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 #define SML_VGROUP_T SML_VGROUP_T_D
 #define SML_VEXP_GROUP SML_VEXP_GROUP_D
 #define SML_VSUM_GROUP SML_VSUM_GROUP_D
+#endif
+#if SML_VEXP_ON && SML_TARGET_AVX512
+#define SML_VEXPSUM_WIDE sml__expsum_wide_d
 #endif
 #include "_rowops_template.h" /* which #undefs its parameters */
 

@@ -207,6 +207,9 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
     sml_f64x4 lo, hi; /* lanes 0-3, 4-7 */
     SML_VMASK ones = {0};
     ptrdiff_t i = 0;
+#ifdef SML_VEXPSUM_WIDE /* AVX-512: _rowops.h's wider form of this loop first (the same bits) */
+    i = SML_VEXPSUM_WIDE(x, e, n, m, lanes, ties, pos, merge);
+#endif
     memcpy(&lo, lanes, sizeof lo);
     memcpy(&hi, lanes + 4, sizeof hi);
 #if SML_COMPENSATED
@@ -408,3 +411,4 @@ static inline double SML_NAME(sml_row_gapsum)(const SML_T *x, const double *w, p
 #undef SML_VEXP_GROUP
 #undef SML_VSUM_GROUP
 #endif
+#undef SML_VEXPSUM_WIDE

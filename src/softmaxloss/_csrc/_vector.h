@@ -4,8 +4,9 @@
  * few operations on them that are named by instruction where the generic form compiles
  * badly, and the `omp simd` hint. Each type is 32 bytes whatever the target: the compiler
  * maps it onto what the target has (one AVX register, two SSE2 ones), so results do not
- * depend on the vector width. Which instruction set a translation unit targets is
- * _platform.h's (SML_TARGET_*).
+ * depend on the vector width (AVX-512 builds add 64-byte types, for code that gives the
+ * 32-byte code's bits). Which instruction set a translation unit targets is _platform.h's
+ * (SML_TARGET_*).
  */
 #ifndef SOFTMAXLOSS_VECTOR_H
 #define SOFTMAXLOSS_VECTOR_H
@@ -40,6 +41,15 @@ typedef uint64_t sml_u64x4 __attribute__((vector_size(32)));
 
 /* 8 doubles, as two vectors (the double counterpart of one sml_f32x8). */
 typedef struct { sml_f64x4 v[2]; } sml_f64x4x2;
+
+/* 64-byte vectors, for AVX-512 only (one ZMM register each): the fused exp-and-sum's wider
+ * loop (_rowops.h, under SML_TARGET_AVX512), which gives the 32-byte code's bits. */
+#if SML_TARGET_AVX512
+typedef float sml_f32x16 __attribute__((vector_size(64)));
+typedef uint32_t sml_u32x16 __attribute__((vector_size(64)));
+typedef double sml_f64x8 __attribute__((vector_size(64)));
+typedef uint64_t sml_u64x8 __attribute__((vector_size(64)));
+#endif
 
 /* 4 floats to 4 doubles: gcc 12 makes two 2-wide conversions and a shuffle of
  * __builtin_convertvector here, so with AVX the instruction is named. */
