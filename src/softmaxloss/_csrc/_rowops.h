@@ -359,7 +359,23 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
  * before entry k of the next: the first 8 floats' conversion is added before the last 8's),
  * the same merges: the 32-byte groups' bits. Returns how many entries it did, a multiple of
  * SML_LANES, stopping before a vector with an entry out of range (or at n's last group of 8
- * floats): the 8-entry loop goes on from there. */
+ * floats): the 8-entry loop goes on from there.
+ * SML__VEXP_WIDE(VT, UT, NATIVE, SFX, FULL, CORE, BIAS, SHIFT, xp, m, range, v, ok): v =
+ * exp(xp[k] - m) for one ZMM vector of entries (VT float or double lanes, UT its unsigned
+ * integers, NATIVE the intrinsics' type, SFX their suffix, FULL the all-lanes mask; CORE,
+ * BIAS, SHIFT the exp's: SML_EXP*_X*_INRANGE_LO's), ok whether every |x - m| is within the
+ * exp's range (else v is unspecified). */
+#define SML__VEXP_WIDE(VT, UT, NATIVE, SFX, FULL, CORE, BIAS, SHIFT, xp, m, range, v, ok)  \
+    do {                                                                                \
+        VT xv_, d_, l_, t_, p_;                                                         \
+        memcpy(&xv_, (xp), sizeof xv_);                                                 \
+        SML__VDIFF(VT, NATIVE, _mm512_min##SFX, _mm512_max##SFX, xv_, (m), d_, l_);     \
+        (ok) = _mm512_cmp##SFX##_mask(_mm512_abs##SFX((NATIVE)d_), (range), _CMP_LE_OQ)  \
+               == (FULL);                                                               \
+        CORE(VT, d_, l_, t_, p_);                                                       \
+        (v) = p_ * (VT)(((UT)t_ + (BIAS)) << (SHIFT));                                  \
+    } while (0)
+
 static inline ptrdiff_t sml__expsum_wide_f(const float *x, float *e, ptrdiff_t n, float m,
                                            double *lanes, ptrdiff_t *ties, ptrdiff_t pos,
                                            int merge)
@@ -371,12 +387,11 @@ static inline ptrdiff_t sml__expsum_wide_f(const float *x, float *e, ptrdiff_t n
     (void)pos; /* float: no merges */
     (void)merge;
     for (; i + 2 * SML_LANES <= n; i += 2 * SML_LANES) {
-        sml_f32x16 xv, d, l, t, p, v;
-        memcpy(&xv, x + i, sizeof xv);
-        SML__VDIFF(sml_f32x16, __m512, _mm512_min_ps, _mm512_max_ps, xv, m, d, l);
-        if (_mm512_cmp_ps_mask(_mm512_abs_ps((__m512)d), range, _CMP_LE_OQ) != 0xFFFF) break;
-        SML__EXPF_CORE_LO(sml_f32x16, d, l, t, p);
-        v = p * (sml_f32x16)(((sml_u32x16)t + 127u) << 23);
+        sml_f32x16 v;
+        int ok;
+        SML__VEXP_WIDE(sml_f32x16, sml_u32x16, __m512, _ps, 0xFFFF, SML__EXPF_CORE_LO, 127u, 23,
+                       x + i, m, range, v, ok);
+        if (!ok) break;
         memcpy(e + i, &v, sizeof v);
         {
             __mmask16 k = _mm512_cmp_ps_mask((__m512)v, one, _CMP_EQ_OQ);
@@ -403,12 +418,11 @@ static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t
     __m512d comp = _mm512_loadu_pd(lanes + 16); /* their compensations, 16-23 */
     ptrdiff_t i = 0, count = 0;
     for (; i + SML_LANES <= n; i += SML_LANES) {
-        sml_f64x8 xv, d, l, t, p, v;
-        memcpy(&xv, x + i, sizeof xv);
-        SML__VDIFF(sml_f64x8, __m512d, _mm512_min_pd, _mm512_max_pd, xv, m, d, l);
-        if (_mm512_cmp_pd_mask(_mm512_abs_pd((__m512d)d), range, _CMP_LE_OQ) != 0xFF) break;
-        SML__EXP_CORE_LO(sml_f64x8, d, l, t, p);
-        v = p * (sml_f64x8)(((sml_u64x8)t + 1023u) << 52);
+        sml_f64x8 v;
+        int ok;
+        SML__VEXP_WIDE(sml_f64x8, sml_u64x8, __m512d, _pd, 0xFF, SML__EXP_CORE_LO, 1023u, 52,
+                       x + i, m, range, v, ok);
+        if (!ok) break;
         memcpy(e + i, &v, sizeof v);
         {
             __mmask8 k = _mm512_cmp_pd_mask((__m512d)v, one, _CMP_EQ_OQ);
