@@ -6,6 +6,9 @@ what they return. Build each variant into a directory of its own (e.g. `pip inst
 
     python benchmarks/ab_bits.py DIR_A/softmaxloss DIR_B/softmaxloss [--kernels baseline,avx2]
 
+or two builds of one install: `ab_bits.py DIR/softmaxloss DIR/softmaxloss --kernels avx2
+--kernels-b avx512`.
+
 Each build of the table (`softmaxloss/_builds.py` in DIR_A; default: every one this CPU runs) is
 loaded from both directories into one process and called directly, on the same inputs, for
 every kernel entry point: `cross_entropy_index` (the block path, C <= 23 float32 / 16 float64,
@@ -310,6 +313,8 @@ def main() -> None:
     parser.add_argument("a", help="directory holding build A's compiled kernels")
     parser.add_argument("b", help="directory holding build B's compiled kernels")
     parser.add_argument("--kernels", help="comma-separated rows of softmaxloss._builds (default: all this CPU runs)")
+    parser.add_argument("--kernels-b", help="the row of B compared with each of A's (default: the same row), "
+                        "e.g. --kernels avx2 --kernels-b avx512 on one install twice")
     args = parser.parse_args()
     builds = runpy.run_path(str(Path(args.a) / "_builds.py"))["BUILDS"]
     cpu = load(args.a, "_cpu")
@@ -321,8 +326,15 @@ def main() -> None:
         if build.cpu is not None and not cpu.supports(build.cpu):
             print(f"{build.name}: skipped, this CPU lacks {build.cpu}")
             continue
-        count, differences = compare(load(args.a, build.module), load(args.b, build.module))
-        print(f"{build.name}: {count} calls compared, {len(differences)} differ")
+        other = next((b for b in builds if b.name == args.kernels_b), None) if args.kernels_b else build
+        if other is None:
+            raise SystemExit(f"--kernels-b {args.kernels_b!r} is not a row of the table")
+        if other.cpu is not None and not cpu.supports(other.cpu):
+            print(f"{other.name}: skipped, this CPU lacks {other.cpu}")
+            continue
+        count, differences = compare(load(args.a, build.module), load(args.b, other.module))
+        label = build.name if other is build else f"{build.name} vs {other.name}"
+        print(f"{label}: {count} calls compared, {len(differences)} differ")
         for line in differences[:50]:
             print("   ", line)
         failed |= bool(differences)
