@@ -43,24 +43,41 @@
 #endif
 
 /* sml_row_entsum_*'s vector part with AVX and FMA: the loop below on four vectors of four
- * doubles (acc[4j .. 4j+3] in vector j), gap < DBL_MAX ? gap : DBL_MAX as vminpd (the
- * same operands: a NaN gap gives DBL_MAX), acc += e gap as the FMA that the loop below
- * contracts to: the same bits, in about half the instructions (the compiler's form of the
- * loop below converts through extracts and blends). */
+ * doubles (acc[4j .. 4j+3] in vector j: the same lanes), gap < max ? gap : max as vminps /
+ * vminpd (the same operands: a NaN gap gives the cap, its term NaN by e). float: each term
+ * e (m - x) formed in float (the gap and the product each rounded once: the term within
+ * ~2 float ulps, as e itself is within one of exp(x - m)) and added in double; the
+ * gap capped at FLT_MAX (where m - x overflows, e is 0). double: as the loop below, acc +=
+ * e gap one FMA. Half the instructions of the compiler's form of the loop below (which
+ * converts through extracts and blends). */
 #if SML_HAVE_VEXP && SML_TARGET_AVX && defined(__FMA__)
-#define SML__LOAD_F64X4(T, p)                                                            \
-    (sizeof(T) == sizeof(float) ? _mm256_cvtps_pd(_mm_loadu_ps((const float *)(p)))       \
-                                : _mm256_loadu_pd((const double *)(p)))
 #define SML__ENTSUM_VECTORS(T)                                                           \
     if (n >= 2 * SML_LANES) {                                                            \
-        __m256d mv_ = _mm256_set1_pd(m), big_ = _mm256_set1_pd(DBL_MAX), a_[4];          \
+        __m256d a_[4];                                                                   \
         for (int j_ = 0; j_ < 4; j_++) a_[j_] = _mm256_setzero_pd();                     \
-        for (; i + 2 * SML_LANES <= n; i += 2 * SML_LANES)                               \
-            for (int j_ = 0; j_ < 4; j_++) {                                             \
-                __m256d gap_ = _mm256_sub_pd(mv_, SML__LOAD_F64X4(T, x + i + 4 * j_));    \
-                a_[j_] = _mm256_fmadd_pd(SML__LOAD_F64X4(T, e + i + 4 * j_),             \
-                                         _mm256_min_pd(gap_, big_), a_[j_]);             \
-            }                                                                            \
+        if (sizeof(T) == sizeof(float)) {                                                \
+            const float *xf_ = (const float *)x, *ef_ = (const float *)e;                \
+            __m256 mf_ = _mm256_set1_ps((float)m), capf_ = _mm256_set1_ps(FLT_MAX);      \
+            for (; i + 2 * SML_LANES <= n; i += 2 * SML_LANES)                           \
+                for (int j_ = 0; j_ < 2; j_++) {                                         \
+                    __m256 gap_ = _mm256_sub_ps(mf_, _mm256_loadu_ps(xf_ + i + 8 * j_));  \
+                    __m256 t_ = _mm256_mul_ps(_mm256_loadu_ps(ef_ + i + 8 * j_),         \
+                                              _mm256_min_ps(gap_, capf_));               \
+                    a_[2 * j_] = _mm256_add_pd(a_[2 * j_],                               \
+                                               _mm256_cvtps_pd(_mm256_castps256_ps128(t_))); \
+                    a_[2 * j_ + 1] = _mm256_add_pd(a_[2 * j_ + 1],                       \
+                                                   _mm256_cvtps_pd(_mm256_extractf128_ps(t_, 1))); \
+                }                                                                        \
+        } else {                                                                         \
+            const double *xd_ = (const double *)x, *ed_ = (const double *)e;             \
+            __m256d mv_ = _mm256_set1_pd(m), big_ = _mm256_set1_pd(DBL_MAX);             \
+            for (; i + 2 * SML_LANES <= n; i += 2 * SML_LANES)                           \
+                for (int j_ = 0; j_ < 4; j_++) {                                         \
+                    __m256d gap_ = _mm256_sub_pd(mv_, _mm256_loadu_pd(xd_ + i + 4 * j_)); \
+                    a_[j_] = _mm256_fmadd_pd(_mm256_loadu_pd(ed_ + i + 4 * j_),          \
+                                             _mm256_min_pd(gap_, big_), a_[j_]);         \
+                }                                                                        \
+        }                                                                                \
         for (int j_ = 0; j_ < 4; j_++) _mm256_storeu_pd(acc + 4 * j_, a_[j_]);           \
     }
 #else
@@ -120,6 +137,5 @@ SML__ROWSTATS(double, d)
 #undef SML__ROWSTATS
 #undef SML__FIND_VECTORS
 #undef SML__ENTSUM_VECTORS
-#undef SML__LOAD_F64X4
 
 #endif /* SOFTMAXLOSS_ROWSTATS_H */
