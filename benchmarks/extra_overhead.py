@@ -17,24 +17,12 @@ builds' overheads see the same load.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 
-
-def load(directory: str, module: str):
-    paths = glob.glob(str(Path(directory) / f"{module}.*.so"))
-    if len(paths) != 1:
-        raise SystemExit(f"expected one {module} extension in {directory}, found {paths}")
-    spec = importlib.util.spec_from_file_location(f"softmaxloss.{module}", paths[0])
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+from ab_kernels import load  # benchmarks/ab_kernels.py: a build directory's kernel module
 
 
 def calls(kernels, signature, x, target, n_threads, cap):

@@ -411,9 +411,12 @@ SML_SOFTCAP_OUT_OF_LINE static void sml_softcap_row_f(const float *x, float *cap
 #if SML_HAVE_VEXP
         ptrdiff_t full = len - len % 8;
         if (sml__softcap_below_series_f(xc, full, ich)) { /* one pass, no exp, no division */
-            for (k = 0; k < full; k += 8)
-                sml__softcap_small_x8(xc + k, cc + k, sc != NULL ? sc + k : NULL, ich, icl,
-                                      cap_f, cap_lo);
+            if (sc != NULL) /* (two loops: no test of sc inside) */
+                for (k = 0; k < full; k += 8)
+                    sml__softcap_small_x8(xc + k, cc + k, sc + k, ich, icl, cap_f, cap_lo);
+            else
+                for (k = 0; k < full; k += 8)
+                    sml__softcap_small_x8(xc + k, cc + k, NULL, ich, icl, cap_f, cap_lo);
         } else {
             for (k = 0; k < full; k += 8) /* t (capped may be x: nothing written yet) */
                 sml__softcap_t_x8(xc + k, tb + k, ich2, icl2);
