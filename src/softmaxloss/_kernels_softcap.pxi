@@ -18,7 +18,10 @@
 #     tanh(u) = u (1 - u^2/3 + 2u^4/15 - ...)      (a < small: the series, to the last bit;
 #                                                   float32: a fitted polynomial below 0.6)
 #     sech^2(u) = 4 t / (1 + t)^2                  (no cancellation anywhere: never 1 - tanh^2,
-#                                                   whose relative error is ~t^-1 ulps)
+#                                                   whose relative error is ~t^-1 ulps;
+#                                                   float32 below 0.6: 1 - tanh^2 of the
+#                                                   polynomial, tanh^2 <= 0.29 there, so no
+#                                                   exp for a chunk all below)
 # NaN stays NaN; +-inf gives +-cap with slope 0 (so a row with +inf is finite once capped).
 # In place works as everywhere: a row is read whole into the scratch before it is written.
 # Included by _kernels.pyx after _kernels_half.pxi (whose half conversions and chunk-path
