@@ -657,8 +657,10 @@ def cross_entropy_with_grad(
     `out` may be a preallocated array or `logits` itself (in place). `where`: as in
     `cross_entropy`; masked classes get gradient exactly 0 (but a label's own masked
     class: -s (1-eps) w[y] / W, its logit being in the loss). With `softcap`, grad is the
-    capped logits' gradient times sech^2(logits / cap), the slope formed exactly as
-    4 e^(-2|u|) / (1 + e^(-2|u|))^2 (u = logits / cap). `focal_gamma` and the
+    capped logits' gradient times sech^2(logits / cap) (u = logits / cap), the slope formed
+    as 4 e^(-2|u|) / (1 + e^(-2|u|))^2, so without the cancellation of 1 - tanh^2 at large
+    |u| (float32 below |u| = 0.6, where tanh^2 <= 0.29 cancels nothing: as 1 - tanh^2 of the
+    kernel's tanh). `focal_gamma` and the
     `return_*` keywords as in `cross_entropy` (the focal gradient is the cross-entropy's
     p - onehot rescaled per row by f'(L), L = -log p_y, f(L) = (1 - e^-L)^gamma L); with
     extra outputs the result is a `CrossEntropyOutputs` (loss, grad, lse, ...).
