@@ -596,15 +596,17 @@ cdef inline void block_grad_hess(
 cdef inline void block_softmax(
     const floating *kind,      # only selects the precision (the logits' first entry)
     Rows x,                    # IN  logits
-    Rows out,                  # OUT softmax; may be x's memory
+    Rows out,                  # OUT softmax or log_softmax; may be x's memory
     Py_ssize_t first,          # the block: rows first .. first + count - 1
     Py_ssize_t count,          # <= BLOCK_ROWS
     Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    bint log_output,
     LossOptions o,             # loss_options without weights (block_statistics reads w, eps)
 ) noexcept nogil:
-    """row_softmax (not log) of rows first .. first+count-1, as block_grad_hess: the block's
-    statistics, then p_c = e_c / S rounded once (row_softmax's formula: 1/S as hi + lo from
-    S's own lo) along the rows, transposed back."""
+    """row_softmax of rows first .. first+count-1, as block_grad_hess: the block's
+    statistics, then row_softmax's formula along the rows, transposed back: p_c = e_c / S
+    rounded once (1/S as hi + lo from S's own lo), or (log_output) x_c - m - log S as
+    row_softmax forms it, on the logits loaded again (xt holds the e_c by then)."""
     cdef Block b
     cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]
     cdef floating m[BLOCK_ROWS]
@@ -617,20 +619,72 @@ cdef inline void block_softmax(
     for i in range(count):
         x_rows[i] = row_at(x, first + i)
     block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
-    for i in range(count):
-        if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
-            b.total[i] = NAN
-            b.total_lo[i] = 0.0
-        inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
-    for c in range(n):
+    if log_output:
+        block_log_softmax(&b, m, x_rows, x.step, count, n, xt)
+    else:
         for i in range(count):
-            if floating is float:
-                xt[c * BLOCK_ROWS + i] = sml_scale1_f(xt[c * BLOCK_ROWS + i], inv[i])
-            else:
-                xt[c * BLOCK_ROWS + i] = sml_mul_dd(xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i])
+            if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+                b.total[i] = NAN
+                b.total_lo[i] = 0.0
+            inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
+        for c in range(n):
+            for i in range(count):
+                if floating is float:
+                    xt[c * BLOCK_ROWS + i] = sml_scale1_f(xt[c * BLOCK_ROWS + i], inv[i])
+                else:
+                    xt[c * BLOCK_ROWS + i] = sml_mul_dd(xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i])
     for i in range(count):
         out_rows[i] = row_at(out, first + i)
     if floating is float:
         sml_block_store_f(out_rows, out.step, count, n, xt, BLOCK_ROWS)
     else:
         sml_block_store_d(out_rows, out.step, count, n, xt, BLOCK_ROWS)
+
+
+cdef inline void block_log_softmax(Block *b, const floating *m, const char *const *x_rows,
+                                   Py_ssize_t step, Py_ssize_t count, Py_ssize_t n,
+                                   floating *xt) noexcept nogil:
+    """log_softmax of the block into xt, after block_statistics: the logits loaded into xt
+    again, then row_softmax's x_c - (m + log S) along the rows (float32: (x_c - m) - log S
+    in double, rounded once; float64: sml_sub_dd of m + log S as k_hi + k_lo)."""
+    cdef double k_hi[BLOCK_ROWS]
+    cdef double k_lo[BLOCK_ROWS]
+    cdef Py_ssize_t i, c
+    for i in range(count):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+        b.log_total[i] = b.log_total[i] if isfinite(m[i]) else NAN
+    if floating is float:
+        sml_block_load_f(x_rows, step, count, n, xt, BLOCK_ROWS)
+        for c in range(n):
+            for i in range(count):
+                xt[c * BLOCK_ROWS + i] = <floating>(
+                    (<double>xt[c * BLOCK_ROWS + i] - <double>m[i]) - b.log_total[i])
+    else:
+        sml_block_load_d(x_rows, step, count, n, xt, BLOCK_ROWS)
+        for i in range(count):
+            k_hi[i] = sml_add_lo(m[i], b.log_total[i], 0.0, &k_lo[i])
+        for c in range(n):
+            for i in range(count):
+                xt[c * BLOCK_ROWS + i] = sml_sub_dd(xt[c * BLOCK_ROWS + i], k_hi[i], k_lo[i])
+
+
+cdef inline void block_logsumexp(
+    const floating *kind,      # only selects the precision (the logits' first entry)
+    Rows x,                    # IN  logits
+    Py_ssize_t first,          # the block: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    LossOptions o,             # loss_options without weights, lse_out the results (row r at [r])
+) noexcept nogil:
+    """row_logsumexp of rows first .. first+count-1 into o.lse_out: the block's statistics,
+    m + log S (block_stats: the cross-entropy's lse output, a row with +inf, NaN or all -inf
+    as row_logsumexp gives it); nothing is transposed back."""
+    cdef Block b
+    cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]
+    cdef floating m[BLOCK_ROWS]
+    cdef floating ties[BLOCK_ROWS]
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef Py_ssize_t i
+    for i in range(count):
+        x_rows[i] = row_at(x, first + i)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
+    block_stats(&b, m, NULL, x_rows, x.step, first, count, n, o)
