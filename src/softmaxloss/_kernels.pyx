@@ -126,6 +126,12 @@ cdef extern from "_blockops.h" nogil:
     void sml_block_store_d(char *const *rows, Py_ssize_t step, Py_ssize_t count,
                            Py_ssize_t n, const double *et, Py_ssize_t ld)
     bint sml_block_quot_ok(double s, double w)
+    bint sml_block_in_range_f(const float *xt, Py_ssize_t ld, Py_ssize_t count, Py_ssize_t n,
+                              const float *m)
+    bint sml_block_in_range_d(const double *xt, Py_ssize_t ld, Py_ssize_t count, Py_ssize_t n,
+                              const double *m)
+    float sml_block_exp_sub_f(float x, float m)
+    double sml_block_exp_sub_d(double x, double m)
     Py_ssize_t sml_block_p_lo(Py_ssize_t count, const double *s, const double *w_y,
                               const double *excess, const double *total, const double *total_lo,
                               const Py_ssize_t *label, const double *e_y, double w,

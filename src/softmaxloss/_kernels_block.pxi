@@ -134,17 +134,37 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                 b.gap[i] = b.gap[i] + gap_lo[i]
     if argmax != NULL:
         block_argmax(m, count, n, xt, argmax)
-    cdef floating u
+    cdef bint in_range
+    if floating is float:
+        in_range = sml_block_in_range_f(xt, BLOCK_ROWS, count, n, m)
+    else:
+        in_range = sml_block_in_range_d(xt, BLOCK_ROWS, count, n, m)
+    if in_range:  # each a loop of its own (a constant in_range after inlining)
+        block_exps(b, rest_lo, m, ties, count, n, xt, entsum, True)
+    else:
+        block_exps(b, rest_lo, m, ties, count, n, xt, entsum, False)
+    for i in range(count):  # vectorised along the rows
+        b.excess[i] = sml_add_lo(<double>ties[i] - 1.0, b.rest[i], rest_lo[i], &sum_)
+        b.log_total[i] = sml_log1p(b.excess[i])
+        b.total[i] = sml_add_lo(<double>ties[i], b.rest[i], rest_lo[i], &b.total_lo[i])
+
+
+cdef inline void block_exps(Block *b, double *rest_lo, const floating *m, floating *ties,
+                            Py_ssize_t count, Py_ssize_t n, floating *xt, double *entsum,
+                            bint in_range) noexcept nogil:
+    """block_statistics' exponentials: e_c = exp(x_c - m) of the exact difference in xt,
+    S's parts (add_rest, ties) and, when entsum is not NULL, the entropy's sum. in_range
+    (sml_block_in_range_*: every x_c - m of the block in the normal-result range): the
+    exp without its clamps (sml_block_exp_sub_*), bitwise sml_exp*_sub's."""
+    cdef Py_ssize_t i, c
+    cdef floating u, v
     if entsum != NULL:  # the loop below, with the entropy's sum
         for i in range(count):
             entsum[i] = 0.0
         for c in range(n):
             for i in range(count):
                 u = xt[c * BLOCK_ROWS + i]
-                if floating is float:
-                    v = sml_expf_sub(u, m[i])
-                else:
-                    v = sml_exp_sub(u, m[i])
+                v = block_exp_sub(u, m[i], in_range)
                 xt[c * BLOCK_ROWS + i] = v
                 add_rest(b, rest_lo, i, v)
                 ties[i] += 1 if v == 1 else 0
@@ -152,17 +172,17 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
     else:
         for c in range(n):  # exp of the exact x_c - m (sml_exp*_sub)
             for i in range(count):
-                if floating is float:
-                    v = sml_expf_sub(xt[c * BLOCK_ROWS + i], m[i])
-                else:
-                    v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
+                v = block_exp_sub(xt[c * BLOCK_ROWS + i], m[i], in_range)
                 xt[c * BLOCK_ROWS + i] = v
                 add_rest(b, rest_lo, i, v)
                 ties[i] += 1 if v == 1 else 0
-    for i in range(count):  # vectorised along the rows
-        b.excess[i] = sml_add_lo(<double>ties[i] - 1.0, b.rest[i], rest_lo[i], &sum_)
-        b.log_total[i] = sml_log1p(b.excess[i])
-        b.total[i] = sml_add_lo(<double>ties[i], b.rest[i], rest_lo[i], &b.total_lo[i])
+
+
+cdef inline floating block_exp_sub(floating x, floating m, bint in_range) noexcept nogil:
+    if floating is float:
+        return sml_block_exp_sub_f(x, m) if in_range else sml_expf_sub(x, m)
+    else:
+        return sml_block_exp_sub_d(x, m) if in_range else sml_exp_sub(x, m)
 
 
 cdef inline void block_argmax(const floating *m, Py_ssize_t count, Py_ssize_t n,
