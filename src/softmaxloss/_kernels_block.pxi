@@ -242,11 +242,24 @@ cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
         b.x_y[i] = (<const floating *>(x_rows[i] + y * step))[0]
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
         b.w_y[i] = w[y] if w != NULL else 1.0
-        b.s[i] = sample_weight_at(sample_weight, first + i)
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             b.excess[i] = NAN
             b.log_total[i] = NAN
             b.total[i] = NAN
+    block_sample_weights(b.s, sample_weight, first, count)
+
+
+cdef inline void block_sample_weights(double *s, Rows sample_weight, Py_ssize_t first,
+                                      Py_ssize_t count) noexcept nogil:
+    """s[i] = row first + i's sample weight (1 without weights): whether there are any
+    tested once, not per row (without weights the fill vectorises)."""
+    cdef Py_ssize_t i
+    if sample_weight.base == NULL:
+        for i in range(count):
+            s[i] = 1.0
+    else:
+        for i in range(count):
+            s[i] = (<const double *>row_at(sample_weight, first + i))[0]
 
 
 cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bint with_grad,
@@ -555,11 +568,11 @@ cdef inline void block_grad_hess(
             y = 0
         b.label[i] = y
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
-        b.s[i] = sample_weight_at(sample_weight, first + i)
         if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
             b.excess[i] = NAN
             b.total[i] = NAN
             b.total_lo[i] = 0.0
+    block_sample_weights(b.s, sample_weight, first, count)
     for i in range(count):
         inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
     if floating is float:

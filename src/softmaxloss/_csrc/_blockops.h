@@ -132,25 +132,18 @@ static inline ptrdiff_t sml_block_p_lo(ptrdiff_t count, const double *SML__BLOCK
  * rows (vectorised by gcc: the clamps' compares and blends are most of the clamped
  * form's cost there). One pass with no branch; an integer as wide as the element, so
  * that it vectorises. */
-static inline int sml_block_in_range_f(const float *xt, ptrdiff_t ld, ptrdiff_t count,
-                                       ptrdiff_t n, const float *m)
-{
-    int32_t out = 0;
-    for (ptrdiff_t c = 0; c < n; c++)
-        for (ptrdiff_t i = 0; i < count; i++)
-            out |= !(xt[c * ld + i] - m[i] >= -SML_EXPF_INRANGE);
-    return out == 0;
-}
-
-static inline int sml_block_in_range_d(const double *xt, ptrdiff_t ld, ptrdiff_t count,
-                                       ptrdiff_t n, const double *m)
-{
-    int64_t out = 0;
-    for (ptrdiff_t c = 0; c < n; c++)
-        for (ptrdiff_t i = 0; i < count; i++)
-            out |= !(xt[c * ld + i] - m[i] >= -SML_EXP_INRANGE);
-    return out == 0;
-}
+#define SML__BLOCK_IN_RANGE(NAME, T, COUNT_T, RANGE)                                   \
+    static inline int NAME(const T *xt, ptrdiff_t ld, ptrdiff_t count, ptrdiff_t n,    \
+                           const T *m)                                                  \
+    {                                                                                  \
+        COUNT_T out = 0;                                                               \
+        for (ptrdiff_t c = 0; c < n; c++)                                              \
+            for (ptrdiff_t i = 0; i < count; i++)                                      \
+                out |= !(xt[c * ld + i] - m[i] >= -(RANGE));                           \
+        return out == 0;                                                               \
+    }
+SML__BLOCK_IN_RANGE(sml_block_in_range_f, float, int32_t, SML_EXPF_INRANGE)
+SML__BLOCK_IN_RANGE(sml_block_in_range_d, double, int64_t, SML_EXP_INRANGE)
 
 static inline float sml_block_exp_sub_f(float x, float m)
 {
