@@ -42,7 +42,7 @@ F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 # most this many classes go 64 at a time, transposed ("block"), wider rows one by one ("row").
 # gradient_hessian takes the same two paths at the same limit (`block_grad_hess`; its results
 # are noted over both: the suites' 2, 3, 5 and BLOCK_MAX_CLASSES classes are block rows, the wider
-# ones row rows); so does softmax (`block_softmax`); log_softmax and logsumexp always go by rows.
+# ones row rows); so do softmax and log_softmax (`block_softmax`) and logsumexp (`block_logsumexp`).
 BLOCK_MAX_CLASSES = {F32: 23, F64: 23}
 
 

@@ -172,22 +172,29 @@ def test_gradient_hessian_blocks_every_class_count_and_row_position(kernel_build
             assert alone[1].tobytes() == hess[row : row + 1].tobytes(), f"{what}, row {row}"
 
 
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 @pytest.mark.parametrize("layout", ["C", "strided"], ids=["tiles", "element-by-element"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_blocks_every_class_count_and_row_position(kernel_build, rng, dtype, layout):
-    """softmax's few-class block path (block_softmax): every class count 1..24, 75 rows, out
-    of place and in place; each row has the bits it has alone; matches the reference."""
+def test_softmax_blocks_every_class_count_and_row_position(kernel_build, rng, dtype, layout, op):
+    """softmax's, log_softmax's and logsumexp's few-class block path (block_softmax,
+    block_logsumexp): every class count 1..24, 75 rows with one +inf, one all -inf and one
+    NaN, out of place and in place; each row has the bits it has alone; matches the
+    reference."""
     n_rows = 75
+    call = getattr(sml, op)
     for n_classes in range(1, 25):
-        x = with_layout((rng.standard_normal((n_rows, n_classes)) * 4).astype(dtype), layout)
-        p = sml.softmax(x)
+        x = (rng.standard_normal((n_rows, n_classes)) * 4).astype(dtype)
+        x[9, n_classes // 2], x[10], x[11, 0] = np.inf, -np.inf, np.nan
+        x = with_layout(x, layout)
+        p = call(x)
         what = f"{n_classes} classes"
-        assert_close(p, ref.softmax(x), dtype, what)
-        in_place = x.copy()
-        sml.softmax(in_place, out=in_place)
-        assert in_place.tobytes() == p.tobytes(), what
+        assert_close(p, getattr(ref, op)(x), dtype, what)
+        if op != "logsumexp":
+            in_place = x.copy()
+            call(in_place, out=in_place)
+            assert in_place.tobytes() == p.tobytes(), what
         for row in (0, 7, 8, 63, 64, 74):
-            assert sml.softmax(x[row : row + 1]).tobytes() == p[row : row + 1].tobytes(), f"{what}, row {row}"
+            assert call(x[row : row + 1]).tobytes() == p[row : row + 1].tobytes(), f"{what}, row {row}"
 
 
 def test_results_are_bitwise_identical_for_every_thread_count(kernel_build, rng):

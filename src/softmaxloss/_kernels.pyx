@@ -126,6 +126,12 @@ cdef extern from "_blockops.h" nogil:
     void sml_block_store_d(char *const *rows, Py_ssize_t step, Py_ssize_t count,
                            Py_ssize_t n, const double *et, Py_ssize_t ld)
     bint sml_block_quot_ok(double s, double w)
+    bint sml_block_in_range_f(const float *xt, Py_ssize_t ld, Py_ssize_t count, Py_ssize_t n,
+                              const float *m)
+    bint sml_block_in_range_d(const double *xt, Py_ssize_t ld, Py_ssize_t count, Py_ssize_t n,
+                              const double *m)
+    float sml_block_exp_sub_f(float x, float m)
+    double sml_block_exp_sub_d(double x, double m)
     Py_ssize_t sml_block_p_lo(Py_ssize_t count, const double *s, const double *w_y,
                               const double *excess, const double *total, const double *total_lo,
                               const Py_ssize_t *label, const double *e_y, double w,
@@ -275,18 +281,20 @@ def softmax(const floating[:, :, :] x not None,   # IN  (A, B, C)
     cdef LossOptions o
     cdef Py_ssize_t block, n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
     cdef int threads = thread_count(n_threads, n_rows, n)
-    if not log_output and in_blocks(n, sizeof(floating)):  # few classes: block_softmax
+    if in_blocks(n, sizeof(floating)):  # few classes: block_softmax
         o = loss_options(None, n, 0.0, 0.0, -100)
         if threads == 1:  # no parallel region (its start is most of a small call)
             with nogil:
                 for block in range(n_blocks):
                     block_softmax(&x[0, 0, 0], xv, ov, block * BLOCK_ROWS,
-                                  min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+                                  min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n,
+                                  log_output, o)
             return
         with nogil, parallel(num_threads=threads):
             for block in prange(n_blocks, schedule="static"):
                 block_softmax(&x[0, 0, 0], xv, ov, block * BLOCK_ROWS,
-                              min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+                              min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n,
+                              log_output, o)
         return
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, ov, sizeof(floating), &failed)
@@ -314,16 +322,32 @@ def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
         return
     cdef Rows xv = logits_rows(x)
     cdef double *values = &out[0, 0]
+    cdef LossOptions o
+    cdef Py_ssize_t block, n_blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    cdef int threads = thread_count(n_threads, n_rows, n)
+    if in_blocks(n, sizeof(floating)):  # few classes: block_logsumexp, any layout
+        o = loss_options(None, n, 0.0, 0.0, -100)
+        o.lse_out = values
+        if threads == 1:  # no parallel region (its start is most of a small call)
+            with nogil:
+                for block in range(n_blocks):
+                    block_logsumexp(&x[0, 0, 0], xv, block * BLOCK_ROWS,
+                                    min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+            return
+        with nogil, parallel(num_threads=threads):
+            for block in prange(n_blocks, schedule="static"):
+                block_logsumexp(&x[0, 0, 0], xv, block * BLOCK_ROWS,
+                                min(<Py_ssize_t>BLOCK_ROWS, n_rows - block * BLOCK_ROWS), n, o)
+        return
     cdef int failed = 0
     cdef ThreadScratch scratch = row_scratch(xv, make_rows(NULL, 1, 0, 0, 0), sizeof(floating),
                                              &failed)
     cdef floating *buffer = NULL
-    cdef Py_ssize_t block
     if not scratch.needed:  # contiguous rows: BLOCK_ROWS at a time (group_logsumexp)
         scratch = thread_scratch(True, &failed)
-        with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+        with nogil, parallel(num_threads=threads):
             buffer = <floating *>scratch_alloc(scratch, BLOCK_ROWS * sizeof(floating))
-            for block in prange((n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS, schedule="static"):
+            for block in prange(n_blocks, schedule="static"):
                 if scratch_missing(scratch, buffer):
                     continue
                 group_logsumexp(xv, values, block * BLOCK_ROWS,
@@ -331,7 +355,7 @@ def logsumexp(const floating[:, :, :] x not None,   # IN  (A, B, C)
             free(buffer)
         scratch_raise(scratch)
         return
-    with nogil, parallel(num_threads=thread_count(n_threads, n_rows, n)):
+    with nogil, parallel(num_threads=threads):
         buffer = <floating *>scratch_alloc(scratch, n * sizeof(floating))
         for r in prange(n_rows, schedule="static"):
             if scratch_missing(scratch, buffer):

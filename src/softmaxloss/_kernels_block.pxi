@@ -134,17 +134,37 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
                 b.gap[i] = b.gap[i] + gap_lo[i]
     if argmax != NULL:
         block_argmax(m, count, n, xt, argmax)
-    cdef floating u
+    cdef bint in_range
+    if floating is float:
+        in_range = sml_block_in_range_f(xt, BLOCK_ROWS, count, n, m)
+    else:
+        in_range = sml_block_in_range_d(xt, BLOCK_ROWS, count, n, m)
+    if in_range:  # each a loop of its own (a constant in_range after inlining)
+        block_exps(b, rest_lo, m, ties, count, n, xt, entsum, True)
+    else:
+        block_exps(b, rest_lo, m, ties, count, n, xt, entsum, False)
+    for i in range(count):  # vectorised along the rows
+        b.excess[i] = sml_add_lo(<double>ties[i] - 1.0, b.rest[i], rest_lo[i], &sum_)
+        b.log_total[i] = sml_log1p(b.excess[i])
+        b.total[i] = sml_add_lo(<double>ties[i], b.rest[i], rest_lo[i], &b.total_lo[i])
+
+
+cdef inline void block_exps(Block *b, double *rest_lo, const floating *m, floating *ties,
+                            Py_ssize_t count, Py_ssize_t n, floating *xt, double *entsum,
+                            bint in_range) noexcept nogil:
+    """block_statistics' exponentials: e_c = exp(x_c - m) of the exact difference in xt,
+    S's parts (add_rest, ties) and, when entsum is not NULL, the entropy's sum. in_range
+    (sml_block_in_range_*: every x_c - m of the block in the normal-result range): the
+    exp without its clamps (sml_block_exp_sub_*), bitwise sml_exp*_sub's."""
+    cdef Py_ssize_t i, c
+    cdef floating u, v
     if entsum != NULL:  # the loop below, with the entropy's sum
         for i in range(count):
             entsum[i] = 0.0
         for c in range(n):
             for i in range(count):
                 u = xt[c * BLOCK_ROWS + i]
-                if floating is float:
-                    v = sml_expf_sub(u, m[i])
-                else:
-                    v = sml_exp_sub(u, m[i])
+                v = block_exp_sub(u, m[i], in_range)
                 xt[c * BLOCK_ROWS + i] = v
                 add_rest(b, rest_lo, i, v)
                 ties[i] += 1 if v == 1 else 0
@@ -152,17 +172,17 @@ cdef inline void block_statistics(Block *b, floating *m, floating *ties,
     else:
         for c in range(n):  # exp of the exact x_c - m (sml_exp*_sub)
             for i in range(count):
-                if floating is float:
-                    v = sml_expf_sub(xt[c * BLOCK_ROWS + i], m[i])
-                else:
-                    v = sml_exp_sub(xt[c * BLOCK_ROWS + i], m[i])
+                v = block_exp_sub(xt[c * BLOCK_ROWS + i], m[i], in_range)
                 xt[c * BLOCK_ROWS + i] = v
                 add_rest(b, rest_lo, i, v)
                 ties[i] += 1 if v == 1 else 0
-    for i in range(count):  # vectorised along the rows
-        b.excess[i] = sml_add_lo(<double>ties[i] - 1.0, b.rest[i], rest_lo[i], &sum_)
-        b.log_total[i] = sml_log1p(b.excess[i])
-        b.total[i] = sml_add_lo(<double>ties[i], b.rest[i], rest_lo[i], &b.total_lo[i])
+
+
+cdef inline floating block_exp_sub(floating x, floating m, bint in_range) noexcept nogil:
+    if floating is float:
+        return sml_block_exp_sub_f(x, m) if in_range else sml_expf_sub(x, m)
+    else:
+        return sml_block_exp_sub_d(x, m) if in_range else sml_exp_sub(x, m)
 
 
 cdef inline void block_argmax(const floating *m, Py_ssize_t count, Py_ssize_t n,
@@ -222,11 +242,24 @@ cdef inline void block_labels(Block *b, const floating *m, const floating *ties,
         b.x_y[i] = (<const floating *>(x_rows[i] + y * step))[0]
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
         b.w_y[i] = w[y] if w != NULL else 1.0
-        b.s[i] = sample_weight_at(sample_weight, first + i)
         if not isfinite(m[i]):  # a row with +inf or NaN, or all -inf: inf - inf = NaN
             b.excess[i] = NAN
             b.log_total[i] = NAN
             b.total[i] = NAN
+    block_sample_weights(b.s, sample_weight, first, count)
+
+
+cdef inline void block_sample_weights(double *s, Rows sample_weight, Py_ssize_t first,
+                                      Py_ssize_t count) noexcept nogil:
+    """s[i] = row first + i's sample weight (1 without weights): whether there are any
+    tested once, not per row (without weights the fill vectorises)."""
+    cdef Py_ssize_t i
+    if sample_weight.base == NULL:
+        for i in range(count):
+            s[i] = 1.0
+    else:
+        for i in range(count):
+            s[i] = (<const double *>row_at(sample_weight, first + i))[0]
 
 
 cdef inline void block_formula(Block *b, const floating *m, double *row_loss, bint with_grad,
@@ -535,11 +568,11 @@ cdef inline void block_grad_hess(
             y = 0
         b.label[i] = y
         b.e_y[i] = xt[y * BLOCK_ROWS + i]
-        b.s[i] = sample_weight_at(sample_weight, first + i)
         if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
             b.excess[i] = NAN
             b.total[i] = NAN
             b.total_lo[i] = 0.0
+    block_sample_weights(b.s, sample_weight, first, count)
     for i in range(count):
         inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
     if floating is float:
@@ -596,15 +629,17 @@ cdef inline void block_grad_hess(
 cdef inline void block_softmax(
     const floating *kind,      # only selects the precision (the logits' first entry)
     Rows x,                    # IN  logits
-    Rows out,                  # OUT softmax; may be x's memory
+    Rows out,                  # OUT softmax or log_softmax; may be x's memory
     Py_ssize_t first,          # the block: rows first .. first + count - 1
     Py_ssize_t count,          # <= BLOCK_ROWS
     Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    bint log_output,
     LossOptions o,             # loss_options without weights (block_statistics reads w, eps)
 ) noexcept nogil:
-    """row_softmax (not log) of rows first .. first+count-1, as block_grad_hess: the block's
-    statistics, then p_c = e_c / S rounded once (row_softmax's formula: 1/S as hi + lo from
-    S's own lo) along the rows, transposed back."""
+    """row_softmax of rows first .. first+count-1, as block_grad_hess: the block's
+    statistics, then row_softmax's formula along the rows, transposed back: p_c = e_c / S
+    rounded once (1/S as hi + lo from S's own lo), or (log_output) x_c - m - log S as
+    row_softmax forms it, on the logits loaded again (xt holds the e_c by then)."""
     cdef Block b
     cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]
     cdef floating m[BLOCK_ROWS]
@@ -617,20 +652,72 @@ cdef inline void block_softmax(
     for i in range(count):
         x_rows[i] = row_at(x, first + i)
     block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
-    for i in range(count):
-        if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
-            b.total[i] = NAN
-            b.total_lo[i] = 0.0
-        inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
-    for c in range(n):
+    if log_output:
+        block_log_softmax(&b, m, x_rows, x.step, count, n, xt)
+    else:
         for i in range(count):
-            if floating is float:
-                xt[c * BLOCK_ROWS + i] = sml_scale1_f(xt[c * BLOCK_ROWS + i], inv[i])
-            else:
-                xt[c * BLOCK_ROWS + i] = sml_mul_dd(xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i])
+            if not isfinite(m[i]):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+                b.total[i] = NAN
+                b.total_lo[i] = 0.0
+            inv[i] = sml_quot_dd(1.0, b.total[i], b.total_lo[i], 1.0, &inv_lo[i])
+        for c in range(n):
+            for i in range(count):
+                if floating is float:
+                    xt[c * BLOCK_ROWS + i] = sml_scale1_f(xt[c * BLOCK_ROWS + i], inv[i])
+                else:
+                    xt[c * BLOCK_ROWS + i] = sml_mul_dd(xt[c * BLOCK_ROWS + i], inv[i], inv_lo[i])
     for i in range(count):
         out_rows[i] = row_at(out, first + i)
     if floating is float:
         sml_block_store_f(out_rows, out.step, count, n, xt, BLOCK_ROWS)
     else:
         sml_block_store_d(out_rows, out.step, count, n, xt, BLOCK_ROWS)
+
+
+cdef inline void block_log_softmax(Block *b, const floating *m, const char *const *x_rows,
+                                   Py_ssize_t step, Py_ssize_t count, Py_ssize_t n,
+                                   floating *xt) noexcept nogil:
+    """log_softmax of the block into xt, after block_statistics: the logits loaded into xt
+    again, then row_softmax's x_c - (m + log S) along the rows (float32: (x_c - m) - log S
+    in double, rounded once; float64: sml_sub_dd of m + log S as k_hi + k_lo)."""
+    cdef double k_hi[BLOCK_ROWS]
+    cdef double k_lo[BLOCK_ROWS]
+    cdef Py_ssize_t i, c
+    for i in range(count):  # as sml_row_expsum_lo: a row with +inf or NaN, or all -inf
+        b.log_total[i] = b.log_total[i] if isfinite(m[i]) else NAN
+    if floating is float:
+        sml_block_load_f(x_rows, step, count, n, xt, BLOCK_ROWS)
+        for c in range(n):
+            for i in range(count):
+                xt[c * BLOCK_ROWS + i] = <floating>(
+                    (<double>xt[c * BLOCK_ROWS + i] - <double>m[i]) - b.log_total[i])
+    else:
+        sml_block_load_d(x_rows, step, count, n, xt, BLOCK_ROWS)
+        for i in range(count):
+            k_hi[i] = sml_add_lo(m[i], b.log_total[i], 0.0, &k_lo[i])
+        for c in range(n):
+            for i in range(count):
+                xt[c * BLOCK_ROWS + i] = sml_sub_dd(xt[c * BLOCK_ROWS + i], k_hi[i], k_lo[i])
+
+
+cdef inline void block_logsumexp(
+    const floating *kind,      # only selects the precision (the logits' first entry)
+    Rows x,                    # IN  logits
+    Py_ssize_t first,          # the block: rows first .. first + count - 1
+    Py_ssize_t count,          # <= BLOCK_ROWS
+    Py_ssize_t n,              # classes, <= BLOCK_MAX_CLASSES_FLOAT / _DOUBLE
+    LossOptions o,             # loss_options without weights, lse_out the results (row r at [r])
+) noexcept nogil:
+    """row_logsumexp of rows first .. first+count-1 into o.lse_out: the block's statistics,
+    m + log S (block_stats: the cross-entropy's lse output, a row with +inf, NaN or all -inf
+    as row_logsumexp gives it); nothing is transposed back."""
+    cdef Block b
+    cdef floating xt[BLOCK_MAX_CLASSES_FLOAT * BLOCK_ROWS]
+    cdef floating m[BLOCK_ROWS]
+    cdef floating ties[BLOCK_ROWS]
+    cdef const char *x_rows[BLOCK_ROWS]
+    cdef Py_ssize_t i
+    for i in range(count):
+        x_rows[i] = row_at(x, first + i)
+    block_statistics(&b, m, ties, x_rows, x.step, count, n, o, xt, NULL, NULL)
+    block_stats(&b, m, NULL, x_rows, x.step, first, count, n, o)

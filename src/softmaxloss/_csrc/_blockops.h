@@ -120,6 +120,47 @@ static inline ptrdiff_t sml_block_p_lo(ptrdiff_t count, const double *SML__BLOCK
     return redo;
 }
 
+/* ---- the block's exponentials in range -------------------------------------
+ * sml_block_in_range_f/_d(xt, ld, count, n, m): whether every x - m of a block
+ * (xt[c * ld + i] - m[i], i < count, c < n; m[i] row i's max) rounds into
+ * [-SML_EXPF_INRANGE, 0] ([-SML_EXP_INRANGE, 0]), where exp(x - m) is a normal number; a
+ * NaN or infinite difference (a row with NaN, +inf or -inf) is not. There
+ * sml_block_exp_sub_f/_d(x, m) is sml_expf_sub / sml_exp_sub(x, m) bitwise (the same
+ * exact difference and SML__EXP*_CORE_LO; no clamps, and 2^n as one factor: p 2^n is the
+ * exact product rounded once, what (p 2^n1) 2^n2 gives for a normal result), the scalar
+ * form of SML_EXPF_X8_INRANGE_LO / SML_EXP_X4_INRANGE_LO for the block's loops along the
+ * rows (vectorised by gcc: the clamps' compares and blends are most of the clamped
+ * form's cost there). One pass with no branch; an integer as wide as the element, so
+ * that it vectorises. */
+#define SML__BLOCK_IN_RANGE(NAME, T, COUNT_T, RANGE)                                   \
+    static inline int NAME(const T *xt, ptrdiff_t ld, ptrdiff_t count, ptrdiff_t n,    \
+                           const T *m)                                                  \
+    {                                                                                  \
+        COUNT_T out = 0;                                                               \
+        for (ptrdiff_t c = 0; c < n; c++)                                              \
+            for (ptrdiff_t i = 0; i < count; i++)                                      \
+                out |= !(xt[c * ld + i] - m[i] >= -(RANGE));                           \
+        return out == 0;                                                               \
+    }
+SML__BLOCK_IN_RANGE(sml_block_in_range_f, float, int32_t, SML_EXPF_INRANGE)
+SML__BLOCK_IN_RANGE(sml_block_in_range_d, double, int64_t, SML_EXP_INRANGE)
+
+static inline float sml_block_exp_sub_f(float x, float m)
+{
+    float d, lo, t, p;
+    SML__TWO_DIFF(float, x, m, d, lo);
+    SML__EXPF_CORE_LO(float, d, lo, t, p);
+    return p * sml__f32_from_bits((sml__f32_bits(t) + 127u) << 23);
+}
+
+static inline double sml_block_exp_sub_d(double x, double m)
+{
+    double d, lo, t, p;
+    SML__TWO_DIFF(double, x, m, d, lo);
+    SML__EXP_CORE_LO(double, d, lo, t, p);
+    return p * sml__f64_from_bits((sml__f64_bits(t) + 1023u) << 52);
+}
+
 /* ---- plain loops: any layout, any instruction set -------------------------- */
 
 #define SML_BLOCK_LOAD_LOOP(T)                                                         \
