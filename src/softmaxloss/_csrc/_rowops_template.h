@@ -68,43 +68,31 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
     return ties;
 }
 
-/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; pos, the
- * row index of v[0], a multiple of SML_LANES). Plain sums, the row's last n % SML_LANES
- * into tail[0]; SML_COMPENSATED: those by TwoSums into tail[0] + tail[1] (a separate
- * scalar, not lanes 0, 1, ...: a scalar store into the lanes that the finish reads as a
- * vector stalls the store forwarding), and at every multiple of SML_SUMBLOCK of the row
- * the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms) merged into the row's
- * compensated lanes (sml__merge_lanes). */
+/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; the entries of
+ * v are the terms off the max: 0 <= v < 1). Plain sums, the row's last n % SML_LANES into
+ * tail[0]; SML_COMPENSATED: lanes[0..8) start at 1 (so that each lane is >= 1 > v), and
+ * every add is a Fast2Sum of the lane and v, exact in that order, its error into the lane's
+ * compensation lanes[8..16): the sum is exact but for the compensations' own (plain)
+ * additions, ~2^-53 of sums each below ulp(lane) / 2; the row's last n % SML_LANES by
+ * TwoSums into tail[0] + tail[1] (a separate scalar, not lanes 0, 1, ...: a scalar store
+ * into the lanes that the finish reads as a vector stalls the store forwarding). */
 #if SML_COMPENSATED
 #define SML__LANE_ADD(acc, c, v)                                                       \
     do {                                                                               \
-        double a_ = (acc) > (v) ? (acc) : (v), b_ = (acc) > (v) ? (v) : (acc);         \
-        double s_ = a_ + b_;                                                           \
-        (c) += b_ - (s_ - a_);                                                         \
+        double s_ = (acc) + (v);                                                       \
+        (c) += (v) - (s_ - (acc));                                                     \
         (acc) = s_;                                                                    \
     } while (0)
-/* lanes[0..8): the block's plain sums, [8..16): the row's, [16..24): their compensations.
- * Each row lane's add is a Fast2Sum of the larger and the smaller (both >= 0), its exact
- * error into the compensation: S to ~2^-104 but for the blocks' own roundings (16 terms
- * each, a few u of the block's sum at most, which average out over the blocks). */
-static inline void SML_NAME(sml__merge_lanes)(double *lanes)
-{
-    for (int k = 0; k < SML_LANES; k++) {
-        SML__LANE_ADD(lanes[SML_LANES + k], lanes[2 * SML_LANES + k], lanes[k]);
-        lanes[k] = 0.0;
-    }
-}
 #endif
 
 static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *lanes,
-                                           double *tail, ptrdiff_t pos)
+                                           double *tail)
 {
     ptrdiff_t i = 0;
 #if SML_COMPENSATED
-    for (; i + SML_LANES <= n; i += SML_LANES) {
-        for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
-        if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) SML_NAME(sml__merge_lanes)(lanes);
-    }
+    for (; i + SML_LANES <= n; i += SML_LANES)
+        for (int k = 0; k < SML_LANES; k++)
+            SML__LANE_ADD(lanes[k], lanes[SML_LANES + k], (double)v[i + k]);
     for (; i < n; i++) { /* tail[0] + tail[1]: a TwoSum each (at most SML_LANES - 1) */
         double t, t_lo;
         SML__TWO_SUM(tail[0], (double)v[i], t, t_lo);
@@ -112,7 +100,6 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
         tail[1] += t_lo;
     }
 #else
-    (void)pos;
     for (; i + SML_LANES <= n; i += SML_LANES)
         for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
     for (; i < n; i++) *tail += (double)v[i];
@@ -120,50 +107,38 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 }
 
 #if SML_COMPENSATED
-/* The row's sum after its last block: the block's plain lanes (lanes[0..8)), with all (the
- * row has SML_SUMBLOCK classes or more) the row's compensated lanes and their compensations
- * (lanes[8..24)), and the tail (tail[0] + tail[1], sml_lanes_add), as hi + *lo, without a
- * last merge or a tree of Fast2Sums (their latency was most of a short row's cost): every
- * value (all >= 0) split against one power of two M = 2^(e + 5), 2^e <= the largest < 2^(e+1)
- * (Rump's extraction), v = H + L with H = (v + M) - M, a multiple of ulp(M), and L = v - H,
- * both exact (|L| <= ulp(M) / 2 = 2^-48 2^e). hi = the sum of the (at most 17) H, exact in
- * any order (multiples of ulp(M) below 2 M); *lo = the L and the compensations summed
- * plainly, whose rounding is ~2^-95 of hi. On vectors where the target has them (the same
- * code in the vector and the general path: one finish per row). A NaN lane gives hi NaN. */
+/* The row's sum of the terms off the max: the lanes less their start (lanes[0..8) - 1,
+ * exact), their compensations (lanes[8..16)) and the tail (tail[0] + tail[1],
+ * sml_lanes_add), as hi + *lo, without a tree of Fast2Sums (their latency was most of a short
+ * row's cost): every value (all >= 0) split against one power of two M = 2^(e + 5),
+ * 2^e <= the largest < 2^(e+1) (Rump's extraction), v = H + L with H = (v + M) - M, a
+ * multiple of ulp(M), and L = v - H, both exact (|L| <= ulp(M) / 2 = 2^-48 2^e). hi = the
+ * sum of the (9) H, exact in any order (multiples of ulp(M) below 2 M); *lo = the L and the
+ * compensations summed plainly, whose rounding is ~2^-95 of hi. On vectors where the target
+ * has them (the same code in the vector and the general path: one finish per row). A NaN
+ * lane gives hi NaN. */
 static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const double *tail,
-                                                   int all, double *lo)
+                                                   double *lo)
 {
-#if SML_HAVE_VEXP /* on vectors: a, b the block's lanes 0-3, 4-7; r, q the row's; c, d theirs */
-    sml_f64x4 a, b, r, q, c, d, mx, big, t;
+#if SML_HAVE_VEXP /* on vectors: a, b the lanes 0-3, 4-7; c, d their compensations */
+    sml_f64x4 a, b, c, d, mx, big, t;
     memcpy(&a, lanes, sizeof a);
     memcpy(&b, lanes + 4, sizeof b);
-    mx = SML__VMAX(a, b);
-    if (all) {
-        memcpy(&r, lanes + 8, sizeof r);
-        memcpy(&q, lanes + 12, sizeof q);
-        mx = SML__VMAX(mx, SML__VMAX(r, q));
-    }
-    mx = SML__VMAX(mx, ((sml_f64x4){0} + tail[0]));
+    memcpy(&c, lanes + 8, sizeof c);
+    memcpy(&d, lanes + 12, sizeof d);
+    a -= 1.0; /* exact: a >= 1 */
+    b -= 1.0;
+    mx = SML__VMAX(SML__VMAX(a, b), ((sml_f64x4){0} + tail[0]));
     mx = SML__VMAX(mx, __builtin_shuffle(mx, (sml_i64x4){2, 3, 0, 1}));
     mx = SML__VMAX(mx, __builtin_shuffle(mx, (sml_i64x4){1, 0, 3, 2})); /* in every lane */
     big = (sml_f64x4)(((sml_u64x4)mx & 0x7FF0000000000000u) + (UINT64_C(5) << 52));
     t = (a + big) - big; /* H and L of a, b */
     a -= t;
-    c = (b + big) - big;
-    b -= c;
-    t += c; /* the H of lanes k and k + 4: exact */
-    a += b; /* the L */
-    if (all) {
-        memcpy(&c, lanes + 16, sizeof c);
-        memcpy(&d, lanes + 20, sizeof d);
-        b = (r + big) - big;
-        r -= b;
-        t += b;
-        b = (q + big) - big;
-        q -= b;
-        t += b;
-        a += (r + q) + (c + d);
-    }
+    mx = (b + big) - big;
+    b -= mx;
+    t += mx; /* the H of lanes k and k + 4: exact */
+    a += b;  /* the L */
+    a += c + d;
     {
         double h = (tail[0] + big[0]) - big[0];
         *lo = ((a[0] + a[1]) + (a[2] + a[3])) + ((tail[0] - h) + tail[1]);
@@ -171,38 +146,36 @@ static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const dou
     }
 #else
     uint64_t bits;
-    double mx = tail[0], big, hi = 0.0, h, l[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int width = all ? 2 * SML_LANES : SML_LANES;
-    for (int k = 0; k < width; k++) mx = lanes[k] > mx ? lanes[k] : mx;
+    double mx = tail[0], big, h, v[SML_LANES], t[4], l[4];
+    for (int k = 0; k < SML_LANES; k++) {
+        v[k] = lanes[k] - 1.0;
+        mx = v[k] > mx ? v[k] : mx;
+    }
     memcpy(&bits, &mx, sizeof bits);
     bits = (bits & 0x7FF0000000000000u) + (UINT64_C(5) << 52); /* 2^(exponent + 5) */
     memcpy(&big, &bits, sizeof big);
-    for (int k = 0; k < width; k++) {
-        h = (lanes[k] + big) - big;
-        hi += h;
-        l[k % SML_LANES] += lanes[k] - h;
+    for (int k = 0; k < 4; k++) { /* as the vector code: lanes k and k + 4 */
+        double h0 = (v[k] + big) - big, h1 = (v[k + 4] + big) - big;
+        t[k] = h0 + h1;
+        l[k] = ((v[k] - h0) + (v[k + 4] - h1)) + (lanes[SML_LANES + k] + lanes[SML_LANES + k + 4]);
     }
-    if (all)
-        for (int k = 0; k < SML_LANES; k++) l[k] += lanes[2 * SML_LANES + k];
     h = (tail[0] + big) - big;
-    *lo = SML_LANE_TOTAL(l) + ((tail[0] - h) + tail[1]);
-    return hi + h;
+    *lo = ((l[0] + l[1]) + (l[2] + l[3])) + ((tail[0] - h) + tail[1]);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + h;
 #endif
 }
 #undef SML__LANE_ADD
 #endif
 
 #if SML_VEXP_ON
-/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES; pos the row index
- * of x[0]) in one pass, on vectors, with the exp of normal results (SML_VEXP_GROUP, from
- * _rowops.h): the same values e[c], the same additions to the same lanes in the same
- * order (and the same merges), so the same bits. Stops at the first group of SML_LANES
- * entries with an x[c] - m out of the range of that exp (or NaN), before writing anything
- * of it (e may be x), and returns how many entries it did: the caller takes the general
- * path from there. */
+/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES) in one pass, on
+ * vectors, with the exp of normal results (SML_VEXP_GROUP, from _rowops.h): the same values
+ * e[c], the same additions to the same lanes in the same order, so the same bits. Stops at
+ * the first group of SML_LANES entries with an x[c] - m out of the range of that exp (or
+ * NaN), before writing anything of it (e may be x), and returns how many entries it did: the
+ * caller takes the general path from there. */
 static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, ptrdiff_t n,
-                                                     SML_T m, double *lanes, ptrdiff_t *ties,
-                                                     ptrdiff_t pos, int merge)
+                                                     SML_T m, double *lanes, ptrdiff_t *ties)
 {
     sml_f64x4 lo, hi; /* lanes 0-3, 4-7 */
     SML_VMASK ones = {0};
@@ -210,37 +183,30 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
     memcpy(&lo, lanes, sizeof lo);
     memcpy(&hi, lanes + 4, sizeof hi);
 #if SML_COMPENSATED
-    sml_f64x4 rlo, rhi, clo, chi; /* the row's lanes 8-11, 12-15, compensations 16-23 */
-    memcpy(&rlo, lanes + 8, sizeof rlo);
-    memcpy(&rhi, lanes + 12, sizeof rhi);
-    memcpy(&clo, lanes + 16, sizeof clo);
-    memcpy(&chi, lanes + 20, sizeof chi);
-#else
-    (void)pos;
-    (void)merge;
+    sml_f64x4 clo, chi; /* their compensations, lanes 8-15 */
+    memcpy(&clo, lanes + 8, sizeof clo);
+    memcpy(&chi, lanes + 12, sizeof chi);
 #endif
     for (; i < n; i += SML_LANES) {
         SML_VGROUP_T v;
         SML_VMASK out;
+        sml_f64x4 a, b;
         SML_VEXP_GROUP(x + i, m, v, out);
         if (SML_VANY(out)) break;
-        SML_VSUM_GROUP(e + i, v, lo, hi, ones);
+        SML_VSUM_GROUP(e + i, v, a, b, ones);
 #if SML_COMPENSATED
-        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) {
-            SML__VLANE_ADD(rlo, clo, lo);
-            SML__VLANE_ADD(rhi, chi, hi);
-            lo = (sml_f64x4){0};
-            hi = (sml_f64x4){0};
-        }
+        SML__VLANE_ADD(lo, clo, a);
+        SML__VLANE_ADD(hi, chi, b);
+#else
+        lo += a;
+        hi += b;
 #endif
     }
     memcpy(lanes, &lo, sizeof lo);
     memcpy(lanes + 4, &hi, sizeof hi);
 #if SML_COMPENSATED
-    memcpy(lanes + 8, &rlo, sizeof rlo);
-    memcpy(lanes + 12, &rhi, sizeof rhi);
-    memcpy(lanes + 16, &clo, sizeof clo);
-    memcpy(lanes + 20, &chi, sizeof chi);
+    memcpy(lanes + 8, &clo, sizeof clo);
+    memcpy(lanes + 12, &chi, sizeof chi);
 #endif
     for (int k = 0; k < (int)(sizeof ones / sizeof ones[0]); k++) *ties -= ones[k];
     return i;
@@ -251,13 +217,17 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
                                                  SML_T m, double *excess, double *total_lo)
 {
     SML_T exps[SML_CHUNK], rest[SML_CHUNK];
-#if SML_COMPENSATED /* the block's lanes, the row's, their compensations (sml_lanes_add) */
-    double lanes[3 * SML_LANES];
-    for (int k = 0; k < 3 * SML_LANES; k += 4) { /* not memset: gcc makes a slow rep stos */
-        lanes[k] = 0.0;
-        lanes[k + 1] = 0.0;
-        lanes[k + 2] = 0.0;
-        lanes[k + 3] = 0.0;
+#if SML_COMPENSATED /* the lanes, from 1, and their compensations (sml_lanes_add) */
+    double lanes[2 * SML_LANES];
+    for (int k = 0; k < SML_LANES; k += 4) { /* not memset: gcc makes a slow rep stos */
+        lanes[k] = 1.0;
+        lanes[k + 1] = 1.0;
+        lanes[k + 2] = 1.0;
+        lanes[k + 3] = 1.0;
+        lanes[SML_LANES + k] = 0.0;
+        lanes[SML_LANES + k + 1] = 0.0;
+        lanes[SML_LANES + k + 2] = 0.0;
+        lanes[SML_LANES + k + 3] = 0.0;
     }
 #else
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -274,17 +244,8 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
 #if SML_VEXP_ON
         ptrdiff_t full = len - len % SML_LANES;
         while (done < full) {
-#if SML_COMPENSATED /* a row within one block never merges: that loop without the test */
-            ptrdiff_t did = n >= SML_SUMBLOCK
-                ? SML_NAME(sml_expsum_inrange)(x + start + done, ec + done, full - done, m,
-                                               lanes, &ties, start + done, 1)
-                : SML_NAME(sml_expsum_inrange)(x + start + done, ec + done, full - done, m,
-                                               lanes, &ties, start + done, 0);
-#else
             ptrdiff_t did = SML_NAME(sml_expsum_inrange)(x + start + done, ec + done,
-                                                         full - done, m, lanes, &ties,
-                                                         start + done, 0);
-#endif
+                                                         full - done, m, lanes, &ties);
             done += did;
             /* out of range at done: the next `run` entries take the general path (a
              * multiple of SML_LANES, so the lanes stay in step); run doubles while the
@@ -293,13 +254,13 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
             run = did > 0 ? SML_VBLOCK : run < SML_CHUNK ? 2 * run : SML_CHUNK;
             ptrdiff_t stop = full - done > run ? done + run : full;
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, stop - done, m);
-            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, tail, start + done);
+            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, tail);
             done = stop;
         }
 #endif
         if (done < len) { /* the rest; tail takes the row's last len % SML_LANES */
             ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, len - done, m);
-            SML_NAME(sml_lanes_add)(rest, len - done, lanes, tail, start + done);
+            SML_NAME(sml_lanes_add)(rest, len - done, lanes, tail);
         }
     }
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
@@ -310,9 +271,7 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
 #if SML_COMPENSATED
     /* rest = rest_hi + rest_lo to ~2^-104; S = ties + rest and S - 1 each by a TwoSum of
      * the integer and rest_hi, rounded once (beyond the range, or NaN: the plain sums) */
-    double rest_lo, rest_hi = n >= SML_SUMBLOCK
-        ? SML_NAME(sml__lanes_total_c)(lanes, tail, 1, &rest_lo)
-        : SML_NAME(sml__lanes_total_c)(lanes, tail, 0, &rest_lo);
+    double rest_lo, rest_hi = SML_NAME(sml__lanes_total_c)(lanes, tail, &rest_lo);
     double t, t_lo;
     if (!(fabs(rest_hi) <= DBL_MAX)) {
         if (excess != NULL) *excess = ((double)ties - 1.0) + rest_hi;
