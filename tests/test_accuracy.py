@@ -766,6 +766,88 @@ def test_two_class_loss_near_the_max_is_within_its_budget(kernel_build, path):
     assert worst(beyond(label, r.kappa.label)) <= BUDGETS[f"grad_label_relative/{path}"][F64]
 
 
+# ---- the options: label smoothing, z-loss, probability targets -----------------------------------
+# Issue 19, item 2: the float64 gradients with these options have p_scale = s p_coef / (S W) as
+# hi + lo and each entry p_scale e_c - t_c rounded about once (`sml_fms_dd`; before: p_scale's
+# plain roundings, up to 160 ULPs of an entry where the two terms nearly cancel), probability
+# targets' T = sum_c w_c y'_c and gap sum compensated. An entry's error is then its rounding
+# and the error of its terms: kappa_c = (1.6 |p_scale e_c| + OPTION_T_UNITS |t_c|) u / ulp (the
+# exp's, and t_c's own roundings: y'_c = (1 - eps) y_c + eps / C, times s, / W), unbounded in
+# ULPs where the terms cancel; p_coef's own roundings (a few u) are in OPTION_A. Rows of
+# `gap_rows` (gaps up to the underflow limit), both the group path (contiguous rows of up to
+# 1024 classes) and the row path (the same rows, strided), against mpmath at 60 digits.
+# The per-row loss with label smoothing and class indices keeps its plain roundings ((1 - eps),
+# eps / C and their products: index_row_terms and the groups' block_terms, which must agree
+# bit for bit): up to 2.46 ULPs, over the flat 2; the others within 2.
+OPTION_T_UNITS = 2.0
+OPTION_LOSS_ULPS = {"label_smoothing": 3.0, "both": 3.0}  # [2.281, 2.461]; else FLAT_ULPS
+OPTION_GRAD_A = 0.75  # [0.553] ULPs beyond kappa_c
+OPTIONS = {"label_smoothing": {"label_smoothing": 0.1}, "z_loss": {"z_loss": 1e-4},
+           "both": {"label_smoothing": 0.1, "z_loss": 1e-4}, "probabilities": {},
+           "probabilities+smoothing": {"label_smoothing": 0.1}}
+
+
+def exact_option_rows(x, y, probs, eps, z):
+    """Per row (loss, gradient off the label, |p term|, |t term|) of cross-entropy with
+    label smoothing eps and z-loss z, class indices y (probs None) or probabilities probs, at
+    MP60's precision; 1 - p_y and log S from the terms off the max (no cancellation)."""
+    import mpmath
+
+    losses, grads, p_terms, t_terms = [], [], [], []
+    for r in range(x.shape[0]):
+        X = [mpmath.mpf(float(v)) for v in x[r]]
+        n, m = len(X), max(X)
+        e = [mpmath.exp(v - m) for v in X]
+        ties = sum(1 for v in X if v == m)
+        rest = mpmath.fsum(ec for v, ec in zip(X, e) if v != m)
+        s_total, log_s = rest + ties, mpmath.log1p(rest + (ties - 1))
+        lse, sm = m + log_s, mpmath.mpf(eps) / n
+        minus_l = [log_s + (m - v) for v in X]
+        if probs is None:
+            t = [sm + ((1 - mpmath.mpf(eps)) if c == y[r] else 0) for c in range(n)]
+        else:
+            t = [(1 - mpmath.mpf(eps)) * mpmath.mpf(float(v)) + sm for v in probs[r]]
+        coef = mpmath.fsum(t) + 2 * mpmath.mpf(z) * lse
+        losses.append(mpmath.fsum(tc * lc for tc, lc in zip(t, minus_l)) + mpmath.mpf(z) * lse ** 2)
+        grads.append([coef * ec / s_total - tc for ec, tc in zip(e, t)])
+        p_terms.append([abs(coef * ec / s_total) for ec in e])
+        t_terms.append([abs(tc) for tc in t])
+    return losses, grads, p_terms, t_terms
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_options_against_mpmath_at_60_digits(kernel_build, option):
+    """float64 gap rows of 100 classes (and 24: the group path's smallest) with label
+    smoothing, z-loss, probability targets: per-row losses within 2 ULPs (OPTION_LOSS_ULPS),
+    gradient entries off the label within OPTION_GRAD_A + kappa_c, on the group and the
+    row path (measured: losses 0.70-1.10, with label smoothing 2.28-2.46; gradients 0-0.55
+    beyond kappa_c, where main was up to 25 beyond it with probability targets)."""
+    import mpmath
+
+    mpmath.mp.prec = max(mpmath.mp.prec, 203)
+    rng = np.random.default_rng(20)
+    kwargs = OPTIONS[option]
+    for n_classes, n_rows in ((24, 12), (100, 6)):
+        x, y = gap_rows(F64, n_classes, n_rows, rng)
+        probs = rng.dirichlet(np.full(n_classes, 0.3), n_rows) if option.startswith("prob") else None
+        losses, grads, p_terms, t_terms = exact_option_rows(x, y, probs, kwargs.get("label_smoothing", 0.0),
+                                                            kwargs.get("z_loss", 0.0))
+        target = y if probs is None else probs
+        exact_grad = np.array(grads, dtype=object)
+        unit = np.spacing(np.abs(exact_grad.astype(np.float64)))
+        kappa = ((1.6 * np.array(p_terms, dtype=object) + OPTION_T_UNITS * np.array(t_terms, dtype=object))
+                 * 2.0**-53).astype(np.float64) / np.maximum(unit, np.spacing(np.finfo(F64).smallest_normal))
+        off = np.ones(x.shape, bool) if probs is not None else np.arange(n_classes) != y[:, None]
+        for layout in ("group", "row"):
+            xs = x if layout == "group" else np.repeat(x, 2, axis=1)[:, ::2]  # strided: the row path
+            loss = sml.cross_entropy(xs, target, reduction="none", **kwargs)
+            _, grad = sml.cross_entropy_with_grad(xs, target, reduction="sum", **kwargs)
+            loss_errors = ulps(loss, np.array(losses, dtype=object), F64)
+            assert worst(loss_errors) <= OPTION_LOSS_ULPS.get(option, FLAT_ULPS), (layout, n_classes)
+            errors = ulps(grad, exact_grad, F64)
+            assert worst(beyond(errors[off], kappa[off])) <= OPTION_GRAD_A, (layout, n_classes)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kernel_exp_over_its_whole_range(kernel_build, dtype):
     overall, normal = measure_exp(_dispatch.kernels, np.dtype(dtype), np.random.default_rng(6))

@@ -211,6 +211,24 @@ static inline double sml_mul_dd(double e, double hi, double lo)
 #endif
 }
 
+/* sml_fms_dd(e, hi, lo, t): e (hi + lo) - t, rounded about once: with FMA
+ * fma(e, hi, fma(e, lo, -t)) (the inner rounding ~2^-53 of t), else e hi exactly (Dekker's
+ * product), its difference with t by a TwoSum, then the corrections. The gradient entries
+ * p_scale e_c - t_c of label smoothing (t_c = smooth_scale w_c) and of probability targets
+ * (t_c = s w_c y'_c / W), p_scale = hi + lo (sml_quot_dd); +-inf and NaN as the plain
+ * formula gives them. */
+static inline double sml_fms_dd(double e, double hi, double lo, double t)
+{
+#if SML__HAVE_FMA
+    return fma(e, hi, fma(e, lo, -t));
+#else
+    double p, p_lo, d, d_lo;
+    SML__TWO_PROD(e, hi, p, p_lo);
+    SML__TWO_SUM(p, -t, d, d_lo);
+    return isfinite(d) ? d + (d_lo + (p_lo + e * lo)) : d;
+#endif
+}
+
 /* sml_sub_dd(x, k, k_lo): x - (k + k_lo) rounded once (to ~2^-60 of it), for x <= k: the
  * exact difference x - k as hi + lo by a Fast2Sum of min(x, -k) and max(x, -k) (which has
  * |a| >= |b| for x <= k whatever the signs), then hi + (lo - k_lo): log_softmax's
