@@ -68,12 +68,15 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
     return ties;
 }
 
-/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; the entries of
- * v are the terms off the max: 0 <= v < 1). Plain sums, the row's last n % SML_LANES into
- * tail[0]; SML_COMPENSATED: lanes[0..8) start at 1 (so that each lane is >= 1 > v), and
- * every add is a Fast2Sum of the lane and v, exact in that order, its error into the lane's
- * compensation lanes[8..16): the sum is exact but for the compensations' own (plain)
- * additions, ~2^-53 of sums each below ulp(lane) / 2; the row's last n % SML_LANES by
+/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; 0 <= v <= 1:
+ * exponentials of x - m, the ones (the max and its ties) left out, sml_exp_split, but with
+ * SML_COMPENSATED). Plain sums, the row's last n % SML_LANES into tail[0]; SML_COMPENSATED:
+ * lanes[0..8) start at 1 (so that each lane is >= 1 >= v), and every add is a Fast2Sum of
+ * the lane and v, exact in that order, its error into the lane's compensation
+ * lanes[8..16): the sum is exact but for the compensations' own (plain) additions, ~2^-53
+ * of sums each below ulp(lane) / 2, and the terms next to a one keep their digits in the
+ * compensation (S - 1 = the terms off the max, to their own precision: the finish's
+ * hi - 1 is exact), so the ones need not be counted apart; the row's last n % SML_LANES by
  * TwoSums into tail[0] + tail[1] (a separate scalar, not lanes 0, 1, ...: a scalar store
  * into the lanes that the finish reads as a vector stalls the store forwarding). */
 #if SML_COMPENSATED
@@ -106,8 +109,26 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 #endif
 }
 
+/* e[c] = exp(x[c] - m) over x[0..n) (e may be x) added to the lanes (sml_lanes_add), the
+ * general path; returns the ones counted apart (0 with SML_COMPENSATED: in the lanes). */
+static inline ptrdiff_t SML_NAME(sml__exp_add)(const SML_T *x, SML_T *e, SML_T *rest,
+                                               ptrdiff_t n, SML_T m, double *lanes,
+                                               double *tail)
+{
 #if SML_COMPENSATED
-/* The row's sum of the terms off the max: the lanes less their start (lanes[0..8) - 1,
+    (void)rest;
+    SML_NAME(sml_row_exp)(x, e, n, m);
+    SML_NAME(sml_lanes_add)(e, n, lanes, tail);
+    return 0;
+#else
+    ptrdiff_t ties = SML_NAME(sml_exp_split)(x, e, rest, n, m);
+    SML_NAME(sml_lanes_add)(rest, n, lanes, tail);
+    return ties;
+#endif
+}
+
+#if SML_COMPENSATED
+/* The row's sum of the exponentials (with SML_COMPENSATED the ones too): the lanes less their start (lanes[0..8) - 1,
  * exact), their compensations (lanes[8..16)) and the tail (tail[0] + tail[1],
  * sml_lanes_add), as hi + *lo, without a tree of Fast2Sums (their latency was most of a short
  * row's cost): every value (all >= 0) split against one power of two M = 2^(e + 5),
@@ -253,14 +274,14 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
              * SML_CHUNK, so that its attempts cost little */
             run = did > 0 ? SML_VBLOCK : run < SML_CHUNK ? 2 * run : SML_CHUNK;
             ptrdiff_t stop = full - done > run ? done + run : full;
-            ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, stop - done, m);
-            SML_NAME(sml_lanes_add)(rest, stop - done, lanes, tail);
+            ties += SML_NAME(sml__exp_add)(x + start + done, ec + done, rest, stop - done, m,
+                                           lanes, tail);
             done = stop;
         }
 #endif
         if (done < len) { /* the rest; tail takes the row's last len % SML_LANES */
-            ties += SML_NAME(sml_exp_split)(x + start + done, ec + done, rest, len - done, m);
-            SML_NAME(sml_lanes_add)(rest, len - done, lanes, tail);
+            ties += SML_NAME(sml__exp_add)(x + start + done, ec + done, rest, len - done, m,
+                                           lanes, tail);
         }
     }
     if (!isfinite(m)) { /* a row with +inf or NaN, or all -inf: inf - inf = NaN */
@@ -269,8 +290,9 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
         return NAN;
     }
 #if SML_COMPENSATED
-    /* rest = rest_hi + rest_lo to ~2^-104; S = ties + rest and S - 1 each by a TwoSum of
-     * the integer and rest_hi, rounded once (beyond the range, or NaN: the plain sums) */
+    /* rest = rest_hi + rest_lo to ~2^-104 (all of S: ties is 0, the ones are in the lanes);
+     * S = ties + rest and S - 1 each by a TwoSum of the integer and rest_hi, rounded once
+     * (beyond the range, or NaN: the plain sums) */
     double rest_lo, rest_hi = SML_NAME(sml__lanes_total_c)(lanes, tail, &rest_lo);
     double t, t_lo;
     if (!(fabs(rest_hi) <= DBL_MAX)) {
