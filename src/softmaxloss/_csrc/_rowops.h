@@ -35,6 +35,7 @@
  */
 #define SML_LANES 8
 #define SML_CHUNK 1024 /* a multiple of SML_LANES; 4 or 8 KiB of stack */
+#define SML_SUMBLOCK 64 /* a multiple of SML_LANES: the float64 compensations' blocks (sml_lanes_add) */
 #define SML_VBLOCK 128 /* a multiple of SML_LANES: see sml_row_expsum */
 
 /* The lanes' total, always in this order. */
@@ -297,10 +298,9 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 /* SML_VEXP_GROUP_F / _D(xp, m, v, out): v = exp(xp[k] - m) for the SML_LANES (8) entries
  * of a group (SML_EXP*_X*_INRANGE_LO of the exact difference hi + lo, bitwise the scalar
  * sml_exp*_sub), and out flags those with |hi| out of that exp's range (or NaN).
- * SML_VSUM_GROUP_F / _D(ep, v, a, b, ones): ep[k] = v[k], and the values in double into a
- * (entries 0-3) and b (4-7); _F: those other than exactly 1, 0 in place of the ones, minus
- * the count of ones into the integer vector ones (_D: every value; ones untouched, see
- * sml_lanes_add). Macros: gcc warns (-Wpsabi) about vector arguments. */
+ * SML_VSUM_GROUP_F / _D(ep, v, a, b, ones): ep[k] = v[k], the values other than exactly 1
+ * in double into a (entries 0-3) and b (4-7), 0 in place of the ones, minus the count of
+ * ones into the integer vector ones. Macros: gcc warns (-Wpsabi) about vector arguments. */
 #define SML_VEXP_GROUP_F(xp, m, v, out)                                                 \
     do {                                                                                \
         sml_f32x8 x_, d_, l_;                                                           \
@@ -343,7 +343,7 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 #define SML__VMAX(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(a)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(b))))
 #endif
 
-/* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum (exact: acc >= 1 >= v >= 0, the lanes
+/* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum (exact: acc >= 1 > v >= 0, the lanes
  * start at 1, see sml_lanes_add), its error into c: sml_lanes_add's on vectors (the same
  * bits). */
 #define SML__VLANE_ADD(acc, c, v)                                                       \
@@ -353,12 +353,26 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
         (acc) = s_;                                                                     \
     } while (0)
 
-#define SML_VSUM_GROUP_D(ep, v, a, b, ones) /* the ones too: the lanes start at 1 */     \
+/* SML__VTWO_SUM(acc, c, v): acc + c += v, a TwoSum (any signs and sizes), its error into c:
+ * the row's merge of a block's compensations (sml__merge_comp) on vectors (the same bits). */
+#define SML__VTWO_SUM(acc, c, v)                                                        \
     do {                                                                                \
+        sml_f64x4 s_ = (acc) + (v), bb_ = s_ - (acc);                                   \
+        (c) += ((acc) - (s_ - bb_)) + ((v) - bb_);                                      \
+        (acc) = s_;                                                                     \
+    } while (0)
+
+#define SML_VSUM_GROUP_D(ep, v, a, b, ones)                                             \
+    do {                                                                                \
+        sml_i64x4 one0_, one1_;                                                         \
         memcpy((ep), &(v).v[0], sizeof(v).v[0]);                                        \
         memcpy((ep) + 4, &(v).v[1], sizeof(v).v[1]);                                    \
-        (a) = (v).v[0];                                                                 \
-        (b) = (v).v[1];                                                                 \
+        one0_ = (v).v[0] == 1.0;                                                        \
+        one1_ = (v).v[1] == 1.0;                                                        \
+        (ones) += one0_;                                                                \
+        (ones) += one1_;                                                                \
+        (a) = (sml_f64x4)((sml_i64x4)(v).v[0] & ~one0_);                                \
+        (b) = (sml_f64x4)((sml_i64x4)(v).v[1] & ~one1_);                                \
     } while (0)
 #endif
 
