@@ -91,6 +91,7 @@ cdef extern from "_rowops.h" nogil:
                                double *total_lo)
     double sml_quot_dd(double num, double s, double s_lo, double w, double *lo)
     double sml_mul_dd(double e, double hi, double lo)
+    double sml_fms_dd(double e, double hi, double lo, double t)
     double sml_add_lo(double a, double b, double b_lo, double *lo)
     double sml_label_grad_at_max(double scale, double excess, double s, double s_lo, double w)
     double sml_grad_hess_d(double e, double inv, double inv_lo, double c_max, double c_max_lo,

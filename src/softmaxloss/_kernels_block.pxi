@@ -497,12 +497,15 @@ cdef inline void group_row_grad(floating *g, Py_ssize_t n, Py_ssize_t y, Block *
     elif o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0:
         # e_c p_scale rounded once (issue 19), as row_loss_grad_index
         if floating is float:
-            for c in range(n):
-                g[c] = <floating>(<double>g[c] * b.p_scale[i])
+            sml_scale_f(g, n, b.p_scale[i])
         else:
             k_hi = sml_quot_dd(b.s[i] * b.w_y[i], b.total[i], b.total_lo[i], o.divisor, &k_lo)
             for c in range(n):
                 g[c] = sml_mul_dd(g[c], k_hi, k_lo)
+    elif floating is double and o.focal_gamma == 0.0:  # as row_loss_grad_index
+        terms = any_row_terms(m, b.x_y[i], b.gap[i], b.total[i], b.excess[i],
+                              b.log_total[i], b.e_y[i], n, b.w_y[i], b.s[i], o)
+        smoothed_grad_d(g, n, terms, b.total[i], b.total_lo[i], o)
     elif o.eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale

@@ -446,6 +446,40 @@ cdef inline void grad_divided(
                                              - smooth_term)) / divisor)
 
 
+cdef inline bint quot_in_range(double num, double d, double k_hi, double k_lo) noexcept nogil:
+    """Whether sml_quot_dd's num / d = k_hi + k_lo is good to ~2^-104: num and d = S W far
+    enough from the ends of the range that its exact products do not underflow or
+    overflow (a subnormal W or weight: the options' plain scale instead)."""
+    return ((num == 0.0 or 1e-290 <= fabs(num) <= 1e300) and 1e-290 <= fabs(d) <= 1e300
+            and isfinite(k_hi) and isfinite(k_lo))
+
+
+cdef inline void smoothed_grad_d(floating *g, Py_ssize_t n, IndexRowTerms terms, double total,
+                                 double total_lo, LossOptions o) noexcept nogil:
+    """The float64 gradient over e_c in g with label smoothing or z_loss (not focal), the
+    label's entry left to the caller: p_scale = s p_coef / (S W) as hi + lo (sml_quot_dd, S
+    with its own lo), each entry e_c p_scale - smooth_scale w_c rounded about once
+    (sml_fms_dd; z alone: e_c p_scale, sml_mul_dd): issue 19. The row and the group path
+    (group_row_grad) both call it: the same bits. p_coef keeps its own roundings. Called for
+    float64 only (float32: in double, rounded once to float already)."""
+    cdef const double *w = o.w
+    cdef double k_lo, k_hi = sml_quot_dd(terms.s * terms.p_coef, total, total_lo, o.divisor,
+                                         &k_lo)
+    cdef Py_ssize_t c
+    if not quot_in_range(terms.s * terms.p_coef, total * o.divisor, k_hi, k_lo):
+        k_hi = terms.p_scale  # the plain scale, as before issue 19
+        k_lo = 0.0
+    if o.eps == 0.0:
+        for c in range(n):
+            g[c] = <floating>sml_mul_dd(g[c], k_hi, k_lo)
+    elif w == NULL:
+        for c in range(n):
+            g[c] = <floating>sml_fms_dd(g[c], k_hi, k_lo, terms.smooth_scale)
+    else:
+        for c in range(n):
+            g[c] = <floating>sml_fms_dd(g[c], k_hi, k_lo, terms.smooth_scale * w[c])
+
+
 cdef inline double row_loss_grad_index(
     const floating *x,         # IN  (n,) logits of the row
     floating *g,               # OUT (n,) gradient, or NULL for the loss only; may be x
@@ -486,16 +520,19 @@ cdef inline double row_loss_grad_index(
         # float32 scale may overflow where its double does not (inf - inf = NaN, not inf).
         grad_divided(g, 1, n, terms, o)
     elif o.eps == 0.0 and o.z == 0.0 and o.focal_gamma == 0.0:
-        # p_scale e_c rounded once (issue 19): float32 in double; float64 with p_scale =
-        # s p_coef / (S W) as hi + lo, one fma (the focal loss: not yet, in no path, so
-        # that its rows have the same bits on every path)
+        # p_scale e_c rounded once (issue 19): float32 by sml_scale_f (with FMA an fmaf of
+        # p_scale as float hi + lo: full-width float vectors, not the double product's
+        # half-width ones); float64 with p_scale = s p_coef / (S W) as hi + lo, one fma
+        # (the focal loss: not yet, in no path, so that its rows have the same bits on
+        # every path)
         if floating is float:
-            for c in range(n):
-                g[c] = <floating>(<double>g[c] * terms.p_scale)
+            sml_scale_f(g, n, terms.p_scale)
         else:
             k_hi = sml_quot_dd(s * terms.p_coef, total, total_lo, o.divisor, &k_lo)
             for c in range(n):
                 g[c] = sml_mul_dd(g[c], k_hi, k_lo)
+    elif floating is double and o.focal_gamma == 0.0:
+        smoothed_grad_d(g, n, terms, total, total_lo, o)
     elif o.eps == 0.0:
         for c in range(n):
             g[c] = g[c] * p_scale
@@ -546,43 +583,59 @@ cdef inline double row_loss_grad_probs(
     if want_stats:
         row_stats_first(x, n, m, o, r)
     cdef double smooth = eps / <double>n
-    cdef double weight_total = 0.0, gap_sum = 0.0, gap_lo = 0.0, wy
+    cdef double weight_total = 0.0, gap_sum = 0.0, gap_lo = 0.0, wy, wt_lo = 0.0, lo
     cdef Py_ssize_t c
     for c in range(n):  # before g overwrites x
         wy = smoothed_target(t[c * t_step], eps, smooth)
         if w != NULL:
             wy = wy * w[c]
-        weight_total += wy
-        gap_sum += wy * (<double>m - <double>x[c])
-        if floating is double:  # m - x_c as hi + lo: the lo summed apart
-            gap_lo += wy * sml_sub_lo(m, x[c])
+        if floating is double:
+            # T and the gap sum compensated (TwoSums: their terms' own roundings remain),
+            # m - x_c as hi + lo (issue 19: float64 results rounded about once)
+            weight_total = sml_add_lo(weight_total, wy, 0.0, &lo)
+            wt_lo += lo
+            gap_sum = sml_add_lo(gap_sum, wy * (<double>m - <double>x[c]),
+                                 wy * sml_sub_lo(m, x[c]), &lo)
+            gap_lo += lo
+        else:  # float64 sums of float32 terms: far below a float's ulp
+            weight_total += wy
+            gap_sum += wy * (<double>m - <double>x[c])
     gap_sum = gap_sum + gap_lo
 
-    cdef double excess
+    cdef double excess, total_lo, k_hi, k_lo
     cdef floating *e = stats_exps(x, g, o, stats) if want_stats else g
-    cdef double total = row_expsum(x, e, n, m, &excess)
+    cdef double total = row_expsum_lo(x, e, n, m, &excess, &total_lo)
     cdef double log_total = sml_log1p(excess)
     if want_stats:
         row_stats(x, e, g, n, m, total, log_total, o, r)
     cdef double lse = <double>m + log_total
-    cdef double loss = weight_total * log_total + gap_sum
-    cdef double p_coef = weight_total
+    cdef double loss = sml_fmadd(weight_total, log_total, sml_fmadd(wt_lo, log_total, gap_sum))
+    cdef double p_coef = weight_total + wt_lo
     if z != 0.0:
         loss += z * lse * lse
-        p_coef += 2.0 * z * lse
+        p_coef = sml_add_lo(2.0 * z * lse, weight_total, wt_lo, &lo)
     if g == NULL:
         return s * loss
 
     # Times s, then divided by W, as in index_row_terms; where that overflows, grouped
     # as the formula and divided last (as in grad_divided): e_c = 0 gives 0, not 0 * inf.
+    # float64: s p_coef / (S W) as hi + lo and p_scale e_c - s w_c y'_c / W rounded about
+    # once (sml_fms_dd; issue 19)
     cdef double p_scale = (s * p_coef / total) / divisor
     cdef bint divide_last = not isfinite(p_scale)
+    if floating is double:
+        k_hi = sml_quot_dd(s * p_coef, total, total_lo, divisor, &k_lo)
+        if not quot_in_range(s * p_coef, total * divisor, k_hi, k_lo):
+            k_hi = p_scale  # the plain scale, as before issue 19
+            k_lo = 0.0
     for c in range(n):
         wy = smoothed_target(t[c * t_step], eps, smooth)
         if w != NULL:
             wy = wy * w[c]
         if divide_last:
             g[c] = <floating>((s * (p_coef * (<double>g[c] / total) - wy)) / divisor)
+        elif floating is double:
+            g[c] = sml_fms_dd(g[c], k_hi, k_lo, (s * wy) / divisor)
         else:
             g[c] = <floating>(<double>g[c] * p_scale - (s * wy) / divisor)
     return s * loss

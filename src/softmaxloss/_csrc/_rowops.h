@@ -35,8 +35,8 @@
  */
 #define SML_LANES 8
 #define SML_CHUNK 1024 /* a multiple of SML_LANES; 4 or 8 KiB of stack */
+#define SML_SUMBLOCK 64 /* a multiple of SML_LANES: the float64 compensations' blocks (sml_lanes_add) */
 #define SML_VBLOCK 128 /* a multiple of SML_LANES: see sml_row_expsum */
-#define SML_SUMBLOCK 64 /* a multiple of SML_LANES: the float64 sums' blocks (sml_lanes_add) */
 
 /* The lanes' total, always in this order. */
 #define SML_LANE_TOTAL(acc)                                                            \
@@ -212,6 +212,24 @@ static inline double sml_mul_dd(double e, double hi, double lo)
 #endif
 }
 
+/* sml_fms_dd(e, hi, lo, t): e (hi + lo) - t, rounded about once: with FMA
+ * fma(e, hi, fma(e, lo, -t)) (the inner rounding ~2^-53 of t), else e hi exactly (Dekker's
+ * product), its difference with t by a TwoSum, then the corrections. The gradient entries
+ * p_scale e_c - t_c of label smoothing (t_c = smooth_scale w_c) and of probability targets
+ * (t_c = s w_c y'_c / W), p_scale = hi + lo (sml_quot_dd); +-inf and NaN as the plain
+ * formula gives them. */
+static inline double sml_fms_dd(double e, double hi, double lo, double t)
+{
+#if SML__HAVE_FMA
+    return fma(e, hi, fma(e, lo, -t));
+#else
+    double p, p_lo, d, d_lo;
+    SML__TWO_PROD(e, hi, p, p_lo);
+    SML__TWO_SUM(p, -t, d, d_lo);
+    return isfinite(d) ? d + (d_lo + (p_lo + e * lo)) : d;
+#endif
+}
+
 /* sml_sub_dd(x, k, k_lo): x - (k + k_lo) rounded once (to ~2^-60 of it), for x <= k: the
  * exact difference x - k as hi + lo by a Fast2Sum of min(x, -k) and max(x, -k) (which has
  * |a| >= |b| for x <= k whatever the signs), then hi + (lo - k_lo): log_softmax's
@@ -225,10 +243,12 @@ static inline double sml_sub_dd(double x, double k, double k_lo)
     return fabs(d) <= DBL_MAX ? r : d;
 }
 
-/* sml_scale_f(v, n, k): v[c] = v[c] k rounded once to float (k > 0 a double): with FMA as
- * fmaf(v, k_hi, v k_lo), k = k_hi + k_lo to ~2^-48 (the product's other rounding is
- * ~2^-48 of it: below a float's ulp as the double product's), else in double. softmax's
- * normalisation p_c = e_c / S (k = 1 / S). */
+/* sml_scale_f(v, n, k): v[c] = v[c] k rounded once to float (k a double whose float is
+ * finite): with FMA as fmaf(v, k_hi, v k_lo), k = k_hi + k_lo to ~2^-48 (the product's
+ * other rounding is ~2^-48 of it: below a float's ulp as the double product's; k below
+ * float's normal range: within a subnormal ulp), else in double. softmax's normalisation
+ * p_c = e_c / S (k = 1 / S) and the cross-entropy gradient's e_c p_scale (row and group
+ * paths: the same bits); 8 floats a vector where the double product takes 4. */
 static inline float sml_scale1_f(float v, double k) /* one entry of sml_scale_f */
 {
 #if SML__HAVE_FMA
@@ -277,10 +297,10 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 
 /* SML_VEXP_GROUP_F / _D(xp, m, v, out): v = exp(xp[k] - m) for the SML_LANES (8) entries
  * of a group (SML_EXP*_X*_INRANGE_LO of the exact difference hi + lo, bitwise the scalar
- * sml_exp*_sub), and out flags those with |hi| out of that exp's range (or NaN). SML_VSUM_GROUP_F / _D(ep, v, lo, hi, ones): ep[k] = v[k], the values
- * other than exactly 1 added to the lanes lo (0-3) and hi (4-7) in double, minus the
- * count of ones into the integer vector ones. Macros: gcc warns (-Wpsabi) about vector
- * arguments. */
+ * sml_exp*_sub), and out flags those with |hi| out of that exp's range (or NaN).
+ * SML_VSUM_GROUP_F / _D(ep, v, a, b, ones): ep[k] = v[k], the values other than exactly 1
+ * in double into a (entries 0-3) and b (4-7), 0 in place of the ones, minus the count of
+ * ones into the integer vector ones. Macros: gcc warns (-Wpsabi) about vector arguments. */
 #define SML_VEXP_GROUP_F(xp, m, v, out)                                                 \
     do {                                                                                \
         sml_f32x8 x_, d_, l_;                                                           \
@@ -290,7 +310,7 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
         SML_EXPF_X8_INRANGE_LO(d_, l_, v);                                              \
     } while (0)
 
-#define SML_VSUM_GROUP_F(ep, v, lo, hi, ones)                                           \
+#define SML_VSUM_GROUP_F(ep, v, a, b, ones)                                             \
     do {                                                                                \
         sml_f32x4 half_[2];                                                             \
         sml_i32x8 one_;                                                                 \
@@ -299,8 +319,8 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
         (ones) += one_;                                                                 \
         (v) = (sml_f32x8)((sml_i32x8)(v) & ~one_);                                      \
         memcpy(half_, &(v), sizeof(v));                                                 \
-        (lo) += SML_F32X4_TO_F64X4(half_[0]);                                           \
-        (hi) += SML_F32X4_TO_F64X4(half_[1]);                                           \
+        (a) = SML_F32X4_TO_F64X4(half_[0]);                                             \
+        (b) = SML_F32X4_TO_F64X4(half_[1]);                                             \
     } while (0)
 
 #define SML_VEXP_GROUP_D(xp, m, v, out)                                                 \
@@ -319,23 +339,30 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 /* SML__VMAX(a, b): the lanes' larger (a NaN lane: either). */
 #if SML_TARGET_AVX
 #define SML__VMAX(a, b) ((sml_f64x4)_mm256_max_pd((__m256d)(a), (__m256d)(b)))
-#define SML__VMIN(a, b) ((sml_f64x4)_mm256_min_pd((__m256d)(a), (__m256d)(b)))
 #else
-#define SML__VMIN(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(b)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(a))))
 #define SML__VMAX(a, b) ((sml_f64x4)(((sml_i64x4)((a) > (b)) & (sml_i64x4)(a)) | (~(sml_i64x4)((a) > (b)) & (sml_i64x4)(b))))
 #endif
 
-/* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum of the larger and the smaller of acc and
- * v (both >= 0), its exact error into c: sml__merge_lanes_d's on vectors (the same bits). */
+/* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum (exact: acc >= 1 > v >= 0, the lanes
+ * start at 1, see sml_lanes_add), its error into c: sml_lanes_add's on vectors (the same
+ * bits). */
 #define SML__VLANE_ADD(acc, c, v)                                                       \
     do {                                                                                \
-        sml_f64x4 a_ = SML__VMAX(acc, v), b_ = SML__VMIN(acc, v);                       \
-        sml_f64x4 s_ = a_ + b_;                                                         \
-        (c) += b_ - (s_ - a_);                                                          \
+        sml_f64x4 s_ = (acc) + (v);                                                     \
+        (c) += (v) - (s_ - (acc));                                                      \
         (acc) = s_;                                                                     \
     } while (0)
 
-#define SML_VSUM_GROUP_D(ep, v, lo, hi, ones)                                           \
+/* SML__VTWO_SUM(acc, c, v): acc + c += v, a TwoSum (any signs and sizes), its error into c:
+ * the row's merge of a block's compensations (sml__merge_comp) on vectors (the same bits). */
+#define SML__VTWO_SUM(acc, c, v)                                                        \
+    do {                                                                                \
+        sml_f64x4 s_ = (acc) + (v), bb_ = s_ - (acc);                                   \
+        (c) += ((acc) - (s_ - bb_)) + ((v) - bb_);                                      \
+        (acc) = s_;                                                                     \
+    } while (0)
+
+#define SML_VSUM_GROUP_D(ep, v, a, b, ones)                                             \
     do {                                                                                \
         sml_i64x4 one0_, one1_;                                                         \
         memcpy((ep), &(v).v[0], sizeof(v).v[0]);                                        \
@@ -344,8 +371,8 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
         one1_ = (v).v[1] == 1.0;                                                        \
         (ones) += one0_;                                                                \
         (ones) += one1_;                                                                \
-        (lo) += (sml_f64x4)((sml_i64x4)(v).v[0] & ~one0_);                              \
-        (hi) += (sml_f64x4)((sml_i64x4)(v).v[1] & ~one1_);                              \
+        (a) = (sml_f64x4)((sml_i64x4)(v).v[0] & ~one0_);                                \
+        (b) = (sml_f64x4)((sml_i64x4)(v).v[1] & ~one1_);                                \
     } while (0)
 #endif
 
@@ -474,7 +501,7 @@ static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t
 #define SML_EXP_SUB sml_exp_sub
 #define SML_EXACT_GAPS 1 /* m - x[c] rounds: its low part summed apart (sml_row_gapsum) */
 #define SML_COUNT int64_t
-#define SML_COMPENSATED 1 /* S's lanes compensated (sorted Fast2Sum): S to ~2^-104 */
+#define SML_COMPENSATED 1 /* S's lanes compensated (a Fast2Sum per term): S to ~2^-104 */
 #define SML_VEXP_ON SML_HAVE_VEXP
 #if SML_VEXP_ON
 #define SML_VMASK sml_i64x4

@@ -68,30 +68,36 @@ static inline ptrdiff_t SML_NAME(sml_exp_split)(const SML_T *x, SML_T *e, SML_T 
     return ties;
 }
 
-/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; pos, the
- * row index of v[0], a multiple of SML_LANES). Plain sums, the row's last n % SML_LANES
- * into tail[0]; SML_COMPENSATED: those by TwoSums into tail[0] + tail[1] (a separate
+/* Add v[0..n) to the lanes (n a multiple of SML_LANES unless it ends the row; pos, the row
+ * index of v[0], a multiple of SML_LANES; the entries of v are the terms off the max:
+ * 0 <= v < 1). Plain sums, the row's last n % SML_LANES into tail[0]; SML_COMPENSATED:
+ * lanes[0..8) start at 1 (so that each lane is >= 1 > v), and every add is a Fast2Sum of the
+ * lane and v, exact in that order, its error (all of v where v is below ulp(lane) / 2) into
+ * the lane's compensation lanes[8..16), and at every multiple of SML_SUMBLOCK of the row
+ * those (each a plain sum of SML_SUMBLOCK / SML_LANES terms) are added by TwoSums into the
+ * row's compensations lanes[16..24), their errors into lanes[24..32) (sml__merge_comp): S
+ * exact but for the blocks' plain sums of their compensations, which are ~2^-53 of S's
+ * terms where they come from the lanes' roundings, and a few u of the block's small terms
+ * where those are below ulp(1) / 2 (a confident row's S - 1, kept to that relative
+ * accuracy). The row's last n % SML_LANES by TwoSums into tail[0] + tail[1] (a separate
  * scalar, not lanes 0, 1, ...: a scalar store into the lanes that the finish reads as a
- * vector stalls the store forwarding), and at every multiple of SML_SUMBLOCK of the row
- * the lanes' sums (each of SML_SUMBLOCK / SML_LANES terms) merged into the row's
- * compensated lanes (sml__merge_lanes). */
+ * vector stalls the store forwarding). */
 #if SML_COMPENSATED
 #define SML__LANE_ADD(acc, c, v)                                                       \
     do {                                                                               \
-        double a_ = (acc) > (v) ? (acc) : (v), b_ = (acc) > (v) ? (v) : (acc);         \
-        double s_ = a_ + b_;                                                           \
-        (c) += b_ - (s_ - a_);                                                         \
+        double s_ = (acc) + (v);                                                       \
+        (c) += (v) - (s_ - (acc));                                                     \
         (acc) = s_;                                                                    \
     } while (0)
-/* lanes[0..8): the block's plain sums, [8..16): the row's, [16..24): their compensations.
- * Each row lane's add is a Fast2Sum of the larger and the smaller (both >= 0), its exact
- * error into the compensation: S to ~2^-104 but for the blocks' own roundings (16 terms
- * each, a few u of the block's sum at most, which average out over the blocks). */
-static inline void SML_NAME(sml__merge_lanes)(double *lanes)
+
+static inline void SML_NAME(sml__merge_comp)(double *lanes)
 {
     for (int k = 0; k < SML_LANES; k++) {
-        SML__LANE_ADD(lanes[SML_LANES + k], lanes[2 * SML_LANES + k], lanes[k]);
-        lanes[k] = 0.0;
+        double t, t_lo;
+        SML__TWO_SUM(lanes[2 * SML_LANES + k], lanes[SML_LANES + k], t, t_lo);
+        lanes[2 * SML_LANES + k] = t;
+        lanes[3 * SML_LANES + k] += t_lo;
+        lanes[SML_LANES + k] = 0.0;
     }
 }
 #endif
@@ -102,8 +108,9 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
     ptrdiff_t i = 0;
 #if SML_COMPENSATED
     for (; i + SML_LANES <= n; i += SML_LANES) {
-        for (int k = 0; k < SML_LANES; k++) lanes[k] += (double)v[i + k];
-        if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) SML_NAME(sml__merge_lanes)(lanes);
+        for (int k = 0; k < SML_LANES; k++)
+            SML__LANE_ADD(lanes[k], lanes[SML_LANES + k], (double)v[i + k]);
+        if ((pos + i + SML_LANES) % SML_SUMBLOCK == 0) SML_NAME(sml__merge_comp)(lanes);
     }
     for (; i < n; i++) { /* tail[0] + tail[1]: a TwoSum each (at most SML_LANES - 1) */
         double t, t_lo;
@@ -120,86 +127,85 @@ static inline void SML_NAME(sml_lanes_add)(const SML_T *v, ptrdiff_t n, double *
 }
 
 #if SML_COMPENSATED
-/* The row's sum after its last block: the block's plain lanes (lanes[0..8)), with all (the
- * row has SML_SUMBLOCK classes or more) the row's compensated lanes and their compensations
- * (lanes[8..24)), and the tail (tail[0] + tail[1], sml_lanes_add), as hi + *lo, without a
- * last merge or a tree of Fast2Sums (their latency was most of a short row's cost): every
- * value (all >= 0) split against one power of two M = 2^(e + 5), 2^e <= the largest < 2^(e+1)
- * (Rump's extraction), v = H + L with H = (v + M) - M, a multiple of ulp(M), and L = v - H,
- * both exact (|L| <= ulp(M) / 2 = 2^-48 2^e). hi = the sum of the (at most 17) H, exact in
- * any order (multiples of ulp(M) below 2 M); *lo = the L and the compensations summed
- * plainly, whose rounding is ~2^-95 of hi. On vectors where the target has them (the same
- * code in the vector and the general path: one finish per row). A NaN lane gives hi NaN. */
+/* The row's sum of the terms off the max: the lanes less their start (lanes[0..8) - 1,
+ * exact), the block's compensations (lanes[8..16)), the row's (lanes[16..24)) and theirs
+ * (lanes[24..32)), and the tail (tail[0] + tail[1], sml_lanes_add), as hi + *lo, without a
+ * tree of TwoSums (their latency was most of a short row's cost): the first three and the
+ * tail split against one power of two M = 2^(e + 6), 2^e <= the largest magnitude < 2^(e+1)
+ * (Rump's extraction; `all` = 0: a row of fewer than SML_SUMBLOCK, whose row
+ * compensations are 0, without them: the same bits), v = H + L with H = (v + M) - M, a multiple of ulp(M) / 2, and
+ * L = v - H, both exact (|L| <= ulp(M) / 2 = 2^-47 2^e). hi = the sum of the (25) H, exact
+ * in any order (below 25 2^(e+1) < M); *lo = the L and the last compensations summed plainly, whose
+ * rounding is ~2^-95 of hi. On vectors where the target has them (the same code in the
+ * vector and the general path: one finish per row). A NaN lane gives hi NaN. */
 static inline double SML_NAME(sml__lanes_total_c)(const double *lanes, const double *tail,
                                                    int all, double *lo)
 {
-#if SML_HAVE_VEXP /* on vectors: a, b the block's lanes 0-3, 4-7; r, q the row's; c, d theirs */
-    sml_f64x4 a, b, r, q, c, d, mx, big, t;
-    memcpy(&a, lanes, sizeof a);
-    memcpy(&b, lanes + 4, sizeof b);
-    mx = SML__VMAX(a, b);
-    if (all) {
-        memcpy(&r, lanes + 8, sizeof r);
-        memcpy(&q, lanes + 12, sizeof q);
-        mx = SML__VMAX(mx, SML__VMAX(r, q));
-    }
-    mx = SML__VMAX(mx, ((sml_f64x4){0} + tail[0]));
+#if SML_HAVE_VEXP /* on vectors: the lanes 0-3 and 4-7 of each part */
+    sml_f64x4 v[6], d, mx, big, t, l;
+    const sml_u64x4 abs_mask = {0x7FFFFFFFFFFFFFFFu, 0x7FFFFFFFFFFFFFFFu,
+                                0x7FFFFFFFFFFFFFFFu, 0x7FFFFFFFFFFFFFFFu};
+    const int parts = all ? 6 : 4; /* a row of fewer than SML_SUMBLOCK: no row's parts */
+    memcpy(v, lanes, sizeof v);
+    memcpy(&d, lanes + 24, sizeof d);
+    v[0] -= 1.0; /* exact: the lanes are >= 1 */
+    v[1] -= 1.0;
+    mx = (sml_f64x4){0} + fabs(tail[0]);
+    for (int k = 0; k < parts; k++) mx = SML__VMAX(mx, (sml_f64x4)((sml_u64x4)v[k] & abs_mask));
     mx = SML__VMAX(mx, __builtin_shuffle(mx, (sml_i64x4){2, 3, 0, 1}));
     mx = SML__VMAX(mx, __builtin_shuffle(mx, (sml_i64x4){1, 0, 3, 2})); /* in every lane */
-    big = (sml_f64x4)(((sml_u64x4)mx & 0x7FF0000000000000u) + (UINT64_C(5) << 52));
-    t = (a + big) - big; /* H and L of a, b */
-    a -= t;
-    c = (b + big) - big;
-    b -= c;
-    t += c; /* the H of lanes k and k + 4: exact */
-    a += b; /* the L */
+    big = (sml_f64x4)(((sml_u64x4)mx & 0x7FF0000000000000u) + (UINT64_C(6) << 52));
+    t = (sml_f64x4){0};
+    l = (sml_f64x4){0};
     if (all) {
-        memcpy(&c, lanes + 16, sizeof c);
-        memcpy(&d, lanes + 20, sizeof d);
-        b = (r + big) - big;
-        r -= b;
-        t += b;
-        b = (q + big) - big;
-        q -= b;
-        t += b;
-        a += (r + q) + (c + d);
+        l = d;
+        memcpy(&d, lanes + 28, sizeof d);
+        l += d;
+    }
+    for (int k = 0; k < parts; k++) { /* H and L of each part, in this order */
+        sml_f64x4 h = (v[k] + big) - big;
+        t += h;
+        l += v[k] - h;
     }
     {
         double h = (tail[0] + big[0]) - big[0];
-        *lo = ((a[0] + a[1]) + (a[2] + a[3])) + ((tail[0] - h) + tail[1]);
+        *lo = ((l[0] + l[1]) + (l[2] + l[3])) + ((tail[0] - h) + tail[1]);
         return ((t[0] + t[1]) + (t[2] + t[3])) + h;
     }
 #else
     uint64_t bits;
-    double mx = tail[0], big, hi = 0.0, h, l[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int width = all ? 2 * SML_LANES : SML_LANES;
-    for (int k = 0; k < width; k++) mx = lanes[k] > mx ? lanes[k] : mx;
-    memcpy(&bits, &mx, sizeof bits);
-    bits = (bits & 0x7FF0000000000000u) + (UINT64_C(5) << 52); /* 2^(exponent + 5) */
-    memcpy(&big, &bits, sizeof big);
-    for (int k = 0; k < width; k++) {
-        h = (lanes[k] + big) - big;
-        hi += h;
-        l[k % SML_LANES] += lanes[k] - h;
+    double mx = fabs(tail[0]), big, h, v[6 * 4], t[4] = {0, 0, 0, 0}, l[4] = {0, 0, 0, 0};
+    const int parts = all ? 6 : 4; /* a row of fewer than SML_SUMBLOCK: no row's parts */
+    for (int k = 0; k < 4 * parts; k++) {
+        v[k] = k < SML_LANES ? lanes[k] - 1.0 : lanes[k];
+        mx = fabs(v[k]) > mx ? fabs(v[k]) : mx;
     }
+    memcpy(&bits, &mx, sizeof bits);
+    bits = (bits & 0x7FF0000000000000u) + (UINT64_C(6) << 52); /* 2^(exponent + 6) */
+    memcpy(&big, &bits, sizeof big);
     if (all)
-        for (int k = 0; k < SML_LANES; k++) l[k] += lanes[2 * SML_LANES + k];
+        for (int k = 0; k < 4; k++) l[k] = lanes[24 + k] + lanes[28 + k];
+    for (int j = 0; j < parts; j++) /* as the vector code: part j's lanes 4j .. 4j + 3 */
+        for (int k = 0; k < 4; k++) {
+            double hk = (v[4 * j + k] + big) - big;
+            t[k] += hk;
+            l[k] += v[4 * j + k] - hk;
+        }
     h = (tail[0] + big) - big;
-    *lo = SML_LANE_TOTAL(l) + ((tail[0] - h) + tail[1]);
-    return hi + h;
+    *lo = ((l[0] + l[1]) + (l[2] + l[3])) + ((tail[0] - h) + tail[1]);
+    return ((t[0] + t[1]) + (t[2] + t[3])) + h;
 #endif
 }
 #undef SML__LANE_ADD
 #endif
 
 #if SML_VEXP_ON
-/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES; pos the row index
- * of x[0]) in one pass, on vectors, with the exp of normal results (SML_VEXP_GROUP, from
- * _rowops.h): the same values e[c], the same additions to the same lanes in the same
- * order (and the same merges), so the same bits. Stops at the first group of SML_LANES
- * entries with an x[c] - m out of the range of that exp (or NaN), before writing anything
- * of it (e may be x), and returns how many entries it did: the caller takes the general
- * path from there. */
+/* sml_exp_split and sml_lanes_add of x[0..n) (n a multiple of SML_LANES) in one pass, on
+ * vectors, with the exp of normal results (SML_VEXP_GROUP, from _rowops.h): the same values
+ * e[c], the same additions to the same lanes in the same order, so the same bits. Stops at
+ * the first group of SML_LANES entries with an x[c] - m out of the range of that exp (or
+ * NaN), before writing anything of it (e may be x), and returns how many entries it did: the
+ * caller takes the general path from there. */
 static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, ptrdiff_t n,
                                                      SML_T m, double *lanes, ptrdiff_t *ties,
                                                      ptrdiff_t pos, int merge)
@@ -213,11 +219,13 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
     memcpy(&lo, lanes, sizeof lo);
     memcpy(&hi, lanes + 4, sizeof hi);
 #if SML_COMPENSATED
-    sml_f64x4 rlo, rhi, clo, chi; /* the row's lanes 8-11, 12-15, compensations 16-23 */
-    memcpy(&rlo, lanes + 8, sizeof rlo);
-    memcpy(&rhi, lanes + 12, sizeof rhi);
-    memcpy(&clo, lanes + 16, sizeof clo);
-    memcpy(&chi, lanes + 20, sizeof chi);
+    sml_f64x4 clo, chi, rlo, rhi, qlo, qhi; /* the compensations: lanes 8-15, 16-23, 24-31 */
+    memcpy(&clo, lanes + 8, sizeof clo);
+    memcpy(&chi, lanes + 12, sizeof chi);
+    memcpy(&rlo, lanes + 16, sizeof rlo);
+    memcpy(&rhi, lanes + 20, sizeof rhi);
+    memcpy(&qlo, lanes + 24, sizeof qlo);
+    memcpy(&qhi, lanes + 28, sizeof qhi);
 #else
     (void)pos;
     (void)merge;
@@ -225,25 +233,33 @@ static inline ptrdiff_t SML_NAME(sml_expsum_inrange)(const SML_T *x, SML_T *e, p
     for (; i < n; i += SML_LANES) {
         SML_VGROUP_T v;
         SML_VMASK out;
+        sml_f64x4 a, b;
         SML_VEXP_GROUP(x + i, m, v, out);
         if (SML_VANY(out)) break;
-        SML_VSUM_GROUP(e + i, v, lo, hi, ones);
+        SML_VSUM_GROUP(e + i, v, a, b, ones);
 #if SML_COMPENSATED
-        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) {
-            SML__VLANE_ADD(rlo, clo, lo);
-            SML__VLANE_ADD(rhi, chi, hi);
-            lo = (sml_f64x4){0};
-            hi = (sml_f64x4){0};
+        SML__VLANE_ADD(lo, clo, a);
+        SML__VLANE_ADD(hi, chi, b);
+        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) { /* sml__merge_comp */
+            SML__VTWO_SUM(rlo, qlo, clo);
+            SML__VTWO_SUM(rhi, qhi, chi);
+            clo = (sml_f64x4){0};
+            chi = (sml_f64x4){0};
         }
+#else
+        lo += a;
+        hi += b;
 #endif
     }
     memcpy(lanes, &lo, sizeof lo);
     memcpy(lanes + 4, &hi, sizeof hi);
 #if SML_COMPENSATED
-    memcpy(lanes + 8, &rlo, sizeof rlo);
-    memcpy(lanes + 12, &rhi, sizeof rhi);
-    memcpy(lanes + 16, &clo, sizeof clo);
-    memcpy(lanes + 20, &chi, sizeof chi);
+    memcpy(lanes + 8, &clo, sizeof clo);
+    memcpy(lanes + 12, &chi, sizeof chi);
+    memcpy(lanes + 16, &rlo, sizeof rlo);
+    memcpy(lanes + 20, &rhi, sizeof rhi);
+    memcpy(lanes + 24, &qlo, sizeof qlo);
+    memcpy(lanes + 28, &qhi, sizeof qhi);
 #endif
     for (int k = 0; k < (int)(sizeof ones / sizeof ones[0]); k++) *ties -= ones[k];
     return i;
@@ -254,13 +270,14 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
                                                  SML_T m, double *excess, double *total_lo)
 {
     SML_T exps[SML_CHUNK], rest[SML_CHUNK];
-#if SML_COMPENSATED /* the block's lanes, the row's, their compensations (sml_lanes_add) */
-    double lanes[3 * SML_LANES];
-    for (int k = 0; k < 3 * SML_LANES; k += 4) { /* not memset: gcc makes a slow rep stos */
-        lanes[k] = 0.0;
-        lanes[k + 1] = 0.0;
-        lanes[k + 2] = 0.0;
-        lanes[k + 3] = 0.0;
+#if SML_COMPENSATED /* the lanes, from 1, and the compensations (sml_lanes_add) */
+    double lanes[4 * SML_LANES];
+    for (int k = 0; k < 4 * SML_LANES; k += 4) { /* not memset: gcc makes a slow rep stos */
+        double start = k < SML_LANES ? 1.0 : 0.0;
+        lanes[k] = start;
+        lanes[k + 1] = start;
+        lanes[k + 2] = start;
+        lanes[k + 3] = start;
     }
 #else
     double lanes[SML_LANES] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -318,6 +335,9 @@ static inline double SML_NAME(sml_row_expsum_lo)(const SML_T *x, SML_T *e, ptrdi
         : SML_NAME(sml__lanes_total_c)(lanes, tail, 0, &rest_lo);
     double t, t_lo;
     if (!(fabs(rest_hi) <= DBL_MAX)) {
+        /* the lanes' plain total: +inf for a +inf term (logsumexp's m = 0 for a row with +inf,
+         * whose Fast2Sum error inf - inf made the compensations NaN), else NaN */
+        rest_hi = (SML_LANE_TOTAL(lanes) - (double)SML_LANES) + tail[0];
         if (excess != NULL) *excess = ((double)ties - 1.0) + rest_hi;
         if (total_lo != NULL) *total_lo = 0.0;
         return (double)ties + rest_hi;
