@@ -383,8 +383,9 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
  * entry (SML__EXP*_CORE_LO on wider vectors: the same expression, so the same roundings and
  * contractions), the same exact difference (SML__VDIFF on wider vectors),
  * and the same additions to the same lanes in the same order (lane k takes entry k of a group
- * before entry k of the next: the first 8 floats' conversion is added before the last 8's),
- * the same merges: the 32-byte groups' bits. Returns how many entries it did, a multiple of
+ * before entry k of the next: the first 8 floats' conversion is added before the last 8's;
+ * double: the same Fast2Sums into the lanes from 1, the same merges of the compensations):
+ * the 32-byte groups' bits. Returns how many entries it did, a multiple of
  * SML_LANES, stopping before a vector with an entry out of range (or at n's last group of 8
  * floats): the 8-entry loop goes on from there.
  * SML__VEXP_WIDE(VT, UT, NATIVE, SFX, FULL, CORE, BIAS, SHIFT, xp, m, range, v, ok): v =
@@ -440,9 +441,10 @@ static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t
 {
     const __m512d one = _mm512_set1_pd(1.0);
     const __m512d range = _mm512_set1_pd(SML_EXP_INRANGE);
-    __m512d acc = _mm512_loadu_pd(lanes);       /* the block's lanes 0-7 */
-    __m512d row = _mm512_loadu_pd(lanes + 8);   /* the row's, 8-15 */
-    __m512d comp = _mm512_loadu_pd(lanes + 16); /* their compensations, 16-23 */
+    __m512d acc = _mm512_loadu_pd(lanes);       /* lanes 0-7, from 1 (sml_lanes_add) */
+    __m512d comp = _mm512_loadu_pd(lanes + 8);  /* their compensations, 8-15 */
+    __m512d row = _mm512_loadu_pd(lanes + 16);  /* the row's compensations, 16-23 */
+    __m512d rowc = _mm512_loadu_pd(lanes + 24); /* and their errors, 24-31 */
     ptrdiff_t i = 0, count = 0;
     for (; i + SML_LANES <= n; i += SML_LANES) {
         sml_f64x8 v;
@@ -453,20 +455,24 @@ static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t
         memcpy(e + i, &v, sizeof v);
         {
             __mmask8 k = _mm512_cmp_pd_mask((__m512d)v, one, _CMP_EQ_OQ);
+            __m512d t = _mm512_maskz_mov_pd((__mmask8)~k, (__m512d)v);
+            __m512d s = _mm512_add_pd(acc, t); /* SML__VLANE_ADD's Fast2Sum */
             count += __builtin_popcount((unsigned)k);
-            acc = _mm512_add_pd(acc, _mm512_maskz_mov_pd((__mmask8)~k, (__m512d)v));
+            comp = _mm512_add_pd(comp, _mm512_sub_pd(t, _mm512_sub_pd(s, acc)));
+            acc = s;
         }
-        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) { /* SML__VLANE_ADD's */
-            __m512d hi = _mm512_max_pd(row, acc), lo = _mm512_min_pd(row, acc);
-            __m512d s = _mm512_add_pd(hi, lo);
-            comp = _mm512_add_pd(comp, _mm512_sub_pd(lo, _mm512_sub_pd(s, hi)));
+        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) { /* SML__VTWO_SUM's */
+            __m512d s = _mm512_add_pd(row, comp), bb = _mm512_sub_pd(s, row);
+            rowc = _mm512_add_pd(rowc, _mm512_add_pd(_mm512_sub_pd(row, _mm512_sub_pd(s, bb)),
+                                                     _mm512_sub_pd(comp, bb)));
             row = s;
-            acc = _mm512_setzero_pd();
+            comp = _mm512_setzero_pd();
         }
     }
     _mm512_storeu_pd(lanes, acc);
-    _mm512_storeu_pd(lanes + 8, row);
-    _mm512_storeu_pd(lanes + 16, comp);
+    _mm512_storeu_pd(lanes + 8, comp);
+    _mm512_storeu_pd(lanes + 16, row);
+    _mm512_storeu_pd(lanes + 24, rowc);
     *ties += count;
     return i;
 }
