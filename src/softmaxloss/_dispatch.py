@@ -5,8 +5,9 @@ The same Cython source is compiled once per row of the table of builds (`_builds
 and, on x86-64, `_kernels_avx2` (AVX2 + FMA) and `_kernels_avx512` (AVX-512 F/BW/DQ/VL).
 A build is available when its CPU test (`_cpu.supports`, run before its module is
 imported) passes and its module was built; the one used is the last available row of the
-table marked `default` (AVX-512 where the CPU has it, else AVX2, else the baseline). The environment variable SOFTMAXLOSS_KERNELS=name forces a build (an
-unavailable one is an error rather than a crash on an illegal instruction).
+table marked `default` (AVX-512 where the CPU has it, else AVX2, else the baseline). The
+environment variable SOFTMAXLOSS_KERNELS=name forces a build (an unavailable one is an error
+rather than a crash on an illegal instruction).
 """
 
 from __future__ import annotations
