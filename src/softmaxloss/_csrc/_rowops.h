@@ -345,19 +345,20 @@ static inline void sml_scale_f(float *v, ptrdiff_t n, double k)
 
 /* SML__VLANE_ADD(acc, c, v): acc + c += v, a Fast2Sum (exact: acc >= 1 > v >= 0, the lanes
  * start at 1, see sml_lanes_add), its error into c: sml_lanes_add's on vectors (the same
- * bits). */
+ * bits). Vectors of doubles of any width (the ZMM loop's too: one summation for both). */
 #define SML__VLANE_ADD(acc, c, v)                                                       \
     do {                                                                                \
-        sml_f64x4 s_ = (acc) + (v);                                                     \
+        __typeof__(acc) s_ = (acc) + (v);                                               \
         (c) += (v) - (s_ - (acc));                                                      \
         (acc) = s_;                                                                     \
     } while (0)
 
 /* SML__VTWO_SUM(acc, c, v): acc + c += v, a TwoSum (any signs and sizes), its error into c:
- * the row's merge of a block's compensations (sml__merge_comp) on vectors (the same bits). */
+ * the row's merge of a block's compensations (sml__merge_comp) on vectors (the same bits),
+ * of any width. */
 #define SML__VTWO_SUM(acc, c, v)                                                        \
     do {                                                                                \
-        sml_f64x4 s_ = (acc) + (v), bb_ = s_ - (acc);                                   \
+        __typeof__(acc) s_ = (acc) + (v), bb_ = s_ - (acc);                             \
         (c) += ((acc) - (s_ - bb_)) + ((v) - bb_);                                      \
         (acc) = s_;                                                                     \
     } while (0)
@@ -441,11 +442,13 @@ static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t
 {
     const __m512d one = _mm512_set1_pd(1.0);
     const __m512d range = _mm512_set1_pd(SML_EXP_INRANGE);
-    __m512d acc = _mm512_loadu_pd(lanes);       /* lanes 0-7, from 1 (sml_lanes_add) */
-    __m512d comp = _mm512_loadu_pd(lanes + 8);  /* their compensations, 8-15 */
-    __m512d row = _mm512_loadu_pd(lanes + 16);  /* the row's compensations, 16-23 */
-    __m512d rowc = _mm512_loadu_pd(lanes + 24); /* and their errors, 24-31 */
+    sml_f64x8 acc, comp, row, rowc; /* lanes 0-7 (from 1), their compensations 8-15, the
+                                     * row's compensations 16-23 and their errors 24-31 */
     ptrdiff_t i = 0, count = 0;
+    memcpy(&acc, lanes, sizeof acc);
+    memcpy(&comp, lanes + 8, sizeof comp);
+    memcpy(&row, lanes + 16, sizeof row);
+    memcpy(&rowc, lanes + 24, sizeof rowc);
     for (; i + SML_LANES <= n; i += SML_LANES) {
         sml_f64x8 v;
         int ok;
@@ -455,24 +458,19 @@ static inline ptrdiff_t sml__expsum_wide_d(const double *x, double *e, ptrdiff_t
         memcpy(e + i, &v, sizeof v);
         {
             __mmask8 k = _mm512_cmp_pd_mask((__m512d)v, one, _CMP_EQ_OQ);
-            __m512d t = _mm512_maskz_mov_pd((__mmask8)~k, (__m512d)v);
-            __m512d s = _mm512_add_pd(acc, t); /* SML__VLANE_ADD's Fast2Sum */
+            sml_f64x8 t = (sml_f64x8)_mm512_maskz_mov_pd((__mmask8)~k, (__m512d)v);
             count += __builtin_popcount((unsigned)k);
-            comp = _mm512_add_pd(comp, _mm512_sub_pd(t, _mm512_sub_pd(s, acc)));
-            acc = s;
+            SML__VLANE_ADD(acc, comp, t);
         }
-        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) { /* SML__VTWO_SUM's */
-            __m512d s = _mm512_add_pd(row, comp), bb = _mm512_sub_pd(s, row);
-            rowc = _mm512_add_pd(rowc, _mm512_add_pd(_mm512_sub_pd(row, _mm512_sub_pd(s, bb)),
-                                                     _mm512_sub_pd(comp, bb)));
-            row = s;
-            comp = _mm512_setzero_pd();
+        if (merge && (pos + i + SML_LANES) % SML_SUMBLOCK == 0) { /* sml__merge_comp */
+            SML__VTWO_SUM(row, rowc, comp);
+            comp = (sml_f64x8){0};
         }
     }
-    _mm512_storeu_pd(lanes, acc);
-    _mm512_storeu_pd(lanes + 8, comp);
-    _mm512_storeu_pd(lanes + 16, row);
-    _mm512_storeu_pd(lanes + 24, rowc);
+    memcpy(lanes, &acc, sizeof acc);
+    memcpy(lanes + 8, &comp, sizeof comp);
+    memcpy(lanes + 16, &row, sizeof row);
+    memcpy(lanes + 24, &rowc, sizeof rowc);
     *ties += count;
     return i;
 }
